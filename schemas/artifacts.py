@@ -1,0 +1,163 @@
+"""The typed artifacts passed between the Week-1 tasks.
+
+Each is small metadata plus file paths (never tensors or image bytes): Prefect keeps results in
+memory, hashes task inputs, and persists these as JSON.  Keep every model at module level so a
+persisted result deserialises into the class again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Artifact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- download
+
+
+class RawFile(Artifact):
+    path: str
+    kind: Literal["caption", "vqa", "image", "other"]
+    rows: int | None = None
+    bytes: int
+    sha256: str
+
+
+class RawDataset(Artifact):
+    source: str
+    fingerprint: str = Field(description="hash of the source config and input files")
+    root: str = Field(description="<lake>/raw/<source>/<fingerprint>")
+    manifest: str
+    caption_jsonl: str | None = None
+    vqa_jsonl: str | None = None
+    caption_rows: int = 0
+    vqa_rows: int = 0
+    images: int = 0
+    files: list[RawFile] = Field(default_factory=list)
+    reused: bool = Field(False, description="an identical download was already there")
+
+
+# --------------------------------------------------------------------------- convert
+
+
+class CuratedDataset(Artifact):
+    version: str = Field(description="content fingerprint of the curated lake version")
+    schema_version: int
+    root: str = Field(description="<lake>/curated/<version>")
+    shards: list[str]
+    rows_in: int
+    rows_kept: int
+    rows_quarantined: int
+    quarantine_by_reason: dict[str, int] = Field(default_factory=dict)
+    quarantine_path: str | None = None
+    splits: dict[str, int] = Field(default_factory=dict, description="rows per split (train, validation)")
+    kinds: dict[str, int] = Field(default_factory=dict, description="rows per kind (caption, vqa)")
+    reused: bool = False
+
+
+# --------------------------------------------------------------------------- smoke
+
+
+class Check(Artifact):
+    name: str
+    passed: bool
+    detail: str
+    seconds: float = 0.0
+
+
+class SmokeReport(Artifact):
+    checks: list[Check]
+    passed: bool
+    total_params: int
+    trainable_params: int
+    image_tokens: int
+    tokenizer_dir: str = Field(description="the tokenizer every later stage uses")
+
+
+# --------------------------------------------------------------------------- train
+
+
+class RollbackEvent(Artifact):
+    step: int = Field(description="optimizer step at which the spike was detected")
+    restored_step: int = Field(description="step of the checkpoint restored")
+    reason: str
+    loss: float | None = None
+    skipped_samples: int = 0
+    lr_scale: float = 1.0
+
+
+class TrainingResult(Artifact):
+    run_dir: str
+    checkpoints_dir: str
+    best_dir: str | None
+    final_dir: str
+    metrics_path: str
+    loss_curve: str | None = None
+    steps: int
+    epochs_completed: int
+    samples_seen: int
+    first_loss: float | None
+    last_loss: float | None
+    first_val_loss: float | None = None
+    best_val_loss: float | None = None
+    final_val_loss: float | None = None
+    nan_or_inf_losses: int = 0
+    skipped_steps: int = 0
+    rollbacks: list[RollbackEvent] = Field(default_factory=list)
+    resumed_from_step: int | None = None
+    wall_seconds: float = 0.0
+    tokens_per_second: float | None = None
+    peak_memory_bytes: int | None = None
+    device: str = "cpu"
+    amp: str = "off"
+
+
+# --------------------------------------------------------------------------- inference
+
+
+class Prediction(Artifact):
+    kind: Literal["vqa", "caption", "prompt"]
+    sample_id: str | None = None
+    prompt: str
+    reference: str | None = None
+    prediction: str
+    correct: bool | None = None
+
+
+class InferenceReport(Artifact):
+    model_dir: str
+    vqa_accuracy: float | None
+    vqa_chance: float | None = Field(None, description="accuracy of always giving the most common answer")
+    vqa_count: int = 0
+    caption_score: float | None = Field(None, description="mean token F1 against the reference caption")
+    caption_count: int = 0
+    predictions: list[Prediction] = Field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+class Criterion(Artifact):
+    name: str
+    passed: bool
+    evidence: str
+
+
+class Week1Report(Artifact):
+    run_name: str
+    run_dir: str
+    config_path: str
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    raw: RawDataset
+    curated: CuratedDataset
+    smoke: SmokeReport
+    training: TrainingResult
+    inference: InferenceReport
+    criteria: list[Criterion]
+    passed: bool

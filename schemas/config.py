@@ -1,0 +1,322 @@
+"""The OpenMind configuration tree: one pydantic model, validated before anything runs.
+
+Every section forbids unknown keys, so a typo in a YAML file or a ``--set`` override is refused
+with the dotted name of the field.  ``load_config`` reads the embedded default (or a YAML file),
+applies ``dotted.key=value`` overrides, and validates the result.
+
+This module imports pydantic and PyYAML only (no torch), so configs load anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+FULL_CONFIG = CONFIG_DIR / "full.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- run
+
+
+class RunConfig(Strict):
+    name: str | None = Field(None, description="run name; default: a timestamp")
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SyntheticSource(Strict):
+    num_captions: int = Field(1000, ge=0)
+    num_vqa: int = Field(500, ge=0)
+    image_size: int = Field(64, ge=16, le=1024, description="side of the generated images")
+    language: Literal["en", "zh"] = "en"
+    seed: int = 0
+
+
+class JsonlSource(Strict):
+    captions: str | None = Field(None, description="JSONL of {image, text}")
+    vqa: str | None = Field(None, description="JSONL of {image, question, answer}")
+
+
+class CocoSource(Strict):
+    annotations: str | None = Field(None, description="COCO captions annotation JSON")
+    images: str | None = Field(None, description="folder holding the COCO images")
+    limit: int | None = Field(1000, ge=1)
+
+
+class HFSource(Strict):
+    name: str | None = Field(None, description="hub id, local data set directory or Parquet files")
+    config_name: str | None = None
+    split: str = "train[:1000]"
+    kind: Literal["caption", "vqa"] = "caption"
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="our field -> their column, e.g. {image: img, text: sentence}",
+    )
+
+
+class DataConfig(Strict):
+    source: Literal["synthetic", "jsonl", "coco", "hf"] = "synthetic"
+    synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
+    jsonl: JsonlSource = Field(default_factory=JsonlSource)
+    coco: CocoSource = Field(default_factory=CocoSource)
+    hf: HFSource = Field(default_factory=HFSource)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    shard_rows: int = Field(5000, ge=1, description="rows per Parquet shard")
+    row_group_rows: int = Field(1000, ge=1)
+    max_text_chars: int = Field(4000, ge=1)
+    max_image_bytes: int = Field(20_000_000, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    num_workers: int | None = Field(None, ge=1, description="image decoding processes; default: all cores")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "DataConfig":
+        if self.source == "jsonl" and not (self.jsonl.captions or self.jsonl.vqa):
+            raise ValueError("data.source is 'jsonl' but neither data.jsonl.captions nor data.jsonl.vqa is set")
+        if self.source == "coco" and not (self.coco.annotations and self.coco.images):
+            raise ValueError("data.source is 'coco': set data.coco.annotations and data.coco.images")
+        if self.source == "hf" and not self.hf.name:
+            raise ValueError("data.source is 'hf': set data.hf.name (hub id or local path)")
+        return self
+
+
+# --------------------------------------------------------------------------- model
+
+
+class VisionConfig(Strict):
+    """A SigLIP vision tower.  Defaults are SigLIP-So400M patch14-384."""
+
+    img_size: int = Field(384, ge=8)
+    patch_size: int = Field(14, ge=1)
+    embed_dim: int = Field(1152, ge=8)
+    depth: int = Field(27, ge=1)
+    num_heads: int = Field(16, ge=1)
+    mlp_dim: int = Field(4304, ge=8)
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    use_flash_attn: bool = True
+    feature_layer: int = Field(-2, description="hidden layer fed to the projector (-1 = last, -2 = LLaVA's)")
+    pretrained: str | None = Field(None, description="SigLIP checkpoint directory or hub id")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "VisionConfig":
+        if self.img_size < self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is smaller than patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if not (-self.depth <= self.feature_layer <= self.depth) or self.feature_layer == 0:
+            raise ValueError(f"feature_layer {self.feature_layer} must be in 1..{self.depth} or -{self.depth}..-1")
+        return self
+
+    @property
+    def grid(self) -> int:
+        """Patches per side: a stride-``patch_size`` convolution drops the remainder (384 // 14 = 27)."""
+        return self.img_size // self.patch_size
+
+
+class ProjectorConfig(Strict):
+    type: Literal["token_pooling", "mlp", "pixel_shuffle"] = "token_pooling"
+    pooling_kernel: int = Field(2, ge=1, le=8)
+    hidden_dim: int | None = Field(None, description="MLP hidden width; default: the LM width")
+
+
+class LMConfig(Strict):
+    """The causal language model: a hub id / local path, or an inline Llama-shaped config."""
+
+    name_or_path: str | None = Field(None, description="AutoModelForCausalLM id or path; None = inline config")
+    hidden_size: int = Field(4096, ge=8)
+    num_layers: int = Field(32, ge=1)
+    num_heads: int = Field(32, ge=1)
+    num_kv_heads: int = Field(8, ge=1)
+    intermediate_size: int = Field(14336, ge=8)
+    vocab_size: int | None = Field(None, description="None: the tokenizer's size")
+    max_position_embeddings: int = Field(8192, ge=16)
+    rope_theta: float = 500000.0
+    tie_word_embeddings: bool = False
+    pretrained_weights: bool = Field(True, description="with name_or_path: load weights (False: config only)")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "LMConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+class TokenizerConfig(Strict):
+    name_or_path: str | None = Field(None, description="None: train a BPE tokenizer on the curated corpus")
+    vocab_size: int = Field(1000, ge=64, description="size of a trained tokenizer")
+    image_token: str = "<image>"
+
+
+class ModelConfig(Strict):
+    vision: VisionConfig = Field(default_factory=VisionConfig)
+    projector: ProjectorConfig = Field(default_factory=ProjectorConfig)
+    lm: LMConfig = Field(default_factory=LMConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    stage: Literal["align", "finetune", "full"] = "align"
+    gradient_checkpointing: bool = False
+    max_length: int = Field(2048, ge=8, description="text tokens per sample, image tokens not counted")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+# --------------------------------------------------------------------------- train
+
+
+class SpikeConfig(Strict):
+    factor: float = Field(2.0, gt=1.0, description="loss above factor x rolling mean is bad")
+    window: int = Field(10, ge=2)
+    patience: int = Field(1, ge=1, description="consecutive bad steps that make a spike")
+    max_skipped_in_row: int = Field(3, ge=1, description="skipped steps in a row that count as a spike")
+    max_rollbacks: int = Field(3, ge=0)
+    lr_factor: float = Field(1.0, gt=0.0, le=1.0, description="multiply the LR by this after a rollback")
+    grad_norm_threshold: float = Field(1000.0, gt=0.0, description="skip steps whose pre-clip norm is above")
+
+
+class WandbConfig(Strict):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "openmind"
+    name: str | None = None
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    lr_projector: float | None = Field(None, gt=0.0)
+    lr_lm: float | None = Field(None, gt=0.0)
+    lr_vision: float | None = Field(None, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    clip_grad_norm: float = Field(1.0, gt=0.0)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    save_steps: int = Field(50, ge=1)
+    eval_steps: int = Field(50, ge=1)
+    keep_last: int = Field(3, ge=1)
+    num_workers: int = Field(0, ge=0)
+    nproc: int = Field(1, ge=1, description="processes; >1 launches torchrun")
+    deterministic: bool = False
+    log_every: int = Field(10, ge=1)
+    spike: SpikeConfig = Field(default_factory=SpikeConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+class InferenceConfig(Strict):
+    max_new_tokens: int = Field(16, ge=1)
+    max_samples: int = Field(100, ge=1, description="held-out samples answered per kind")
+    batch_size: int = Field(16, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    extra_prompts: list[str] = Field(default_factory=lambda: ["这张图片里有什么？"])
+
+
+class MemoryConfig(Strict):
+    budget_gb: float = Field(40.0, gt=0.0, description="GPU memory budget (the guide's one A100)")
+
+
+class OpenMindConfig(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+
+    def fingerprint(self, *sections: str) -> str:
+        """sha256 (16 hex) of the given sections (all when none), for cache keys and resume checks."""
+        dump = self.model_dump(mode="json")
+        part = {k: dump[k] for k in sections} if sections else dump
+        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the field."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``dotted.key=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        key, _, raw = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``config error: train.lr: Input should be greater than 0 (got -1)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{shown}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> OpenMindConfig:
+    """Read a YAML config (default: the embedded tiny one), apply overrides, validate.
+
+    Raises ConfigError with a one-line message on any problem.
+    """
+    p = Path(path) if path else DEFAULT_CONFIG
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    apply_overrides(data, overrides)
+    try:
+        return OpenMindConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"config error in {p.name}: {format_validation_error(e)}") from None
