@@ -115,6 +115,10 @@ class TrainingResult(Artifact):
     peak_memory_bytes: int | None = None
     device: str = "cpu"
     amp: str = "off"
+    checkpoints: list[str] = Field(default_factory=list, description="checkpoint directories kept")
+    reload_equal: bool | None = Field(
+        None, description="final/ reloaded with from_pretrained gives logits equal to the trained model"
+    )
 
 
 # --------------------------------------------------------------------------- inference

@@ -1,0 +1,15 @@
+"""Prefect tasks: thin wrappers (retries, caching, artifacts, logs) over one openmind_core call each.
+
+Importing this package first sets environment defaults that must be in place before prefect loads:
+- telemetry off (otherwise "database is locked" tracebacks on SQLite);
+- a longer ephemeral-server start-up timeout (the server takes ~10 s on 2 slow cores);
+- OpenMind's library loggers forwarded to Prefect, so core log lines reach the UI.
+A value the user already set wins.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "openmind_core")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,22 @@
+# OpenMind: `make run` runs the Week-1 flow on the embedded default; `make test` runs the tests.
+# Both set up .venv first (scripts/setup.sh: CPU torch without CUDA).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: setup run test bench clean-lake
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/openmind run $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench $(ARGS)
+
+clean-lake:
+	rm -rf data_lake/raw data_lake/curated data_lake/quarantine data_lake/runs

@@ -1,0 +1,20 @@
+"""The data-only flow: download + JSONL->Parquet conversion (``openmind data prepare``)."""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401  (Prefect environment defaults before prefect loads)
+from prefect import flow
+
+from flows.lake import resolve_lake
+from schemas import CuratedDataset, load_config
+from tasks.convert import convert_task
+from tasks.download import download_task, input_stamp
+
+
+@flow(name="prepare-data", log_prints=True)
+def prepare_data(config_path: str | None = None, overrides: list[str] | None = None,
+                 lake: str | None = None) -> CuratedDataset:
+    cfg = load_config(config_path, overrides)
+    lake_dir = str(resolve_lake(lake))
+    raw = download_task(cfg.data, lake_dir, cfg.run.seed, input_stamp(cfg.data))
+    return convert_task(raw, cfg.data, lake_dir)

@@ -1,0 +1,153 @@
+"""The Week-1 stages as plain functions: the tasks in ``tasks/`` are thin Prefect wrappers of these.
+
+Each function takes the validated config and the previous stage's artifact and returns the next
+artifact, so the whole pipeline runs without Prefect too (a notebook, a script, torchrun).
+
+Run directory (``<lake>/runs/<run>/``)::
+
+    config.yaml      the resolved config
+    tokenizer/       the tokenizer every stage uses (trained once on the curated corpus)
+    checkpoints/     trainer checkpoints (resume, rollback)
+    best/ final/     save_pretrained directories
+    metrics.jsonl    one line per optimizer step + events
+    report.json      the flow's Week1Report
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from schemas import CuratedDataset, OpenMindConfig, TrainingResult
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot go on; the message says which and why."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- tokenizer + model
+
+
+def tokenizer_corpus(curated: CuratedDataset) -> list[str]:
+    """The texts a trained tokenizer learns from: train-split captions, questions, answers, templates."""
+    from openmind_core.data import read_rows
+    from openmind_core.prompting import CAPTION_INSTRUCTION, format_prompt
+
+    texts: list[str] = [format_prompt(i) for i in CAPTION_INSTRUCTION.values()]
+    for row in read_rows(curated, split="train"):
+        for key in ("text", "question", "answer"):
+            if row.get(key):
+                texts.append(row[key])
+    return texts
+
+
+def prepare_tokenizer(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: Path):
+    """Load ``<run>/tokenizer`` if it exists, else build it (train on the corpus or load from hub/path)."""
+    from openmind_core.model import build_tokenizer, load_tokenizer
+
+    tok_dir = Path(run_dir) / "tokenizer"
+    if (tok_dir / "tokenizer_config.json").exists():
+        return load_tokenizer(tok_dir), tok_dir
+    corpus = tokenizer_corpus(curated) if cfg.model.tokenizer.name_or_path is None else None
+    tok = build_tokenizer(cfg.model.tokenizer, corpus)
+    tmp = tok_dir.with_name(".tokenizer.tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    tmp.rename(tok_dir)
+    return tok, tok_dir
+
+
+def build_model(cfg: OpenMindConfig, tokenizer):
+    """The configured model, initialised from ``run.seed`` (so a rebuild has identical frozen weights)."""
+    from openmind_core.model import MultimodalReasoningModel
+
+    seed_everything(cfg.run.seed)
+    model = MultimodalReasoningModel.from_config(cfg.model, tokenizer)
+    model.freeze(cfg.model.stage)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
+    from openmind_core.data import Collator, VLMDataset
+
+    kwargs = dict(
+        tokenizer=model.tokenizer,
+        image_size=model.img_size,
+        num_image_tokens=model.num_image_tokens,
+        image_token_id=model.image_token_id,
+        max_length=cfg.model.max_length,
+    )
+    train = VLMDataset(curated, "train", **kwargs)
+    val = VLMDataset(curated, "validation", **kwargs)
+    if len(train) == 0:
+        raise PipelineError(f"the curated data set {curated.root} has no training rows")
+    pad = model.tokenizer.pad_token_id
+    return train, val, Collator(pad if pad is not None else 0)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_from_config(
+    cfg: OpenMindConfig,
+    curated: CuratedDataset,
+    run_dir: str | Path,
+    tokenizer_dir: str | Path,
+    progress=None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TrainingResult:
+    """Build model and data from the config, train (resuming from ``run_dir`` when it can)."""
+    from openmind_core.model import load_tokenizer
+    from openmind_core.training import ProductionTrainer
+
+    run_dir = Path(run_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = build_model(cfg, tokenizer)
+    train, val, collate = build_datasets(cfg, curated, model)
+    fingerprint = {"model": cfg.fingerprint("model"), "data": curated.version}
+    trainer = ProductionTrainer(
+        model, train, val, collate, cfg.train, run_dir,
+        seed=cfg.run.seed, fingerprint=fingerprint, progress=progress, rank=rank, world_size=world_size,
+    )
+    result = trainer.train()
+    if rank == 0:
+        result.reload_equal = check_reload(model, Path(result.final_dir), val if len(val) else train, collate)
+    return result
+
+
+@torch.no_grad()
+def check_reload(model, model_dir: Path, dataset, collate) -> bool:
+    """Reload ``model_dir`` with from_pretrained; True when its logits equal the in-memory model's."""
+    from openmind_core.model import MultimodalReasoningModel
+
+    batch = collate([dataset[i] for i in range(min(2, len(dataset)))])
+    batch.pop("sample_ids", None)
+    batch.pop("labels", None)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model.eval()
+    reloaded = MultimodalReasoningModel.from_pretrained(model_dir).to(device).eval()
+    a = model(**batch).logits
+    b = reloaded(**batch).logits
+    equal = bool(torch.equal(a, b))
+    if not equal:
+        log.warning("final/ reloaded gives different logits (max |diff| %.3g)", (a - b).abs().max().item())
+    return equal

@@ -1,0 +1,128 @@
+"""Component smoke tests on the configured model: the guide's Day 1-2 checks, run before training.
+
+Encoder output shape, projector output shape and token count, one loader batch (placeholders
+match features, labels present), and one forward + backward pass (finite loss; gradients on
+trainable parameters only).  Every check runs; the report says which failed and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from schemas import Check, CuratedDataset, OpenMindConfig, SmokeReport
+
+log = logging.getLogger(__name__)
+
+
+class SmokeError(RuntimeError):
+    """A component check failed; the message names the check and the reason."""
+
+
+def _run(name: str, fn: Callable[[], str]) -> Check:
+    t0 = time.perf_counter()
+    try:
+        detail, passed = fn(), True
+    except Exception as e:  # a check reports its failure instead of stopping the others
+        detail, passed = f"{type(e).__name__}: {e}", False
+    check = Check(name=name, passed=passed, detail=detail, seconds=round(time.perf_counter() - t0, 3))
+    (log.info if passed else log.error)("smoke %-16s %s  %s", name, "ok" if passed else "FAILED", detail)
+    return check
+
+
+def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path) -> SmokeReport:
+    from openmind_core.model.tokens import tokens_for_config
+    from openmind_core.pipeline import build_datasets, build_model, prepare_tokenizer
+
+    tokenizer, tok_dir = prepare_tokenizer(cfg, curated, Path(run_dir))
+    model = build_model(cfg, tokenizer)
+    v = cfg.model.vision
+    grid = v.grid
+    expected_tokens = tokens_for_config(cfg.model)
+    lm_width = model.language_model.get_input_embeddings().weight.shape[1]
+    state: dict = {}
+
+    def encoder() -> str:
+        pixels = torch.randn(2, 3, v.img_size, v.img_size)
+        with torch.no_grad():
+            feats = model.vision_encoder(pixels)
+        want = (2, grid * grid, v.embed_dim)
+        if tuple(feats.shape) != want:
+            raise AssertionError(f"vision encoder gave {tuple(feats.shape)}, expected {want}")
+        if not torch.isfinite(feats).all():
+            raise AssertionError("vision encoder output has NaN/inf")
+        state["feats"] = feats
+        return f"[2, 3, {v.img_size}, {v.img_size}] -> {list(feats.shape)} ({grid} x {grid} patches)"
+
+    def projector() -> str:
+        feats = state.get("feats")
+        if feats is None:
+            raise AssertionError("no encoder output to project (encoder check failed)")
+        with torch.no_grad():
+            out = model.projector(feats)
+        want = (2, expected_tokens, lm_width)
+        if tuple(out.shape) != want:
+            raise AssertionError(f"projector gave {tuple(out.shape)}, expected {want}")
+        return f"{list(feats.shape)} -> {list(out.shape)} ({cfg.model.projector.type}, k={cfg.model.projector.pooling_kernel})"
+
+    def loader() -> str:
+        train, _, collate = build_datasets(cfg, curated, model)
+        batch = collate([train[i] for i in range(min(4, len(train)))])
+        n_img = (batch["input_ids"] == model.image_token_id).sum(dim=1)
+        if not bool((n_img == expected_tokens).all()):
+            raise AssertionError(f"image placeholders per row {n_img.tolist()}, expected {expected_tokens}")
+        n_lab = (batch["labels"] != -100).sum(dim=1)
+        if not bool((n_lab > 0).all()):
+            raise AssertionError("a sample has no target tokens (all labels masked)")
+        state["batch"] = batch
+        shapes = {k: list(t.shape) for k, t in batch.items() if isinstance(t, torch.Tensor)}
+        return f"{len(train)} train rows; batch {shapes}"
+
+    def forward_backward() -> str:
+        batch = state.get("batch")
+        if batch is None:
+            raise AssertionError("no loader batch (loader check failed)")
+        inputs = {k: t for k, t in batch.items() if isinstance(t, torch.Tensor)}
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        if not torch.isfinite(loss):
+            raise AssertionError(f"loss is {loss.item()}")
+        loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        leaked = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if missing or leaked or bad:
+            raise AssertionError(
+                f"gradients wrong: {len(missing)} trainable without grad {missing[:3]}, "
+                f"{len(leaked)} frozen with grad {leaked[:3]}, {len(bad)} non-finite {bad[:3]}"
+            )
+        model.zero_grad(set_to_none=True)
+        return f"loss {loss.item():.3f}; gradients on all {sum(p.requires_grad for p in model.parameters())} trainable tensors only"
+
+    checks = [
+        _run("vision_encoder", encoder),
+        _run("projector", projector),
+        _run("loader_batch", loader),
+        _run("forward_backward", forward_backward),
+    ]
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return SmokeReport(
+        checks=checks,
+        passed=all(c.passed for c in checks),
+        total_params=total,
+        trainable_params=trainable,
+        image_tokens=expected_tokens,
+        tokenizer_dir=str(tok_dir),
+    )
+
+
+def raise_if_failed(report: SmokeReport) -> None:
+    failed = [c for c in report.checks if not c.passed]
+    if failed:
+        raise SmokeError("; ".join(f"smoke check {c.name} failed: {c.detail}" for c in failed))

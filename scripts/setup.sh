@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create .venv and install OpenMind with what its tests need.
+# torch first: the CPU build on a machine without CUDA (never the multi-GB CUDA build), the
+# default (CUDA) build where nvidia-smi sees a GPU. Idempotent: a second call only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install -q)
+
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: CUDA GPU found: installing torch==$TORCH_VERSION (CUDA build)"
+    "${PIP[@]}" "torch==$TORCH_VERSION"
+  else
+    echo "setup: no CUDA: installing torch==$TORCH_VERSION+cpu (CPU build)"
+    if ! "${PIP[@]}" "torch==$TORCH_VERSION+cpu"; then
+      echo "setup: torch $TORCH_VERSION+cpu not found on your package indexes." >&2
+      echo "       add PyTorch's CPU wheel index and retry, e.g." >&2
+      echo "       PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make setup" >&2
+      exit 1
+    fi
+  fi
+fi
+
+stamp="$VENV/.openmind-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing openmind and its dependencies"
+  "${PIP[@]}" -e ".[dev]"
+  touch "$stamp"
+fi
+"$VENV/bin/python" -c "import torch, prefect, transformers; print(f'setup: ok (torch {torch.__version__}, prefect {prefect.__version__}, transformers {transformers.__version__})')"

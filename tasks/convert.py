@@ -1,0 +1,41 @@
+"""Task 2: JSONL -> validated, sharded Parquet under ``<lake>/curated/<version>/`` (bad rows quarantined)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+from openmind_core.data import convert
+from schemas import CuratedDataset, DataConfig, RawDataset
+from tasks.common import RETRY_DELAYS, RETRY_JITTER, STAGE_CACHE, md_table, retry_transient
+
+
+@task(
+    name="convert",
+    retries=2,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_transient,
+    cache_policy=STAGE_CACHE,
+    persist_result=True,
+    result_serializer="json",
+)
+def convert_task(raw: RawDataset, data: DataConfig, lake: str) -> CuratedDataset:
+    log = get_run_logger()
+    cur = convert(raw, data, Path(lake))
+    log.info("curated %s: %d rows in, %d kept, %d quarantined %s; splits %s", cur.version, cur.rows_in,
+             cur.rows_kept, cur.rows_quarantined, cur.quarantine_by_reason or "", cur.splits)
+    reasons = "<br>".join(f"{k}: {v}" for k, v in sorted(cur.quarantine_by_reason.items())) or "none"
+    create_markdown_artifact(
+        key="week1-convert",
+        description="curated Parquet lake",
+        markdown="# JSONL → Parquet\n\n" + md_table([
+            ("version", f"`{cur.version}`"), ("rows in", cur.rows_in), ("rows kept", cur.rows_kept),
+            ("rows quarantined", cur.rows_quarantined), ("quarantine reasons", reasons),
+            ("splits", cur.splits), ("kinds", cur.kinds), ("shards", len(cur.shards)), ("root", f"`{cur.root}`"),
+        ]),
+    )
+    return cur

@@ -1,0 +1,28 @@
+"""Training with more than one process: launch torchrun, stream its output into the Prefect log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from openmind_core.io import atomic_write_text
+from schemas import CuratedDataset, OpenMindConfig, SmokeReport, TrainingResult
+
+
+def train_with_torchrun(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport, run_dir: str,
+                        log) -> TrainingResult:
+    from openmind_core.training.launch import run_torchrun
+
+    run = Path(run_dir)
+    cfg_path = atomic_write_text(run / "config.yaml", cfg.to_yaml())
+    cur_path = atomic_write_text(run / "curated.json", curated.model_dump_json(indent=2))
+    result_path = run / "training_result.json"
+    result_path.unlink(missing_ok=True)
+    args = ["--config", str(cfg_path), "--curated", str(cur_path), "--run-dir", str(run),
+            "--tokenizer-dir", smoke.tokenizer_dir, "--result", str(result_path)]
+    log.info("launching torchrun with %d processes", cfg.train.nproc)
+    code = run_torchrun("openmind_core.train_entry", args, cfg.train.nproc, on_line=lambda line: log.info("%s", line))
+    if code != 0:
+        raise RuntimeError(f"torchrun exited with code {code}; see the log lines above")
+    if not result_path.exists():
+        raise RuntimeError(f"torchrun finished but wrote no {result_path}")
+    return TrainingResult.model_validate_json(result_path.read_text())

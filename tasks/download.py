@@ -1,0 +1,65 @@
+"""Task 1: download (or generate) the raw data into ``<lake>/raw/<source>/<fingerprint>/``."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+from openmind_core.data import download
+from schemas import DataConfig, RawDataset
+from tasks.common import RETRY_DELAYS, RETRY_JITTER, STAGE_CACHE, md_table, retry_transient
+
+
+@task(
+    name="download",
+    retries=3,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_transient,
+    cache_policy=STAGE_CACHE,
+    persist_result=True,
+    result_serializer="json",
+)
+def download_task(data: DataConfig, lake: str, seed: int = 0, input_stamp: str = "") -> RawDataset:
+    """``input_stamp`` (size and mtime of the user's input files) is only there for the cache key."""
+    log = get_run_logger()
+    raw = download(data, Path(lake), seed=seed)
+    log.info("raw %s: %d caption rows, %d VQA rows, %d images at %s%s", raw.source, raw.caption_rows,
+             raw.vqa_rows, raw.images, raw.root, " (reused)" if raw.reused else "")
+    create_markdown_artifact(
+        key="week1-download",
+        description="raw data",
+        markdown="# Download\n\n" + md_table([
+            ("source", raw.source), ("fingerprint", f"`{raw.fingerprint}`"), ("caption rows", raw.caption_rows),
+            ("VQA rows", raw.vqa_rows), ("images", raw.images), ("root", f"`{raw.root}`"), ("reused", raw.reused),
+        ]),
+    )
+    return raw
+
+
+def input_stamp(data: DataConfig) -> str:
+    """Size and mtime of every local input the source names, so a changed file misses the cache."""
+    paths: list[str | None] = []
+    if data.source == "jsonl":
+        paths = [data.jsonl.captions, data.jsonl.vqa]
+    elif data.source == "coco":
+        paths = [data.coco.annotations, data.coco.images]
+    elif data.source == "hf":
+        paths = [data.hf.name]
+    parts = []
+    for p in filter(None, paths):
+        path = Path(p)
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file())
+            stat = [(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+            parts.append(f"{p}:{hashlib.sha256(repr(stat).encode()).hexdigest()[:16]}")
+        elif path.exists():
+            st = path.stat()
+            parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
+        else:
+            parts.append(f"{p}:missing")
+    return "|".join(parts)

@@ -1,0 +1,72 @@
+"""Task 4: train with the ProductionTrainer; a retry or a rerun resumes from the newest checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from openmind_core.pipeline import train_from_config
+from schemas import CuratedDataset, OpenMindConfig, SmokeReport, TrainingResult
+from tasks.common import md_table, retry_transient
+
+
+@task(name="train", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport, run_dir: str) -> TrainingResult:
+    log = get_run_logger()
+    progress_id = create_progress_artifact(progress=0.0, key="week1-training-progress",
+                                           description="optimizer steps done, percent")
+
+    def progress(info: dict) -> None:
+        total = max(int(info.get("total_steps") or 1), 1)
+        update_progress_artifact(progress_id, min(100.0, 100.0 * int(info.get("step", 0)) / total))
+        log.info("step %s/%s  loss %.4f  lr %.2e  %s tok/s", info.get("step"), total, info.get("loss") or float("nan"),
+                 info.get("lr") or 0.0, f"{info['tokens_per_s']:.0f}" if info.get("tokens_per_s") else "-")
+
+    if cfg.train.nproc > 1:
+        from tasks.distributed import train_with_torchrun
+
+        result = train_with_torchrun(cfg, curated, smoke, run_dir, log)
+    else:
+        result = train_from_config(cfg, curated, run_dir, smoke.tokenizer_dir, progress=progress)
+    update_progress_artifact(progress_id, 100.0)
+    _publish(result, cfg)
+    log.info("trained %d steps: loss %s -> %s, best val %s", result.steps, result.first_loss, result.last_loss,
+             result.best_val_loss)
+    return result
+
+
+def _publish(result: TrainingResult, cfg: OpenMindConfig) -> None:
+    rows = []
+    path = Path(result.metrics_path)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "loss" in rec and "step" in rec and rec.get("event") in (None, "step"):
+                rows.append({k: rec.get(k) for k in ("step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s",
+                                                     "step_time", "skipped")})
+    if len(rows) > 100:  # keep the table readable: every k-th step plus the last
+        k = -(-len(rows) // 100)
+        rows = rows[::k] + ([rows[-1]] if (len(rows) - 1) % k else [])
+    if rows:
+        create_table_artifact(table=rows, key="week1-training-metrics", description="training metrics per step")
+    create_markdown_artifact(
+        key="week1-train",
+        description="training summary",
+        markdown="# Training\n\n" + md_table([
+            ("steps", result.steps), ("epochs", result.epochs_completed), ("samples seen", result.samples_seen),
+            ("loss", f"{result.first_loss} → {result.last_loss}"),
+            ("val loss", f"{result.first_val_loss} → {result.final_val_loss} (best {result.best_val_loss})"),
+            ("NaN/inf losses", result.nan_or_inf_losses), ("skipped steps", result.skipped_steps),
+            ("rollbacks", len(result.rollbacks)), ("resumed from step", result.resumed_from_step),
+            ("tokens/s", result.tokens_per_second), ("device / amp", f"{result.device} / {result.amp}"),
+            ("stage", cfg.model.stage), ("final", f"`{result.final_dir}`"), ("best", f"`{result.best_dir}`"),
+        ]),
+    )

@@ -1,0 +1,38 @@
+"""Test-session setup: offline, telemetry off, Prefect state in a temp dir, one Prefect server.
+
+Tests that run flows take the session-scoped ``prefect_server`` fixture: one
+``prefect_test_harness`` (a real temporary server, ~9 s to start) for the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="openmind-tests-"))
+os.environ["PREFECT_HOME"] = str(_TMP / "prefect-home")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_TMP / "prefect-results")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = "openmind_core"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("OPENMIND_LAKE", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect server for the session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

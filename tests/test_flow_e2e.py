@@ -1,0 +1,197 @@
+"""The Week-1 flow end to end under a real (temporary) Prefect server.
+
+One small config (fewer samples than the default, same shapes) runs the five tasks for real:
+generated data, Parquet conversion, smoke checks, training whose loss falls, generation.  Then:
+the rerun path (download and conversion cached, training resumed instead of redone), a task that
+fails once and is retried, a permanent error that is not retried, and a run killed with SIGKILL
+during training that, rerun with the same name, ends with the same final weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "data.synthetic.num_captions=96",
+    "data.synthetic.num_vqa=48",
+    "train.micro_batch_size=8",
+    "train.save_steps=4",
+    "train.eval_steps=4",
+    "train.log_every=2",
+    "train.deterministic=true",
+    "inference.max_samples=6",
+    "inference.max_new_tokens=4",
+]
+
+EXPECTED_TASKS = {"download", "convert", "smoke-test", "train", "inference"}
+EXPECTED_ARTIFACTS = {"week1-download", "week1-convert", "week1-smoke", "week1-train", "week1-training-metrics",
+                      "week1-training-progress", "week1-inference", "week1-checklist"}
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0] if r.name.split("-")[-1].isdigit() else r.name: r for r in runs}
+
+
+def _artifacts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in arts if a.key}
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tmp_path_factory):
+    from flows.week1 import week1
+
+    lake = tmp_path_factory.mktemp("lake")
+    state = week1(overrides=SMALL, run_name="e2e", lake=str(lake), return_state=True)
+    assert state.is_completed(), state.message
+    return lake, state.result(), state.state_details.flow_run_id
+
+
+def test_flow_runs_all_five_tasks_and_reports(first_run):
+    from openmind_core.model import MultimodalReasoningModel
+
+    lake, report, flow_run_id = first_run
+    run_dir = lake / "runs" / "e2e"
+    # the run's files
+    for name in ("config.yaml", "metrics.jsonl", "report.json"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "checkpoints").iterdir())
+    assert (lake / "raw").is_dir() and (lake / "curated").is_dir()
+    on_disk = json.loads((run_dir / "report.json").read_text())
+    assert on_disk["run_name"] == "e2e" and on_disk["passed"] == report.passed
+    for d in ("best", "final"):
+        model = MultimodalReasoningModel.from_pretrained(run_dir / d)
+        assert model.num_image_tokens == report.smoke.image_tokens
+    # the artifacts passed between tasks
+    assert report.raw.caption_rows == 96 and report.raw.vqa_rows == 48
+    assert report.curated.rows_in == report.curated.rows_kept + report.curated.rows_quarantined == 144
+    assert report.smoke.passed and len(report.smoke.checks) == 4
+    t = report.training
+    assert t.steps > 0 and t.epochs_completed == 1 and t.reload_equal
+    assert t.last_loss < t.first_loss and t.nan_or_inf_losses == 0
+    assert report.inference.vqa_count > 0 and any(p.prediction for p in report.inference.predictions)
+    assert any(p.prompt == "这张图片里有什么？" for p in report.inference.predictions)
+    # the guide's seven criteria, each with its evidence
+    assert len(report.criteria) == 7 and all(c.evidence for c in report.criteria)
+    failed = [c for c in report.criteria if not c.passed]
+    assert not failed, failed
+    # what the Prefect UI shows: one flow run, five task runs, the artifacts
+    runs = _task_runs(flow_run_id)
+    assert EXPECTED_TASKS <= set(runs), runs.keys()
+    assert all(runs[n].state.is_completed() for n in EXPECTED_TASKS)
+    arts = _artifacts(flow_run_id)
+    assert EXPECTED_ARTIFACTS <= set(arts), set(arts)
+    assert arts["week1-training-progress"].data == 100.0
+    assert arts["week1-training-metrics"].type == "table"
+
+
+def test_rerun_reuses_stages_and_resumes_training(first_run):
+    from flows.week1 import week1
+
+    lake, report, _ = first_run
+    before = _weights(lake / "runs" / "e2e")
+    state = week1(overrides=SMALL, run_name="e2e", lake=str(lake), return_state=True)
+    assert state.is_completed(), state.message
+    again = state.result()
+    runs = _task_runs(state.state_details.flow_run_id)
+    assert runs["download"].state.name == "Cached" and runs["convert"].state.name == "Cached"
+    assert again.curated.version == report.curated.version
+    # training resumed from its last checkpoint instead of starting over
+    assert again.training.resumed_from_step == report.training.steps
+    assert again.training.steps == report.training.steps
+    after = _weights(lake / "runs" / "e2e")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_transient_failure_is_retried_and_permanent_is_not(prefect_server, tmp_path, monkeypatch):
+    import tasks.download as dl
+    from flows.data import prepare_data
+    from openmind_core.data import download as real_download
+
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("simulated transient network failure")
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(dl, "download", flaky)
+    small = ["data.synthetic.num_captions=8", "data.synthetic.num_vqa=4"]
+    state = prepare_data(overrides=small, lake=str(tmp_path / "a"), return_state=True)
+    assert state.is_completed(), state.message
+    assert calls["n"] == 2
+    runs = _task_runs(state.state_details.flow_run_id)
+    assert runs["download"].run_count == 2
+
+    def broken(*args, **kwargs):
+        calls["n"] += 1
+        raise ValueError("data.synthetic: simulated permanent error")
+
+    calls["n"] = 0
+    monkeypatch.setattr(dl, "download", broken)
+    state = prepare_data(overrides=small + ["run.seed=7"], lake=str(tmp_path / "b"), return_state=True)
+    assert state.is_failed()
+    assert calls["n"] == 1  # a config/data error fails at once
+
+
+def _cli(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, prefect_server, tmp_path):
+    lake, report, _ = first_run
+    env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    args = ["run", *sum((["--set", s] for s in SMALL), []), "--run-name", "killed", "--lake", str(lake)]
+    proc = _cli(args, env)
+    metrics = lake / "runs" / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        steps = [json.loads(x).get("step", 0) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+        if steps and max(steps) >= 6:  # past the checkpoint at step 4, before the end
+            killed_at = max(steps)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None, f"training never reached step 6 (exit {proc.returncode}): {proc.stdout.read()[-2000:]}"
+    assert not (lake / "runs" / "killed" / "report.json").exists()
+
+    rerun = _cli(args, env)
+    out, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, out[-3000:]
+    assert "resumed from step" in out
+    result = json.loads((lake / "runs" / "killed" / "report.json").read_text())
+    assert result["training"]["resumed_from_step"] >= 4
+    unbroken, resumed = _weights(lake / "runs" / "e2e"), _weights(lake / "runs" / "killed")
+    assert unbroken.keys() == resumed.keys()
+    assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
