@@ -14,14 +14,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install -q)
+# pip warns about every unusable local index entry on some machines; keep real errors only
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "setup: CUDA GPU found: installing torch==$TORCH_VERSION (CUDA build)"
-    "${PIP[@]}" "torch==$TORCH_VERSION"
+    quiet "${PIP[@]}" "torch==$TORCH_VERSION"
   else
     echo "setup: no CUDA: installing torch==$TORCH_VERSION+cpu (CPU build)"
-    if ! "${PIP[@]}" "torch==$TORCH_VERSION+cpu"; then
+    if ! quiet "${PIP[@]}" "torch==$TORCH_VERSION+cpu"; then
       echo "setup: torch $TORCH_VERSION+cpu not found on your package indexes." >&2
       echo "       add PyTorch's CPU wheel index and retry, e.g." >&2
       echo "       PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make setup" >&2
@@ -33,7 +35,7 @@ fi
 stamp="$VENV/.openmind-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing openmind and its dependencies"
-  "${PIP[@]}" -e ".[dev]"
+  quiet "${PIP[@]}" -e ".[dev]"
   touch "$stamp"
 fi
 "$VENV/bin/python" -c "import torch, prefect, transformers; print(f'setup: ok (torch {torch.__version__}, prefect {prefect.__version__}, transformers {transformers.__version__})')"

@@ -1,14 +1,19 @@
 """A sampler whose position can be saved and restored exactly, and that can skip sample ids.
 
-The order of an epoch is a seeded permutation of the sample ids that are not in the skip set
-(``torch.Generator`` seeded with ``seed + epoch``), padded to a multiple of the world size and
-sharded by rank like ``DistributedSampler``.  The trainer owns the position (epoch, samples this
-rank already consumed in it): prefetching loader workers run ahead of the training loop, so the
-sampler's own iteration count is not the position.  Resume = ``set_epoch(epoch, start=consumed)``.
+The order of an epoch is a seeded permutation of ALL sample ids (``torch.Generator`` seeded with
+``seed + epoch``) from which the skipped ids are then filtered out, padded to a multiple of the
+world size and sharded by rank like ``DistributedSampler``.  Permuting first and filtering second
+means that skipping an id never moves the ids before it: a position saved before a skip stays
+valid after it.  The trainer owns the position (epoch, samples this rank already consumed in it):
+prefetching loader workers run ahead of the training loop, so the sampler's own iteration count
+is not the position.  Resume = ``set_epoch(epoch, start=consumed)``.
 
-Skipping: ids added to the skip set after a rollback were seen after the restored checkpoint, so
-they lie at or after the restored position, and filtering them out leaves every earlier position
-unchanged; the same (seed, epoch, skip set) always gives the same order.
+Skipping: each skipped id carries the first epoch it applies to.  ``add_skip(ids, epoch, start)``
+(what a rollback calls) makes an id skipped from ``epoch`` on when it still lies at or after the
+restored position in that epoch's order, and from ``epoch + 1`` on when it was already consumed
+before the position (it was seen again after an epoch boundary).  So the prefix of the restored
+epoch never changes and a skipped id is never drawn again.  The same (seed, epoch, skip set)
+always gives the same order.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class ResumableSampler(Sampler[int]):
         self.world_size = world_size
         self.epoch = 0
         self.start = 0
-        self.skip: set[str] = set()
+        self.skip: dict[str, int] = {}  # sample id -> first epoch it is skipped in
 
     # -- position ------------------------------------------------------------------------
 
@@ -45,30 +50,62 @@ class ResumableSampler(Sampler[int]):
         self.epoch = int(epoch)
         self.start = int(start)
 
-    def add_skip(self, ids: Iterable[str]) -> None:
-        self.skip.update(ids)
+    def add_skip(self, ids: Iterable[str], epoch: int | None = None, start: int | None = None) -> None:
+        """Skip ``ids`` from now on; see the module docstring for ``epoch``/``start`` (default: here)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        start = self.start if start is None else int(start)
+        order = self.global_order(epoch)
+        first_pos: dict[str, int] = {}
+        for pos, idx in enumerate(order):
+            first_pos.setdefault(self.sample_ids[idx], pos)
+        boundary = start * self.world_size
+        for sid in ids:
+            if sid in self.skip:
+                continue
+            pos = first_pos.get(sid)
+            self.skip[sid] = epoch if pos is None or pos >= boundary else epoch + 1
+
+    def skipped_ids(self) -> list[str]:
+        return sorted(self.skip)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "skip": sorted(self.skip)}
+        return {
+            "epoch": self.epoch,
+            "start": self.start,
+            "seed": self.seed,
+            "skip": [[sid, ep] for sid, ep in sorted(self.skip.items())],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"sampler seed changed: checkpoint {state['seed']}, now {self.seed}")
         self.epoch = int(state["epoch"])
         self.start = int(state["start"])
-        self.skip = set(state.get("skip", []))
+        skip: dict[str, int] = {}
+        for item in state.get("skip", []):
+            if isinstance(item, str):
+                skip[item] = 0
+            else:
+                skip[str(item[0])] = int(item[1])
+        self.skip = skip
 
     # -- order ---------------------------------------------------------------------------
 
-    def epoch_order(self, epoch: int | None = None) -> list[int]:
-        """This rank's dataset indices for the epoch, from its beginning."""
+    def global_order(self, epoch: int | None = None) -> list[int]:
+        """All ranks' dataset indices for the epoch (permuted, skips removed, not padded)."""
         epoch = self.epoch if epoch is None else epoch
-        keep = [i for i, sid in enumerate(self.sample_ids) if sid not in self.skip]
+        order = list(range(len(self.sample_ids)))
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + epoch)
-            perm = torch.randperm(len(keep), generator=g).tolist()
-            keep = [keep[j] for j in perm]
+            order = torch.randperm(len(order), generator=g).tolist()
+        if self.skip:
+            order = [i for i in order if self.skip.get(self.sample_ids[i], epoch + 1) > epoch]
+        return order
+
+    def epoch_order(self, epoch: int | None = None) -> list[int]:
+        """This rank's dataset indices for the epoch, from its beginning."""
+        keep = self.global_order(epoch)
         if self.world_size > 1 and keep:
             pad = (-len(keep)) % self.world_size
             keep = keep + keep[:pad]

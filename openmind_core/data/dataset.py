@@ -1,0 +1,203 @@
+"""Reading the curated lake: row helper, the map-style training dataset, its collator, inspection.
+
+``VLMDataset`` reads the shards once: the text columns as Python lists and the image column as
+one Arrow binary array (no Python object per image, shared copy-on-write with forked loader
+workers).  ``__getitem__`` decodes, resizes and SigLIP-normalises the image and tokenises the
+prompt and target (``openmind_core.prompting``), so that work runs in the loader workers.
+``Collator`` pads to the longest sample on the right (labels with -100).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from schemas.artifacts import CuratedDataset
+
+from openmind_core.data.lake import CURATED_MANIFEST, read_json
+from openmind_core.imaging import preprocess_image
+from openmind_core.prompting import IGNORE_INDEX, encode, instruction_for
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "answer",
+                "image_width", "image_height", "source_file", "source_line"]
+SPLITS = ("train", "validation")
+
+
+def shard_paths(curated: CuratedDataset | str | Path) -> list[Path]:
+    """The shards of a curated version (from its manifest, which must be complete)."""
+    if isinstance(curated, CuratedDataset):
+        return [Path(s) for s in curated.shards]
+    root = Path(curated)
+    manifest = read_json(root / CURATED_MANIFEST)
+    if manifest is None:
+        raise FileNotFoundError(f"{root} is not a complete curated lake version (no readable {CURATED_MANIFEST})")
+    return [root / s["path"] for s in manifest["shards"]]
+
+
+def read_table(curated: CuratedDataset | str | Path, split: str | None = None,
+               kinds: Iterable[str] | None = None, with_images: bool = False) -> pa.Table:
+    """The curated rows as one Arrow table, filtered by split and kind."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    columns = TEXT_COLUMNS + (["image", "image_sha256", "image_format"] if with_images else [])
+    tables = [pq.read_table(p, columns=columns) for p in shard_paths(curated)]
+    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+    if split is not None:
+        table = table.filter(pc.equal(table["split"], split))
+    if kinds is not None:
+        table = table.filter(pc.is_in(table["kind"], value_set=pa.array(list(kinds), pa.string())))
+    return table
+
+
+def read_rows(curated: CuratedDataset | str | Path, split: str | None = None,
+              kinds: Iterable[str] | None = None, with_images: bool = False) -> list[dict]:
+    """Curated rows as dicts (``image`` bytes only with ``with_images=True``)."""
+    return read_table(curated, split, kinds, with_images).to_pylist()
+
+
+class VLMDataset(Dataset):
+    """Map-style dataset of ``{sample_id, input_ids, labels, pixel_values}`` over curated shards."""
+
+    def __init__(
+        self,
+        curated: CuratedDataset | str | Path,
+        split: str | None,
+        tokenizer,
+        image_size: int,
+        num_image_tokens: int,
+        image_token_id: int,
+        max_length: int,
+        kinds: Iterable[str] | None = None,
+    ) -> None:
+        table = read_table(curated, split, kinds, with_images=True)
+        if table.num_rows == 0:
+            raise ValueError(f"no rows in split {split!r} of {getattr(curated, 'root', curated)}")
+        if image_token_id is None or image_token_id < 0:
+            raise ValueError(f"image_token_id must be a token id, got {image_token_id!r}")
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.num_image_tokens = num_image_tokens
+        self.image_token_id = image_token_id
+        self.max_length = max_length
+        self.rows: list[dict[str, Any]] = table.drop_columns(["image", "image_sha256", "image_format"]).to_pylist()
+        self.images: pa.Array = table["image"].combine_chunks()
+        self.sample_ids: list[str] = [r["sample_id"] for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+    def image_bytes(self, index: int) -> bytes:
+        return self.images[index].as_py()
+
+    def encode_row(self, index: int):
+        """``openmind_core.prompting.Encoded`` of one row (no image decoding)."""
+        row = self.rows[index]
+        instruction, target = instruction_for(row)
+        return encode(self.tokenizer, instruction, target, self.num_image_tokens, self.image_token_id, self.max_length)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        enc = self.encode_row(index)
+        return {
+            "sample_id": self.sample_ids[index],
+            "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
+            "labels": torch.tensor(enc.labels, dtype=torch.long),
+            "pixel_values": preprocess_image(self.image_bytes(index), self.image_size),
+        }
+
+
+class Collator:
+    """Right-pad a list of ``VLMDataset`` items into a batch."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        if pad_token_id is None:
+            raise ValueError("Collator needs a pad_token_id (the tokenizer has no pad token)")
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("Collator got an empty batch")
+        longest = max(len(it["input_ids"]) for it in items)
+        n = len(items)
+        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, longest), dtype=torch.long)
+        for i, it in enumerate(items):
+            k = len(it["input_ids"])
+            input_ids[i, :k] = it["input_ids"]
+            labels[i, :k] = it["labels"]
+            attention[i, :k] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            "sample_ids": [it["sample_id"] for it in items],
+        }
+
+
+def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, n: int = 3) -> str:
+    """The ``openmind data inspect`` text: ``n`` decoded samples and one collated batch's shapes."""
+    from openmind_core.model.tokens import tokens_for_config
+
+    image_token = model_cfg.tokenizer.image_token
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {image_token!r} token (model.tokenizer.image_token)")
+    n_img = tokens_for_config(model_cfg)
+    split = "train"
+    try:
+        ds = VLMDataset(curated, split, tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
+    except ValueError:
+        split = None
+        ds = VLMDataset(curated, None, tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
+    # a mix of kinds when there are several
+    picks: list[int] = []
+    by_kind: dict[str, list[int]] = {}
+    for i, r in enumerate(ds.rows):
+        by_kind.setdefault(r["kind"], []).append(i)
+    while len(picks) < min(n, len(ds)):
+        for idx in by_kind.values():
+            if idx and len(picks) < n:
+                picks.append(idx.pop(0))
+    lines = [f"curated lake: {getattr(curated, 'root', curated)}  split: {split or 'all'}  rows: {len(ds)}",
+             f"image: {model_cfg.vision.img_size} px -> {n_img} image tokens ({image_token!r} id {image_token_id}); "
+             f"max_length {model_cfg.max_length} text tokens", ""]
+    items = []
+    for k, i in enumerate(picks, 1):
+        row, enc, item = ds.row(i), ds.encode_row(i), ds[i]
+        items.append(item)
+        start, end = enc.image_positions
+        prompt_ids = [t for t, lab in zip(enc.input_ids[end:], enc.labels[end:]) if lab == IGNORE_INDEX]
+        target_ids = [t for t in enc.labels if t != IGNORE_INDEX]
+        lines += [
+            f"[{k}] {row['kind']} {row['sample_id']} ({row['source_file']}:{row['source_line']}, {row['language']})",
+            f"    image     {row['image_width']}x{row['image_height']} -> pixel_values {tuple(item['pixel_values'].shape)} "
+            f"range [{item['pixel_values'].min():.2f}, {item['pixel_values'].max():.2f}]",
+            f"    prompt    {tokenizer.decode(prompt_ids)!r}",
+            f"    target    {tokenizer.decode(target_ids)!r}",
+            f"    tokens    {len(enc.input_ids)} total = {start} bos + {end - start} image + {len(prompt_ids)} prompt "
+            f"+ {len(target_ids)} target{' (truncated)' if enc.truncated else ''}",
+        ]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = Collator(pad)(items)
+    lines += ["", "collated batch:"]
+    for key, value in batch.items():
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else f"list[{len(value)}]"
+        dtype = str(value.dtype).replace("torch.", "") if isinstance(value, torch.Tensor) else "str"
+        lines.append(f"    {key:15s} {shape} {dtype}")
+    lines.append(f"    label tokens   {int((batch['labels'] != IGNORE_INDEX).sum())} of "
+                 f"{int(batch['attention_mask'].sum())} attended")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Tests for the JSONL -> Parquet conversion: validation, quarantine, versions, atomicity, tools."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from openmind_core.data import REASONS, SCHEMA_VERSION, DataError, convert, download, read_rows
+from openmind_core.data.synthetic import generate
+from schemas.config import DataConfig
+
+convert_mod = importlib.import_module("openmind_core.data.convert")  # the package exports the function
+
+
+def png(color=(255, 0, 0), size=(16, 12), noise: bool = False) -> bytes:
+    img = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3)) if noise else Image.new("RGB", size, color)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def jsonl_cfg(captions=None, vqa=None, **kw) -> DataConfig:
+    return DataConfig(source="jsonl", jsonl={"captions": str(captions) if captions else None,
+                                             "vqa": str(vqa) if vqa else None}, num_workers=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def synthetic_raw(tmp_path_factory):
+    lake = tmp_path_factory.mktemp("lake")
+    cfg = DataConfig(synthetic={"num_captions": 300, "num_vqa": 100}, num_workers=1)  # > PARALLEL_MIN_IMAGES
+    return cfg, lake, download(cfg, lake)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_every_reason_is_quarantined_with_file_and_line(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "ok.png").write_bytes(png((255, 0, 0)))
+    (user / "ok2.png").write_bytes(png((0, 255, 0)))
+    (tmp_path / "outside.png").write_bytes(png((0, 0, 255)))
+    (user / "link.png").symlink_to(tmp_path / "outside.png")
+    (user / "garbage.png").write_bytes(os.urandom(300))
+    full = png(size=(32, 32), noise=True)
+    (user / "trunc.png").write_bytes(full[: len(full) // 2])
+    (user / "big.png").write_bytes(png(size=(200, 200)))
+    (user / "heavy.png").write_bytes(png(size=(64, 64), noise=True))  # > max_image_bytes
+    j = lambda o: json.dumps(o, ensure_ascii=False).encode()  # noqa: E731
+    lines = [
+        j({"image": "ok.png", "text": "good one"}),                      # 1 kept
+        b"\xef\xbb\xbf" + j({"image": "ok.png", "text": "bom"}),          # 2 bom
+        b'{"image": "ok.png", "text": "bad \xff\xfe bytes"}',             # 3 invalid_utf8
+        j({"image": "ok2.png", "text": "crlf"}) + b"\r",                  # 4 crlf
+        b'{"image": "ok.png", "text": ',                                  # 5 malformed_json
+        b"[1, 2]",                                                        # 6 not_an_object
+        j({"image": "ok.png"}),                                           # 7 missing_field
+        j({"image": "ok.png", "text": 5}),                                # 8 wrong_type
+        j({"image": "ok.png", "text": "   "}),                            # 9 empty_text
+        j({"image": "ok.png", "text": "x" * 150}),                        # 10 text_too_long
+        j({"image": "../outside.png", "text": "escape"}),                 # 11 path_escape
+        j({"image": "link.png", "text": "symlink out"}),                  # 12 path_escape
+        j({"image": "nope.png", "text": "missing"}),                      # 13 image_missing
+        j({"image": "garbage.png", "text": "garbage"}),                   # 14 image_unreadable
+        j({"image": "trunc.png", "text": "truncated"}),                   # 15 image_truncated
+        j({"image": "big.png", "text": "too many pixels"}),               # 16 image_too_large
+        j({"image": "heavy.png", "text": "too many bytes"}),              # 17 image_too_large
+        j({"image": "ok.png", "text": "good one"}),                       # 18 duplicate of 1
+        b"   ",                                                           # 19 blank: not a row
+        j({"image": "ok2.png", "text": "good two"}),                      # 20 kept
+    ]
+    cap = user / "caps.jsonl"
+    cap.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = jsonl_cfg(cap, max_text_chars=100, max_image_pixels=150 * 150, max_image_bytes=5000)
+    lake = tmp_path / "lake"
+    curated = convert(download(cfg, lake), cfg, lake)
+
+    assert curated.rows_in == 19
+    assert curated.rows_kept == 2 and curated.rows_quarantined == 17
+    assert curated.rows_in == curated.rows_kept + curated.rows_quarantined
+    expected = {2: "bom", 3: "invalid_utf8", 4: "crlf", 5: "malformed_json", 6: "not_an_object",
+                7: "missing_field", 8: "wrong_type", 9: "empty_text", 10: "text_too_long", 11: "path_escape",
+                12: "path_escape", 13: "image_missing", 14: "image_unreadable", 15: "image_truncated",
+                16: "image_too_large", 17: "image_too_large", 18: "duplicate"}
+    assert set(expected.values()) == set(REASONS)
+    bad = [json.loads(line) for line in Path(curated.quarantine_path).read_text(encoding="utf-8").splitlines()]
+    assert {b["line"]: b["reason"] for b in bad} == expected
+    assert all(b["file"] == str(cap.resolve()) and b["detail"] for b in bad)
+    assert "caps.jsonl:1" in next(b["detail"] for b in bad if b["reason"] == "duplicate")
+    assert curated.quarantine_by_reason["path_escape"] == 2 and curated.quarantine_by_reason["image_too_large"] == 2
+    kept = read_rows(curated)
+    assert [(r["text"], r["source_line"]) for r in kept] == [("good one", 1), ("good two", 20)]
+
+
+def test_fully_bad_input_raises_data_error(tmp_path):
+    cap = tmp_path / "c.jsonl"
+    cap.write_text('{"image": "nope.png", "text": "a"}\nnot json\n', encoding="utf-8")
+    cfg = jsonl_cfg(cap)
+    lake = tmp_path / "lake"
+    with pytest.raises(DataError, match=r"all 2 rows were quarantined \(image_missing: 1, malformed_json: 1\)"):
+        convert(download(cfg, lake), cfg, lake)
+    assert not [p for p in (lake / "curated").glob("*")]  # nothing visible, no leftovers
+    assert list((lake / "quarantine").glob("*/quarantine.jsonl"))  # but the reasons are kept
+
+
+# --------------------------------------------------------------------------- the lake
+
+
+def test_layout_metadata_and_byte_identical_rerun(synthetic_raw, tmp_path):
+    cfg, lake, raw = synthetic_raw
+    cfg = cfg.model_copy(update={"shard_rows": 250, "row_group_rows": 100})
+    curated = convert(raw, cfg, lake)
+    root = Path(curated.root)
+    assert root == lake / "curated" / curated.version and not curated.reused
+    assert (curated.rows_in, curated.rows_kept, curated.kinds) == (400, 400, {"caption": 300, "vqa": 100})
+    assert [Path(s).name for s in curated.shards] == ["part-00000.parquet", "part-00001.parquet"]
+    meta = pq.ParquetFile(curated.shards[0])
+    assert meta.schema_arrow.metadata[b"openmind.schema_version"] == str(SCHEMA_VERSION).encode()
+    assert meta.metadata.num_row_groups == 3 and meta.metadata.row_group(0).column(0).compression == "ZSTD"
+    manifest = json.loads((root / "_manifest.json").read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["rows_kept"] == 400
+    val = curated.splits["validation"] / 400
+    assert 0.04 < val < 0.16 and sum(curated.splits.values()) == 400
+    rows = read_rows(curated, with_images=True)
+    assert {"sample_id", "kind", "split", "text", "question", "answer", "language", "image", "image_sha256",
+            "image_width", "image_height", "image_format", "source_file", "source_line"} <= set(rows[0])
+    assert rows[0]["source_file"].startswith("raw/synthetic/") and rows[0]["image_width"] == 64
+
+    before = files_of(root)
+    again = convert(raw, cfg, lake)
+    assert again.reused and again.version == curated.version
+    shutil.rmtree(root)
+    rebuilt = convert(raw, cfg, lake)
+    assert not rebuilt.reused and files_of(root) == before  # byte-identical
+    other = convert(raw, cfg.model_copy(update={"num_workers": 2}), tmp_path / "lake2")  # 2 processes
+    assert other.version == curated.version and files_of(Path(other.root)) == before
+
+
+def test_changed_input_gives_new_version_beside_old(tmp_path):
+    (tmp_path / "a.png").write_bytes(png())
+    cap = tmp_path / "c.jsonl"
+    cap.write_text('{"image": "a.png", "text": "one"}\n', encoding="utf-8")
+    cfg, lake = jsonl_cfg(cap), tmp_path / "lake"
+    first = convert(download(cfg, lake), cfg, lake)
+    cap.write_text('{"image": "a.png", "text": "one"}\n{"image": "a.png", "text": "two"}\n', encoding="utf-8")
+    second = convert(download(cfg, lake), cfg, lake)
+    assert first.version != second.version
+    assert Path(first.root, "_manifest.json").is_file() and Path(second.root, "_manifest.json").is_file()
+    assert (first.rows_kept, second.rows_kept) == (1, 2)
+
+
+def test_crash_mid_write_leaves_no_visible_shard(tmp_path, monkeypatch):
+    generate(tmp_path / "src", num_captions=30, num_vqa=0, image_size=16, image_subdir=".")
+    cfg, lake = jsonl_cfg(tmp_path / "src" / "captions.jsonl", shard_rows=10), tmp_path / "lake"
+    raw = download(cfg, lake)
+    real = convert_mod.write_shard
+    calls = []
+
+    def crashing(rows, path, c):
+        calls.append(path)
+        if len(calls) == 2:
+            path.write_bytes(b"PAR1 half a shard")  # a partial file on disk, then the crash
+            raise RuntimeError("simulated crash while writing a shard")
+        real(rows, path, c)
+
+    monkeypatch.setattr(convert_mod, "write_shard", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert(raw, cfg, lake)
+    assert len(calls) == 2
+    assert list((lake / "curated").rglob("*.parquet")) == [] and list((lake / "curated").iterdir()) == []
+    # a hard kill (no cleanup) leaves only a hidden temporary directory; the next run removes it
+    version = convert_mod.version_of(json.loads(Path(raw.manifest).read_text()), cfg)
+    stale = lake / "curated" / f".{version}.tmp-1-dead"
+    stale.mkdir()
+    (stale / "part-00000.parquet").write_bytes(b"partial")
+    monkeypatch.setattr(convert_mod, "write_shard", real)
+    curated = convert(raw, cfg, lake)
+    assert curated.rows_kept == 30 and len(curated.shards) == 3 and not stale.exists()
+    assert [p.name for p in (lake / "curated").iterdir()] == [version]
+
+
+def test_split_is_stable_when_rows_are_added(tmp_path):
+    generate(tmp_path / "src", num_captions=80, num_vqa=0, image_size=16, image_subdir=".")
+    lines = (tmp_path / "src" / "captions.jsonl").read_text().splitlines(keepends=True)
+    small, big = tmp_path / "src" / "small.jsonl", tmp_path / "src" / "big.jsonl"
+    small.write_text("".join(lines[:50]))
+    big.write_text("".join(lines[:30] + lines[50:] + lines[30:50]))  # new rows, shuffled order
+    lake = tmp_path / "lake"
+    splits = []
+    for f in (small, big):
+        cfg = jsonl_cfg(f, val_fraction=0.3)
+        splits.append({r["sample_id"]: r["split"] for r in read_rows(convert(download(cfg, lake), cfg, lake))})
+    assert len(splits[0]) == 50 and len(splits[1]) == 80
+    assert all(splits[1][sid] == s for sid, s in splits[0].items())
+    assert 0 < sum(s == "validation" for s in splits[1].values()) < 80
+
+
+def test_lake_opens_in_datasets_pandas_and_duckdb(synthetic_raw):
+    cfg, lake, raw = synthetic_raw
+    curated = convert(raw, cfg, lake)
+    import datasets
+    import duckdb
+    import pandas as pd
+
+    ds = datasets.load_dataset("parquet", data_files=curated.shards, split="train")
+    assert ds.num_rows == 400 and isinstance(ds[0]["image"], bytes) and ds[0]["kind"] in ("caption", "vqa")
+    df = pd.read_parquet(curated.root)  # the directory: _manifest.json is ignored
+    assert len(df) == 400 and df["split"].value_counts().to_dict() == curated.splits
+    con = duckdb.connect()
+    n, vqa, width = con.execute(
+        f"SELECT count(*), sum(CASE WHEN kind = 'vqa' THEN 1 ELSE 0 END), max(image_width) "
+        f"FROM read_parquet('{curated.root}/*.parquet')").fetchone()
+    assert (n, vqa, width) == (400, 100, 64)

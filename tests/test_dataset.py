@@ -1,0 +1,152 @@
+"""Tests for reading the lake: VLMDataset items, label masking, collation, loader resume, inspect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from openmind_core.data import Collator, ResumableSampler, VLMDataset, convert, download, inspect_samples, read_rows
+from openmind_core.prompting import IGNORE_INDEX, format_prompt, instruction_for
+from schemas.config import DataConfig, load_config
+
+N_IMG = 4
+SIZE = 28
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    lake = tmp_path_factory.mktemp("lake")
+    cfg = DataConfig(synthetic={"num_captions": 40, "num_vqa": 24, "image_size": 32}, val_fraction=0.2, num_workers=1)
+    return convert(download(cfg, lake), cfg, lake)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(curated):
+    """A tiny byte-level BPE with bos/eos/pad/unk and <image>, trained on the lake's text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = []
+    for r in read_rows(curated):
+        instruction, target = instruction_for(r)
+        texts += [format_prompt(instruction), " " + target]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<image>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def make(curated, tokenizer, split="train", max_length=32):
+    return VLMDataset(curated, split, tokenizer, image_size=SIZE, num_image_tokens=N_IMG,
+                      image_token_id=tokenizer.convert_tokens_to_ids("<image>"), max_length=max_length)
+
+
+def test_read_rows_filters(curated):
+    rows = read_rows(curated)
+    assert len(rows) == 64 and "image" not in rows[0]
+    val = read_rows(curated, split="validation", kinds=["vqa"], with_images=True)
+    assert val and all(r["split"] == "validation" and r["kind"] == "vqa" and r["image"] for r in val)
+    assert len(read_rows(curated.root, split="train")) == curated.splits["train"]
+    with pytest.raises(ValueError, match="split"):
+        read_rows(curated, split="test")
+
+
+def test_items_shapes_and_label_masking(curated, tokenizer):
+    ds = make(curated, tokenizer)
+    assert len(ds) == curated.splits["train"] and len(ds.sample_ids) == len(ds)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    for i in range(len(ds)):
+        item, row = ds[i], ds.row(i)
+        ids, labels = item["input_ids"], item["labels"]
+        assert item["sample_id"] == ds.sample_ids[i] == row["sample_id"]
+        assert ids.dtype == labels.dtype == torch.long and ids.shape == labels.shape and ids.dim() == 1
+        assert item["pixel_values"].shape == (3, SIZE, SIZE) and item["pixel_values"].dtype == torch.float32
+        assert -1.0 <= item["pixel_values"].min() and item["pixel_values"].max() <= 1.0
+        assert ids[0] == tokenizer.bos_token_id and (ids == image_id).sum() == N_IMG
+        assert torch.all(ids[1 : 1 + N_IMG] == image_id)
+        masked = labels == IGNORE_INDEX
+        first_target = int((~masked).nonzero()[0])
+        assert masked[: first_target].all() and not masked[first_target:].any()  # prompt masked, target not
+        assert torch.equal(labels[first_target:], ids[first_target:]) and ids[-1] == tokenizer.eos_token_id
+        _, target = instruction_for(row)
+        assert tokenizer.decode(labels[first_target:-1]).strip() == target
+    with pytest.raises(ValueError, match="no rows"):
+        VLMDataset(curated, "train", tokenizer, SIZE, N_IMG, 4, 32, kinds=["nothing"])
+
+
+def test_truncation_never_cuts_image_tokens(curated, tokenizer):
+    ds = make(curated, tokenizer, max_length=4)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    for i in range(len(ds)):
+        item = ds[i]
+        assert (item["input_ids"] == image_id).sum() == N_IMG
+        assert (item["labels"] != IGNORE_INDEX).sum() >= 1
+        assert len(item["input_ids"]) <= 1 + N_IMG + 4
+
+
+def test_collator_pads_right(curated, tokenizer):
+    ds = make(curated, tokenizer)
+    items = [ds[i] for i in range(5)]
+    batch = Collator(tokenizer.pad_token_id)(items)
+    longest = max(len(it["input_ids"]) for it in items)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (5, longest)
+    assert batch["pixel_values"].shape == (5, 3, SIZE, SIZE) and batch["sample_ids"] == ds.sample_ids[:5]
+    for i, it in enumerate(items):
+        k = len(it["input_ids"])
+        assert torch.equal(batch["input_ids"][i, :k], it["input_ids"])
+        assert (batch["input_ids"][i, k:] == tokenizer.pad_token_id).all()
+        assert (batch["labels"][i, k:] == IGNORE_INDEX).all()
+        assert batch["attention_mask"][i].tolist() == [1] * k + [0] * (longest - k)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        Collator(None)
+
+
+def _batches(ds, sampler, workers: int):
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers,
+                        collate_fn=Collator(0), persistent_workers=False)
+    return list(loader)
+
+
+def test_loader_resume_matches_unbroken_pass_and_skips(curated, tokenizer):
+    ds = make(curated, tokenizer)
+    sampler = ResumableSampler(ds.sample_ids, seed=7)
+    sampler.set_epoch(1)
+    unbroken = _batches(ds, sampler, workers=2)
+    assert sum(len(b["sample_ids"]) for b in unbroken) == len(ds)
+
+    resumed_sampler = ResumableSampler(ds.sample_ids, seed=7)
+    resumed_sampler.load_state_dict({"epoch": 1, "start": 3 * 4, "seed": 7, "skip": []})
+    resumed = _batches(ds, resumed_sampler, workers=2)
+    assert len(resumed) == len(unbroken) - 3
+    for a, b in zip(unbroken[3:], resumed):
+        assert a["sample_ids"] == b["sample_ids"]
+        for key in ("input_ids", "labels", "attention_mask", "pixel_values"):
+            assert torch.equal(a[key], b[key])
+
+    other_epoch = ResumableSampler(ds.sample_ids, seed=7)
+    other_epoch.set_epoch(2)
+    assert list(other_epoch) != list(sampler)  # a new permutation each epoch
+
+    skip = set(ds.sample_ids[::5])
+    skipping = ResumableSampler(ds.sample_ids, seed=7)
+    skipping.set_epoch(1)
+    skipping.add_skip(skip)
+    seen = [sid for b in _batches(ds, skipping, workers=2) for sid in b["sample_ids"]]
+    assert not skip & set(seen) and len(seen) == len(ds) - len(skip)
+    assert sorted(seen) == sorted(set(ds.sample_ids) - skip)
+
+
+def test_inspect_samples(curated, tokenizer):
+    model_cfg = load_config().model
+    text = inspect_samples(curated, tokenizer, model_cfg, n=3)
+    assert text.count("    prompt ") == 3 and text.count("    target ") == 3
+    assert "16 image" in text and "pixel_values" in text and "(3, 3, 56, 56)" in text
+    assert "caption" in text and "vqa" in text and "collated batch" in text
+    bad = model_cfg.model_copy(update={"tokenizer": model_cfg.tokenizer.model_copy(update={"image_token": "<img>"})})
+    with pytest.raises(ValueError, match="<img>"):
+        inspect_samples(curated, tokenizer, bad)
