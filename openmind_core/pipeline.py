@@ -73,15 +73,11 @@ def prepare_tokenizer(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: Pat
 
 
 def build_model(cfg: OpenMindConfig, tokenizer):
-    """The configured model, initialised from ``run.seed`` (so a rebuild has identical frozen weights)."""
+    """The configured model, initialised from ``run.seed`` (a rebuild has identical frozen weights)."""
     from openmind_core.model import MultimodalReasoningModel
 
     seed_everything(cfg.run.seed)
-    model = MultimodalReasoningModel.from_config(cfg.model, tokenizer)
-    model.freeze(cfg.model.stage)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
+    return MultimodalReasoningModel.from_config(cfg.model, tokenizer)  # applies stage, dtype, checkpointing
 
 
 def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
@@ -116,7 +112,7 @@ def train_from_config(
 ) -> TrainingResult:
     """Build model and data from the config, train (resuming from ``run_dir`` when it can)."""
     from openmind_core.model import load_tokenizer
-    from openmind_core.training import ProductionTrainer
+    from openmind_core.training import CheckpointManager, ProductionTrainer
 
     run_dir = Path(run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -128,6 +124,9 @@ def train_from_config(
         seed=cfg.run.seed, fingerprint=fingerprint, progress=progress, rank=rank, world_size=world_size,
     )
     result = trainer.train()
+    if not result.checkpoints:
+        manager = CheckpointManager(run_dir / "checkpoints")
+        result.checkpoints = [str(manager.path(step)) for step in manager.steps()]
     if rank == 0:
         result.reload_equal = check_reload(model, Path(result.final_dir), val if len(val) else train, collate)
     return result

@@ -29,6 +29,7 @@ SMALL = [
     "data.synthetic.num_captions=96",
     "data.synthetic.num_vqa=48",
     "train.micro_batch_size=8",
+    "train.epochs=3",
     "train.save_steps=4",
     "train.eval_steps=4",
     "train.log_every=2",

@@ -1,0 +1,27 @@
+"""The OpenMind vision-language model: SigLIP encoder, projector, causal LM, tokenizer, memory estimate."""
+
+from openmind_core.model.attention import flash_attn_available, select_backend
+from openmind_core.model.language import build_language_model, inline_llama_config
+from openmind_core.model.memory import MemoryEstimate, estimate_memory
+from openmind_core.model.projector import ImprovedProjector
+from openmind_core.model.tokenizer import build_tokenizer, load_tokenizer, train_bpe_tokenizer
+from openmind_core.model.tokens import num_image_tokens, tokens_for_config
+from openmind_core.model.vision import ImprovedVisionEncoder
+from openmind_core.model.vlm import MultimodalReasoningModel
+
+__all__ = [
+    "ImprovedProjector",
+    "ImprovedVisionEncoder",
+    "MemoryEstimate",
+    "MultimodalReasoningModel",
+    "build_language_model",
+    "build_tokenizer",
+    "estimate_memory",
+    "flash_attn_available",
+    "inline_llama_config",
+    "load_tokenizer",
+    "num_image_tokens",
+    "select_backend",
+    "tokens_for_config",
+    "train_bpe_tokenizer",
+]
