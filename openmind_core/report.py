@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+GIB = 1 << 30
+
 from schemas import (
     Criterion,
     CuratedDataset,
@@ -88,13 +90,14 @@ def week1_criteria(
         )
     )
     if memory_estimate is not None:
-        gb = memory_estimate.train_peak_bytes / 1e9
+        gib = memory_estimate.train_peak_bytes / GIB
         budget = cfg.memory.budget_gb
         measured = training.peak_memory_bytes
-        passed = gb <= budget and (measured is None or measured / 1e9 <= budget)
-        evidence = f"estimated training peak {gb:.2f} GB (stage {cfg.model.stage}) vs budget {budget:g} GB"
+        passed = gib <= budget and (measured is None or measured / GIB <= budget)
+        evidence = (f"estimated GPU training peak {gib:.2f} GiB (stage {cfg.model.stage}, {cfg.model.dtype}) "
+                    f"vs budget {budget:g} GiB")
         if measured is not None:
-            evidence += f"; measured peak {measured / 1e9:.2f} GB on {training.device}"
+            evidence += f"; measured peak {measured / GIB:.2f} GiB on {training.device}"
     else:
         passed, evidence = False, "memory estimate unavailable"
     crit.append(Criterion(name=f"Training fits in {cfg.memory.budget_gb:g} GB", passed=passed, evidence=evidence))

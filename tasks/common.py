@@ -15,9 +15,9 @@ STAGE_CACHE = INPUTS + TASK_SOURCE
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)
 RETRY_JITTER = 0.5
 
-# Errors that no retry can fix: bad config, bad data, a failed smoke check, a missing file.
-PERMANENT = (ConfigError, ValueError, TypeError, KeyError, AttributeError, ImportError, FileNotFoundError,
-             PermissionError, NotADirectoryError, IsADirectoryError)
+# Errors that no retry can fix: bad config, bad data, a failed smoke check, a missing file, a bug.
+PERMANENT = (ConfigError, ValueError, TypeError, KeyError, AttributeError, NameError, ImportError,
+             NotImplementedError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -1,0 +1,279 @@
+"""Crash-safe training checkpoints and atomic model directories.
+
+Layout of one checkpoint, ``<run>/checkpoints/step-00000020/``::
+
+    model.safetensors    trainable weights only (frozen ones are rebuilt by the caller)
+    optimizer.pt         optimizer state          } torch.save, loaded with weights_only=True
+    scheduler.pt         LR scheduler state       }
+    scaler.pt            GradScaler state (fp16)  }
+    rng-rank<R>.pt       python/numpy/torch/cuda RNG states of rank R
+    trainer_state.json   step, epoch, loader position, skip ledger, spike window, counters
+    fingerprint.json     what must not change across a resume (model shape, data, batch)
+    manifest.json        sha256 of every file above; written LAST
+
+A checkpoint is written into ``.tmp-step-...``, every file fsynced, the manifest last, the
+directory fsynced and then renamed; replacing an existing step moves the old one to ``.old-...``
+first.  ``cleanup_stale`` (run at start) removes temporaries and restores an ``.old-`` whose
+replacement never landed.  ``latest_valid`` returns the newest checkpoint whose manifest and hashes
+check out, warning about (and passing over) corrupted or partial ones.
+
+Frozen weights are NOT stored: resuming requires the caller to rebuild the model identically
+(same seed / same pretrained weights), which the fingerprint helps enforce.
+
+Test-only hook: ``OPENMIND_TEST_KILL_AT="phase:n,phase:n"`` makes ``kill_point(phase, n)`` SIGKILL
+the process (used by tests/test_resume_kill.py to simulate crashes); with
+``OPENMIND_TEST_KILL_MARKERS=<dir>`` each point fires once.  Never set it in real runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from openmind_core.io import fsync_dir, sha256_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+
+KILL_ENV = "OPENMIND_TEST_KILL_AT"
+KILL_MARKERS_ENV = "OPENMIND_TEST_KILL_MARKERS"
+FORMAT_VERSION = 1
+STEP_RE = re.compile(r"^step-(\d{8})$")
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint exists but cannot be resumed from (e.g. the model or data changed)."""
+
+
+def kill_point(phase: str, n: int) -> None:
+    """TEST-ONLY crash injection (see module docstring); a no-op unless the env var is set."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        p, _, v = item.strip().partition(":")
+        if p != phase or not v or int(v) != n:
+            continue
+        markers = os.environ.get(KILL_MARKERS_ENV)
+        if markers:
+            marker = Path(markers) / f"{phase}-{n}"
+            if marker.exists():
+                continue
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            with open(marker, "w") as f:
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(marker.parent)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Move a finished ``tmp`` directory to ``dest``, replacing an existing one safely."""
+    old = dest.parent / f".old-{dest.name}"
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_model_dir(model: torch.nn.Module, dest: str | Path) -> Path:
+    """Save a whole model atomically: ``save_pretrained`` if it has one, else ``model.safetensors``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(str(tmp))
+    else:
+        safetensors.torch.save_model(model, str(tmp / WEIGHTS))
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    replace_dir(tmp, dest)
+    return dest
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    step: int
+    weights: dict[str, torch.Tensor]
+    torch_files: dict[str, Any] = field(default_factory=dict)
+    json_files: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckpointManager:
+    """Writes, validates, finds, loads and prunes the checkpoints under ``root``."""
+
+    def __init__(self, root: str | Path, keep_last: int = 3) -> None:
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    # -- naming --------------------------------------------------------------------------
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step-{step:08d}"
+
+    def steps(self) -> list[int]:
+        """Steps of committed (renamed) checkpoint directories, oldest first; not validated."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in self.root.iterdir():
+            m = STEP_RE.match(p.name)
+            if m and p.is_dir():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def cleanup_stale(self) -> None:
+        """Remove temporaries of interrupted writes; restore an ``.old-`` whose replacement never landed."""
+        if not self.root.is_dir():
+            return
+        for p in sorted(self.root.iterdir()):
+            if p.name.startswith(".old-"):
+                dest = self.root / p.name[len(".old-"):]
+                if not dest.exists():
+                    log.warning("restoring %s: its replacement was interrupted", dest.name)
+                    os.replace(p, dest)
+                else:
+                    shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(".tmp-"):
+                log.warning("removing stale partial checkpoint %s", p)
+                shutil.rmtree(p, ignore_errors=True)
+        fsync_dir(self.root)
+
+    def validate(self, path: Path) -> str | None:
+        """None when ``path`` is a complete, uncorrupted checkpoint, else the reason it is not."""
+        mf = path / MANIFEST
+        if not mf.is_file():
+            return "no manifest.json (partial write)"
+        try:
+            manifest = json.loads(mf.read_text())
+            files = manifest["files"]
+        except (ValueError, KeyError) as e:
+            return f"unreadable manifest.json ({e})"
+        for name, digest in files.items():
+            f = path / name
+            if not f.is_file():
+                return f"missing {name}"
+            if sha256_file(f) != digest:
+                return f"sha256 mismatch in {name}"
+        return None
+
+    def latest_valid(self, max_step: int | None = None) -> Path | None:
+        """The newest checkpoint (at or before ``max_step``) that validates."""
+        for step in reversed(self.steps()):
+            if max_step is not None and step > max_step:
+                continue
+            path = self.path(step)
+            reason = self.validate(path)
+            if reason is None:
+                return path
+            log.warning("skipping checkpoint %s: %s", path, reason)
+        return None
+
+    def delete_after(self, step: int) -> None:
+        for s in self.steps():
+            if s > step:
+                shutil.rmtree(self.path(s), ignore_errors=True)
+        fsync_dir(self.root)
+
+    def prune(self, protect: set[int] | None = None) -> None:
+        """Keep the newest ``keep_last`` checkpoints plus the protected steps (e.g. the best)."""
+        steps = self.steps()
+        keep = set(steps[-self.keep_last:]) | set(protect or ())
+        for s in steps:
+            if s not in keep:
+                shutil.rmtree(self.path(s), ignore_errors=True)
+
+    # -- write / read --------------------------------------------------------------------
+
+    def save(self, step: int, weights: dict[str, torch.Tensor], torch_files: dict[str, Any],
+             json_files: dict[str, Any]) -> Path:
+        """Write one checkpoint crash-safely (tmp dir, fsync, manifest last, rename)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        dest = self.path(step)
+        tmp = self.root / f".tmp-{dest.name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        digests: dict[str, str] = {}
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+        blobs: list[tuple[str, bytes]] = [(WEIGHTS, safetensors.torch.save(tensors))]
+        blobs += [(name, torch_bytes(obj)) for name, obj in torch_files.items()]
+        blobs += [(name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()) for name, obj in json_files.items()]
+        for i, (name, data) in enumerate(blobs):
+            _write_durable(tmp / name, data)
+            digests[name] = sha256_bytes(data)
+            if i == 0:
+                kill_point("ckpt-write", step)  # test-only: crash with a partial checkpoint
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": digests, "created": time.time()}
+        _write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        fsync_dir(tmp)
+        replace_dir(tmp, dest)
+        kill_point("ckpt-commit", step)  # test-only: crash after the rename, before pruning
+        return dest
+
+    def load(self, path: Path) -> LoadedCheckpoint:
+        """Read a validated checkpoint; torch files with ``weights_only=True``."""
+        manifest = json.loads((path / MANIFEST).read_text())
+        out = LoadedCheckpoint(path=path, step=int(manifest["step"]), weights={})
+        for name in manifest["files"]:
+            f = path / name
+            if name == WEIGHTS:
+                out.weights = safetensors.torch.load_file(str(f))
+            elif name.endswith(".pt"):
+                out.torch_files[name] = torch.load(f, map_location="cpu", weights_only=True)
+            elif name.endswith(".json"):
+                out.json_files[name] = json.loads(f.read_text())
+        return out
+
+
+def check_fingerprint(saved: dict[str, str], current: dict[str, str], where: Path) -> None:
+    """Raise ResumeError naming every key that changed between a checkpoint and this run."""
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if a != b:
+            changed.append(f"{key}: checkpoint {a!r}, now {b!r}")
+    if changed:
+        raise ResumeError(
+            f"cannot resume from {where}: the run changed since it was written ({'; '.join(changed)}). "
+            "Use a new run directory, or restore the original model/data/batch settings."
+        )

@@ -1,0 +1,132 @@
+"""Training telemetry: ``metrics.jsonl``, the loss-curve PNG and wandb.
+
+``metrics.jsonl`` holds one JSON object per optimizer step (``{"step", "loss", "lr", "grad_norm",
+"data_time", "step_time", "tokens_per_s", "skipped"}``) and event lines (``{"event": "eval" |
+"checkpoint" | "rollback" | "resume", "step", ...}``).  Every line has the trainer's ``step`` when
+it was written, so on resume (or rollback) ``truncate_after(step)`` drops what the restored state
+has not lived yet and the file never holds duplicates.  Only rank 0 writes.
+
+wandb: ``mode: disabled`` never imports wandb; otherwise ``wandb.init`` with the project and run
+name from the config (no entity: wandb's own default), offline by default.  No keys are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from openmind_core.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class MetricsWriter:
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._fh = None
+
+    def _open(self):
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        return self._fh
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        fh = self._open()
+        fh.write(json.dumps(record, allow_nan=True) + "\n")
+        fh.flush()
+
+    def event(self, event: str, step: int, **fields: Any) -> None:
+        self.write({"event": event, "step": step, **fields})
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines written at a step later than ``step`` (and a torn last line)."""
+        if not self.enabled or not self.path.exists():
+            return
+        self.close()
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash
+            if int(rec.get("step", 0)) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | None:
+    """Train loss per step, validation loss per eval, rollbacks as vertical lines (matplotlib Agg)."""
+    records = read_metrics(metrics_path)
+    steps = [(r["step"], r["loss"]) for r in records if "event" not in r and r.get("loss") is not None
+             and math.isfinite(r["loss"])]
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([s for s, _ in steps], [v for _, v in steps], label="train loss", linewidth=1)
+    evals = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval"]
+    if evals:
+        ax.plot([s for s, _ in evals], [v for _, v in evals], "o-", label="val loss")
+    for r in records:
+        if r.get("event") == "rollback":
+            ax.axvline(r.get("spike_step", r["step"]), color="red", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png
+
+
+class WandbLogger:
+    """Thin wandb wrapper; ``mode='disabled'`` (or rank != 0) never imports wandb."""
+
+    def __init__(self, mode: str, project: str, name: str | None, run_dir: str | Path,
+                 config: dict[str, Any] | None = None, enabled: bool = True) -> None:
+        self.run = None
+        if mode == "disabled" or not enabled:
+            return
+        try:
+            import wandb
+        except ImportError:
+            log.warning("wandb is not installed; train.wandb.mode=%s ignored", mode)
+            return
+        self.run = wandb.init(project=project, name=name, mode=mode, dir=str(run_dir), config=config or {},
+                              resume="allow")
+
+    def log(self, data: dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            self.run.log(data, step=step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

@@ -1,0 +1,124 @@
+"""Spike detection, rollback with a skip ledger, the rollback cap, and the NaN-gradient skip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from openmind_core.data.sampler import ResumableSampler
+from openmind_core.training import SpikeDetector, TrainingError
+from openmind_core.training.metrics import read_metrics
+from trainer_helpers import assert_same_state, make_cfg, run_toy, ToyDataset
+
+SEED = 7  # run_toy's trainer seed
+PER_STEP = 8  # micro 4 x accum 2
+
+
+def ids_of_step(step: int, epoch: int = 0) -> list[str]:
+    ds = ToyDataset(48)
+    order = ResumableSampler(ds.sample_ids, seed=SEED).epoch_order(epoch)
+    lo = (step - 1 - 6 * epoch) * PER_STEP
+    return [ds.sample_ids[i] for i in order[lo: lo + PER_STEP]]
+
+
+def test_detector_window_patience_onset_and_state():
+    d = SpikeDetector(factor=2.0, window=3, patience=2)
+    for s, x in enumerate([1.0, 1.0, 1.0], start=1):
+        v = d.check(s, x)
+        assert not v.bad
+        d.commit(s, x, v)
+    v = d.check(4, 5.0)
+    assert v.bad and not v.spike  # patience 2: one bad step is not a spike yet
+    d.commit(4, 5.0, v)
+    saved = d.state_dict()
+    d2 = SpikeDetector(2.0, 3, 2)
+    d2.load_state_dict(json.loads(json.dumps(saved)))  # survives a JSON round trip (checkpoint)
+    v = d2.check(5, 6.0)
+    assert v.spike and v.onset == 4
+    assert d2.check(5, float("nan")).bad
+    assert d2.history == d.history and 5.0 not in d2.history  # bad losses never enter the window
+
+
+def test_clean_run_has_no_false_spike(tmp_path):
+    res = run_toy(tmp_path, make_cfg(spike={"factor": 1.5, "window": 3}))
+    assert res.rollbacks == [] and res.skipped_steps == 0 and res.nan_or_inf_losses == 0
+    assert not any(r.get("event") == "rollback" for r in read_metrics(res.metrics_path))
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory):
+    d = tmp_path_factory.mktemp("poisoned")
+    bad = ids_of_step(6)[:2]
+    res = run_toy(d, make_cfg(), poison={sid: 100.0 for sid in bad})
+    return d, res, bad
+
+
+def test_poisoned_batch_is_rolled_back_and_skipped(poisoned):
+    d, res, bad = poisoned
+    assert len(res.rollbacks) == 1, res.rollbacks
+    ev = res.rollbacks[0]
+    assert (ev.step, ev.restored_step, ev.skipped_samples) == (6, 4, 16)  # steps 5 and 6 went to the ledger
+    assert "spike" in ev.reason and ev.loss > 20
+    state = json.loads((sorted((d / "checkpoints").glob("step-*"))[-1] / "trainer_state.json").read_text())
+    ledger = {sid for sid, _ in state["sampler"]["skip"]}
+    assert set(bad) <= ledger and ledger == set(ids_of_step(5)) | set(ids_of_step(6))
+    # never trained on again: in epoch 1 the poisoned ids would spike again (a second rollback)
+    assert res.steps == 8 and res.epochs_completed == 2  # 32 samples per epoch remain: 4 steps each
+    recs = read_metrics(res.metrics_path)
+    steps = [r["step"] for r in recs if "event" not in r]
+    assert steps == sorted(set(steps)) and steps == list(range(1, res.steps + 1))
+    rb = [r for r in recs if r.get("event") == "rollback"]
+    assert rb and rb[0]["spike_step"] == 6 and rb[0]["restored_step"] == 4
+    assert all(math.isfinite(r["loss"]) and r["loss"] < 20 for r in recs if "event" not in r)
+
+
+def test_rolled_back_run_equals_run_that_never_had_the_samples(poisoned, tmp_path):
+    d, res, bad = poisoned
+    state = json.loads((sorted((d / "checkpoints").glob("step-*"))[-1] / "trainer_state.json").read_text())
+    ledger = [sid for sid, _ in state["sampler"]["skip"]]
+    ref = run_toy(tmp_path, make_cfg(), skip=ledger)
+    assert ref.rollbacks == [] and ref.steps == res.steps
+    assert_same_state(d, tmp_path)
+
+
+def test_rollback_cap_stops_cleanly(tmp_path):
+    bad = ids_of_step(6)[:1]
+    with pytest.raises(TrainingError, match=r"max_rollbacks=0 is used up"):
+        run_toy(tmp_path, make_cfg(spike={"max_rollbacks": 0}), poison={bad[0]: 100.0})
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert recs[-1]["event"] == "rollback_refused" and recs[-1]["spike_step"] == 6
+    from openmind_core.training import CheckpointManager
+
+    assert CheckpointManager(tmp_path / "checkpoints").latest_valid() is not None
+
+
+def test_nan_gradient_leaves_state_bitwise_unchanged(tmp_path):
+    nan_ids = set(ids_of_step(6)[:1])
+    res = run_toy(tmp_path, make_cfg(save_steps=1, max_steps=6), nan_ids=nan_ids)
+    assert res.skipped_steps == 1 and res.rollbacks == [] and res.nan_or_inf_losses == 0
+    ck = tmp_path / "checkpoints"
+    import safetensors.torch
+
+    w5 = safetensors.torch.load_file(str(ck / "step-00000005" / "model.safetensors"))
+    w6 = safetensors.torch.load_file(str(ck / "step-00000006" / "model.safetensors"))
+    o5 = torch.load(ck / "step-00000005" / "optimizer.pt", weights_only=True)
+    o6 = torch.load(ck / "step-00000006" / "optimizer.pt", weights_only=True)
+    assert all(torch.equal(w5[k], w6[k]) for k in w5)
+    for i in o5["state"]:
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(o5["state"][i][k], o6["state"][i][k]), (i, k)
+    assert float(o6["state"][0]["step"]) == 5.0  # Adam's step count did not advance
+    step6 = [r for r in read_metrics(res.metrics_path) if r.get("step") == 6 and "event" not in r][0]
+    assert step6["skipped"] is True and not math.isfinite(step6["grad_norm"])
+
+
+def test_skipped_steps_in_a_row_roll_back(tmp_path):
+    nan_ids = {ids_of_step(5)[0], ids_of_step(6)[0]}
+    res = run_toy(tmp_path, make_cfg(spike={"max_skipped_in_row": 2}), nan_ids=nan_ids)
+    assert len(res.rollbacks) == 1
+    ev = res.rollbacks[0]
+    assert ev.step == 6 and ev.restored_step == 4 and "skipped steps in a row" in ev.reason
+    assert res.skipped_steps == 2  # the two skips happened; their samples are now in the ledger

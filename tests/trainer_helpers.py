@@ -1,0 +1,201 @@
+"""Toy model, data and a subprocess/torchrun entry for the trainer tests.
+
+The toy model is a tiny causal LM (embedding -> layer norm -> dropout -> MLP -> head) whose loss is
+the HF-style mean over label tokens after the causal shift.  Per-sample flags let tests poison a
+sample (its token losses are multiplied by ``poison``) or inject NaN into the gradients (``nan``).
+
+Entry: ``python tests/trainer_helpers.py --run-dir D [--set key=value ...] [--workers N]
+[--poison id,id] [--dump FILE]`` trains in this process (used with the test-only
+``OPENMIND_TEST_KILL_AT`` env var to crash it); under torchrun it initialises gloo first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from schemas.config import TrainConfig  # noqa: E402
+
+VOCAB, SEQ, DIM = 32, 8, 16
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int = 48, seed: int = 0, poison: dict[str, float] | None = None,
+                 nan_ids: set[str] | None = None, prefix: str = "s") -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(0, VOCAB, (n, SEQ), generator=g)
+        self.masked = torch.randint(1, 4, (n,), generator=g)  # first k labels masked: uneven token counts
+        self.sample_ids = [f"{prefix}{i:03d}" for i in range(n)]
+        self.poison = poison or {}
+        self.nan_ids = nan_ids or set()
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sid = self.sample_ids[i]
+        labels = self.tokens[i].clone()
+        labels[: int(self.masked[i])] = -100
+        return {"sample_id": sid, "input_ids": self.tokens[i], "attention_mask": torch.ones(SEQ, dtype=torch.long),
+                "labels": labels, "poison": torch.tensor(self.poison.get(sid, 1.0)),
+                "nan": torch.tensor(1.0 if sid in self.nan_ids else 0.0)}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sample_ids": [it["sample_id"] for it in items]}
+    for k in items[0]:
+        if k != "sample_id":
+            out[k] = torch.stack([it[k] for it in items])
+    return out
+
+
+class ToyLM(torch.nn.Module):
+    def __init__(self, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, DIM)
+        self.norm = torch.nn.LayerNorm(DIM)
+        self.drop = torch.nn.Dropout(dropout)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(DIM, 2 * DIM), torch.nn.GELU(), torch.nn.Linear(2 * DIM, DIM))
+        self.head = torch.nn.Linear(DIM, VOCAB)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, poison=None, nan=None, pixel_values=None):
+        h = self.drop(self.norm(self.embed(input_ids)))
+        logits = self.head(h + self.mlp(h))
+        loss = None
+        if labels is not None:
+            lg, lb = logits[:, :-1], labels[:, 1:]
+            ce = F.cross_entropy(lg.reshape(-1, VOCAB), lb.reshape(-1), ignore_index=-100, reduction="none")
+            ce = ce.view(lb.shape)
+            mask = (lb != -100).float()
+            w = poison[:, None] if poison is not None else 1.0
+            loss = (ce * mask * w).sum() / mask.sum()
+            if nan is not None and bool(nan.any()) and logits.requires_grad:
+                logits.register_hook(lambda g: g * float("nan"))
+        return SimpleNamespace(loss=loss, logits=logits)
+
+
+def make_cfg(**over: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(
+        epochs=2, micro_batch_size=4, grad_accum=2, lr=3e-2, warmup_ratio=0.1, save_steps=4, eval_steps=4,
+        keep_last=3, deterministic=True, log_every=2, amp="off", wandb={"mode": "disabled"},
+        spike={"factor": 3.0, "window": 4, "patience": 1, "max_rollbacks": 2},
+    )
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return TrainConfig.model_validate(base)
+
+
+def build(n: int = 48, poison: dict[str, float] | None = None, nan_ids: set[str] | None = None,
+          dropout: float = 0.1):
+    torch.manual_seed(1234)
+    model = ToyLM(dropout)
+    return model, ToyDataset(n, poison=poison, nan_ids=nan_ids), ToyDataset(12, seed=99, prefix="v")
+
+
+def run_toy(run_dir: str | Path, cfg: TrainConfig | None = None, *, poison: dict[str, float] | None = None,
+            nan_ids: set[str] | None = None, skip: list[str] | None = None, rank: int = 0, world_size: int = 1,
+            n: int = 48, progress=None, dropout: float = 0.1):
+    from openmind_core.training import ProductionTrainer
+
+    model, train, val = build(n, poison, nan_ids, dropout)
+    trainer = ProductionTrainer(model, train, val, collate, cfg or make_cfg(), run_dir, seed=7,
+                                fingerprint={"model": "toy-v1", "data": f"toy-{n}"}, progress=progress,
+                                rank=rank, world_size=world_size)
+    if skip:
+        trainer.sampler.add_skip(skip, epoch=0, start=0)
+    return trainer.train()
+
+
+def final_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Weights and optimizer state of the newest checkpoint of a run."""
+    import safetensors.torch
+
+    ck = sorted((Path(run_dir) / "checkpoints").glob("step-*"))[-1]
+    return (safetensors.torch.load_file(str(ck / "model.safetensors")),
+            torch.load(ck / "optimizer.pt", weights_only=True))
+
+
+def assert_same_state(a: str | Path, b: str | Path) -> None:
+    wa, oa = final_state(a)
+    wb, ob = final_state(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"parameter {k} differs"
+    assert oa["state"].keys() == ob["state"].keys()
+    for i in oa["state"]:
+        for k in oa["state"][i]:
+            assert torch.equal(oa["state"][i][k], ob["state"][i][k]), f"optimizer state {i}.{k} differs"
+
+
+def fsdp_check(rank: int) -> None:
+    """FSDP2-shard a tiny VLM-shaped model's LM; one AdamW step must match an unsharded replica."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from openmind_core.training.distributed import shard_language_model
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.projector = torch.nn.Linear(4, 16)
+            self.language_model = LlamaForCausalLM(LlamaConfig(
+                vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, max_position_embeddings=32))
+
+    torch.manual_seed(0)
+    sharded, replica = Tiny(), Tiny()
+    replica.load_state_dict(sharded.state_dict())
+    shard_language_model(sharded)
+    ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(5))  # same data on all ranks
+    for m in (sharded, replica):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        m.language_model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    got = sharded.language_model.lm_head.weight.full_tensor()
+    torch.testing.assert_close(got, replica.language_model.lm_head.weight, rtol=1e-5, atol=1e-6)
+    print(f"FSDP_OK rank {rank} sharded={type(sharded.language_model.lm_head.weight).__name__}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--set", action="append", default=[], help="TrainConfig field=JSON value")
+    ap.add_argument("--poison", default="")
+    ap.add_argument("--dump", default=None, help="write the TrainingResult JSON here")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--fsdp-check", action="store_true", help="after training, check FSDP2 against a replica")
+    args = ap.parse_args(argv)
+    over = {}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        over[k] = json.loads(v)
+    cfg = make_cfg(**over)
+    from openmind_core.training import distributed as D
+
+    rank, world, _ = D.init_from_env()
+    torch.set_num_threads(1)
+    poison = {p: 100.0 for p in args.poison.split(",") if p}
+    res = run_toy(args.run_dir, cfg, poison=poison, rank=rank, world_size=world, dropout=args.dropout)
+    if args.dump and rank == 0:
+        Path(args.dump).write_text(res.model_dump_json())
+    if args.fsdp_check:
+        fsdp_check(rank)
+    D.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
