@@ -13,3 +13,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "openmind_core")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import logging as _logging
+
+# Prefect forwards the library's loggers to the UI (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves their
+# level at the root's WARNING: let the library's INFO lines (smoke checks, resume, rollbacks) through.
+if _logging.getLogger("openmind_core").level == _logging.NOTSET:
+    _logging.getLogger("openmind_core").setLevel(_logging.INFO)

@@ -21,8 +21,13 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport,
     progress_id = create_progress_artifact(progress=0.0, key="week1-training-progress",
                                            description="optimizer steps done, percent")
 
+    last = {"step": None}
+
     def progress(info: dict) -> None:
         total = max(int(info.get("total_steps") or 1), 1)
+        if info.get("step") == last["step"]:
+            return
+        last["step"] = info.get("step")
         update_progress_artifact(progress_id, min(100.0, 100.0 * int(info.get("step", 0)) / total))
         log.info("step %s/%s  loss %.4f  lr %.2e  %s tok/s", info.get("step"), total, info.get("loss") or float("nan"),
                  info.get("lr") or 0.0, f"{info['tokens_per_s']:.0f}" if info.get("tokens_per_s") else "-")

@@ -90,6 +90,9 @@ def test_eager_and_sdpa_agree():
 
 
 def test_flash_fallback_logs_once_on_cpu(caplog):
+    import openmind_core.model.vision as vision
+
+    vision._FALLBACKS_LOGGED.clear()  # once per process: forget earlier tests' encoders
     enc = ImprovedVisionEncoder(img_size=56, patch_size=8, embed_dim=64, depth=1, num_heads=2, mlp_dim=128,
                                 feature_layer=-1, use_flash_attn=True)
     with caplog.at_level(logging.INFO, logger="openmind_core.model.vision"):

@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 from openmind_core.model.attention import check_backend, select_backend
 
 logger = logging.getLogger(__name__)
+_FALLBACKS_LOGGED: set[str] = set()
 
 
 def enable_checkpointing(model) -> None:
@@ -162,7 +163,10 @@ class ImprovedVisionEncoder(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
         name, reason = select_backend(self.use_flash_attn, x.device, dtype)
         if reason and not self._fallback_logged:
-            logger.info("vision encoder: use_flash_attn=True but %s; using PyTorch SDPA", reason)
+            # one line per process and reason, not per model instance
+            level = logging.DEBUG if reason in _FALLBACKS_LOGGED else logging.INFO
+            _FALLBACKS_LOGGED.add(reason)
+            logger.log(level, "vision encoder: use_flash_attn=True but %s; using PyTorch SDPA", reason)
             self._fallback_logged = True
         if name != self.backend:
             self._set_backend(name)

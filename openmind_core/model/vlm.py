@@ -38,6 +38,7 @@ from openmind_core.model.tokens import tokens_for_config
 from openmind_core.model.vision import ImprovedVisionEncoder, enable_checkpointing
 
 logger = logging.getLogger(__name__)
+_TABLES_LOGGED: set[tuple[str, str]] = set()
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "openmind_config.json"
@@ -277,7 +278,10 @@ class MultimodalReasoningModel(nn.Module):
             getattr(self, name).requires_grad_(name in STAGES[stage])
         self.stage = stage
         table = self.parameter_table()
-        logger.info("stage %r: trainable parameters per module\n%s", stage, table)
+        # the same table for every rebuild of one model (smoke, train, reload, inference): say it once
+        level = logging.DEBUG if (stage, table) in _TABLES_LOGGED else logging.INFO
+        _TABLES_LOGGED.add((stage, table))
+        logger.log(level, "stage %r: trainable parameters per module\n%s", stage, table)
         return table
 
     def gradient_checkpointing_enable(self) -> None:
