@@ -61,6 +61,20 @@ def _artifacts(flow_run_id):
     return {a.key: a for a in arts if a.key}
 
 
+def _logs_by_task_run(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are shipped in batches: send what is queued
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    out: dict = {}
+    for log in logs:
+        out.setdefault(log.task_run_id, []).append(log.message)
+    return out
+
+
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "final" / "model.safetensors"))
 
@@ -107,6 +121,10 @@ def test_flow_runs_all_five_tasks_and_reports(first_run):
     runs = _task_runs(flow_run_id)
     assert EXPECTED_TASKS <= set(runs), runs.keys()
     assert all(runs[n].state.is_completed() for n in EXPECTED_TASKS)
+    logs = _logs_by_task_run(flow_run_id)
+    for name in EXPECTED_TASKS:
+        assert logs.get(runs[name].id), f"no logs from task run {name}"
+    assert any("smoke forward_backward" in m for m in logs[runs["smoke-test"].id])  # library logs reach the UI
     arts = _artifacts(flow_run_id)
     assert EXPECTED_ARTIFACTS <= set(arts), set(arts)
     assert arts["week1-training-progress"].data == 100.0
@@ -163,6 +181,38 @@ def test_transient_failure_is_retried_and_permanent_is_not(prefect_server, tmp_p
     assert calls["n"] == 1  # a config/data error fails at once
 
 
+def test_retried_training_task_resumes_from_its_checkpoint(first_run, monkeypatch):
+    import tasks.train as train_module
+    from flows.week1 import week1
+    from openmind_core.pipeline import train_from_config
+
+    lake, report, _ = first_run
+    calls = {"n": 0}
+
+    def crash_once(cfg, curated, run_dir, tokenizer_dir, progress=None, **kw):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            return train_from_config(cfg, curated, run_dir, tokenizer_dir, progress=progress, **kw)
+
+        def crashing_progress(info):
+            progress(info)
+            if info["step"] >= 6:
+                raise RuntimeError("simulated worker crash at step 6")
+
+        return train_from_config(cfg, curated, run_dir, tokenizer_dir, progress=crashing_progress, **kw)
+
+    monkeypatch.setattr(train_module, "train_from_config", crash_once)
+    state = week1(overrides=SMALL, run_name="retried", lake=str(lake), return_state=True)
+    assert state.is_completed(), state.message
+    runs = _task_runs(state.state_details.flow_run_id)
+    assert calls["n"] == 2 and runs["train"].run_count == 2
+    result = state.result().training
+    assert result.resumed_from_step == 4  # the newest checkpoint before the crash, not step 0
+    # the crash cost only the steps since that checkpoint: the weights are the unbroken run's
+    unbroken, retried = _weights(lake / "runs" / "e2e"), _weights(lake / "runs" / "retried")
+    assert all(torch.equal(unbroken[k], retried[k]) for k in unbroken)
+
+
 def _cli(args, env, **kw):
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
@@ -196,3 +246,17 @@ def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, pre
     unbroken, resumed = _weights(lake / "runs" / "e2e"), _weights(lake / "runs" / "killed")
     assert unbroken.keys() == resumed.keys()
     assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
+
+
+def test_default_run_answers_clearly_better_than_chance(prefect_server, tmp_path):
+    """The embedded default, unchanged: the trained tiny model must beat always-the-top-answer."""
+    from flows.week1 import week1
+
+    state = week1(run_name="default", lake=str(tmp_path), return_state=True)
+    assert state.is_completed(), state.message
+    report = state.result()
+    inf = report.inference
+    assert report.passed, [c for c in report.criteria if not c.passed]
+    assert report.raw.caption_rows == 1000 and report.raw.vqa_rows == 500
+    assert inf.vqa_count >= 40 and inf.vqa_accuracy >= inf.vqa_chance + 0.10, (inf.vqa_accuracy, inf.vqa_chance)
+    assert inf.caption_score > 0.2
