@@ -1,0 +1,62 @@
+"""Training with ``train.nproc > 1``: the task launches torchrun, streams its output, maps its exit."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from schemas import load_config
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data.synthetic.num_captions=32", "data.synthetic.num_vqa=16", "train.micro_batch_size=4",
+        "train.max_steps=4", "train.save_steps=2", "train.eval_steps=2", "train.nproc=2"]
+
+
+class _Lines(logging.Logger):
+    def __init__(self):
+        super().__init__("collect")
+        self.lines: list[str] = []
+
+    def _log(self, level, msg, args, *a, **k):  # noqa: D401 - a logger that keeps what it is given
+        self.lines.append(msg % args if args else str(msg))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from openmind_core.data import convert, download
+    from openmind_core.smoke import run_smoke
+
+    cfg = load_config(overrides=TINY)
+    lake = tmp_path_factory.mktemp("lake")
+    curated = convert(download(cfg.data, lake), cfg.data, lake)
+    run_dir = lake / "runs" / "ddp"
+    smoke = run_smoke(cfg, curated, run_dir)
+    return cfg, curated, smoke, run_dir
+
+
+def test_two_processes_train_and_stream_their_output(prepared):
+    from openmind_core.model import MultimodalReasoningModel
+    from tasks.distributed import train_with_torchrun
+
+    cfg, curated, smoke, run_dir = prepared
+    log = _Lines()
+    result = train_with_torchrun(cfg, curated, smoke, str(run_dir), log)
+    assert result.steps == 4 and result.last_loss is not None
+    assert any("rank1" in line for line in log.lines), log.lines[-20:]  # both ranks' output reached the log
+    MultimodalReasoningModel.from_pretrained(result.final_dir)
+    # a rerun resumes from the final checkpoint instead of training again
+    again = train_with_torchrun(cfg, curated, smoke, str(run_dir), _Lines())
+    assert again.resumed_from_step == 4 and again.steps == 4
+
+
+def test_a_failing_torchrun_fails_the_task_with_its_exit_code(prepared, tmp_path):
+    from tasks.distributed import train_with_torchrun
+
+    cfg, curated, smoke, _ = prepared
+    broken = smoke.model_copy(update={"tokenizer_dir": str(tmp_path / "no-tokenizer")})
+    log = _Lines()
+    with pytest.raises(RuntimeError, match="torchrun exited with code"):
+        train_with_torchrun(cfg, curated, broken, str(tmp_path / "run"), log)
+    assert any("no-tokenizer" in line or "Error" in line for line in log.lines)
