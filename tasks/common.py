@@ -20,6 +20,16 @@ PERMANENT = (ConfigError, ValueError, TypeError, KeyError, AttributeError, NameE
              NotImplementedError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
+def retrying(retries: int) -> dict:
+    """Task options for a stage whose failures may be transient: backoff with jitter, permanent errors fail at once."""
+    return dict(retries=retries, retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=RETRY_JITTER,
+                retry_condition_fn=retry_transient)
+
+
+# A stage whose result later flow runs reuse: cached on inputs + task source, result persisted as JSON.
+CACHED = dict(cache_policy=STAGE_CACHE, persist_result=True, result_serializer="json")
+
+
 def is_permanent(exc: BaseException) -> bool:
     names = {c.__name__ for c in type(exc).__mro__}
     return isinstance(exc, PERMANENT) or bool(names & {"SmokeError", "ResumeError", "DataError", "PipelineError"})

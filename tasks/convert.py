@@ -10,19 +10,10 @@ from prefect.logging import get_run_logger
 
 from openmind_core.data import convert
 from schemas import CuratedDataset, DataConfig, RawDataset
-from tasks.common import RETRY_DELAYS, RETRY_JITTER, STAGE_CACHE, md_table, retry_transient
+from tasks.common import CACHED, md_table, retrying
 
 
-@task(
-    name="convert",
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_transient,
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-    result_serializer="json",
-)
+@task(name="convert", **retrying(2), **CACHED)
 def convert_task(raw: RawDataset, data: DataConfig, lake: str) -> CuratedDataset:
     log = get_run_logger()
     cur = convert(raw, data, Path(lake))

@@ -11,19 +11,10 @@ from prefect.logging import get_run_logger
 
 from openmind_core.data import download
 from schemas import DataConfig, RawDataset
-from tasks.common import RETRY_DELAYS, RETRY_JITTER, STAGE_CACHE, md_table, retry_transient
+from tasks.common import CACHED, md_table, retrying
 
 
-@task(
-    name="download",
-    retries=3,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_transient,
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-    result_serializer="json",
-)
+@task(name="download", **retrying(3), **CACHED)
 def download_task(data: DataConfig, lake: str, seed: int = 0, input_stamp: str = "") -> RawDataset:
     """``input_stamp`` (size and mtime of the user's input files) is only there for the cache key."""
     log = get_run_logger()
