@@ -107,12 +107,15 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
 
 
 class WandbLogger:
-    """Thin wandb wrapper; ``mode='disabled'`` (or rank != 0) never imports wandb."""
+    """Thin wandb wrapper; ``mode='disabled'``, ``$WANDB_MODE=disabled`` or rank != 0 never imports wandb.
+
+    Offline runs are written under ``<run_dir>/wandb/`` (upload later with ``wandb sync``).
+    """
 
     def __init__(self, mode: str, project: str, name: str | None, run_dir: str | Path,
                  config: dict[str, Any] | None = None, enabled: bool = True) -> None:
         self.run = None
-        if mode == "disabled" or not enabled:
+        if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled" or not enabled:
             return
         try:
             import wandb
