@@ -260,3 +260,15 @@ def test_default_run_answers_clearly_better_than_chance(prefect_server, tmp_path
     assert report.raw.caption_rows == 1000 and report.raw.vqa_rows == 500
     assert inf.vqa_count >= 40 and inf.vqa_accuracy >= inf.vqa_chance + 0.10, (inf.vqa_accuracy, inf.vqa_chance)
     assert inf.caption_score > 0.2
+
+
+def test_rerun_with_a_changed_model_is_refused_not_resumed(first_run):
+    from flows.week1 import week1
+
+    lake, _, _ = first_run
+    state = week1(overrides=SMALL + ["model.lm.num_layers=3"], run_name="e2e", lake=str(lake), return_state=True)
+    assert state.is_failed()
+    runs = _task_runs(state.state_details.flow_run_id)
+    assert runs["train"].run_count == 1  # a mismatch is permanent: no retry
+    with pytest.raises(Exception, match="model"):
+        state.result()
