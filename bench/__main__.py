@@ -4,7 +4,9 @@ Each ``bench/bench_<name>.py`` exposes ``run(quick: bool = False) -> list[dict]`
 ``name``, ``ours_s``, ``baseline_s`` (seconds, or ``None`` where there is no baseline), ``goal``
 (e.g. ``"<= 1.05x time"``), ``unit`` and ``notes``.  The harness calls each benchmark once to
 warm up, then ``--repeats`` times, and reports per row the median and spread (min-max) of ours
-and the baseline and the ratio of medians.  It writes ``bench/results/latest.json`` and
+and the baseline, and the median of the rows' own ``ratio`` (a benchmark chooses its direction:
+time over baseline time, or throughput over baseline throughput, as its ``goal`` says); a row
+without a ratio gets the ratio of the medians.  It writes ``bench/results/latest.json`` and
 ``latest.md``, and exits non-zero only when a benchmark fails to run, never because a machine is
 slow.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import statistics
 import sys
 import time
@@ -51,7 +54,7 @@ def _spread(xs: list[float]) -> str:
 
 
 def aggregate(runs: list[list[dict]]) -> list[dict]:
-    """Merge repeated runs of one benchmark by row name: medians, spreads, ratio of medians."""
+    """Merge repeated runs of one benchmark by row name: medians, spreads, median of the rows' ratios."""
     by_name: dict[str, list[dict]] = {}
     for rows in runs:
         for r in rows:
@@ -62,7 +65,11 @@ def aggregate(runs: list[list[dict]]) -> list[dict]:
         base = [r["baseline_s"] for r in rows if r.get("baseline_s") is not None]
         med_o = statistics.median(ours) if ours else None
         med_b = statistics.median(base) if base else None
-        ratio = (med_o / med_b) if (med_o is not None and med_b) else rows[-1].get("ratio")
+        own = [r["ratio"] for r in rows if isinstance(r.get("ratio"), (int, float)) and not math.isnan(r["ratio"])]
+        if len(own) == len(rows):  # the benchmark defines its ratio's direction (time, or throughput)
+            ratio = statistics.median(own)
+        else:
+            ratio = (med_o / med_b) if (med_o is not None and med_b) else None
         out.append({
             "name": name, "ours": med_o, "ours_spread": _spread(ours), "baseline": med_b,
             "baseline_spread": _spread(base), "ratio": ratio, "goal": rows[-1].get("goal", ""),

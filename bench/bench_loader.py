@@ -1,9 +1,17 @@
-"""Benchmark: data loader throughput (images/s) at the tiny (56 px) and full (384 px) image sizes.
+"""Benchmark: data loader throughput (images/s) and the fraction of step time spent waiting for data.
 
-A ``VLMDataset`` over a synthetic curated lake, read through a ``DataLoader`` with the
-``ResumableSampler`` and ``Collator`` as the trainer uses them (decode + resize + SigLIP
-normalisation + tokenisation in loader workers).  The baseline is the same loop with
-``num_workers=0`` (everything in the main process), so the ratio is the workers' speed-up.
+Throughput rows: a ``VLMDataset`` over a synthetic curated lake, read through a ``DataLoader``
+with the ``ResumableSampler`` and ``Collator`` as the trainer uses them (decode + resize + SigLIP
+normalisation + tokenisation in loader workers), at the tiny (56 px) and full (384 px) image
+sizes.  The baseline is the same loop with ``num_workers=0`` (everything in the main process), so
+the ratio is the workers' speed-up.
+
+Data-wait row (goal < 5%): the embedded default config (``schemas.load_config()``), its data
+downloaded and converted into a temporary lake, its tokenizer, model and datasets built by
+``openmind_core.pipeline`` exactly as a run builds them, fed by ``DataLoader(num_workers=2)`` into
+the tiny model's train step (forward, backward, clipping, AdamW).  Per step: the time blocked in
+``next(loader)`` against the whole step; the first steps (worker start-up) are not counted.  A
+second row does the same with ``num_workers=0`` (decoding in the training process) for contrast.
 
 Run: ``python bench/bench_loader.py [--quick]``.
 """
@@ -56,6 +64,56 @@ def _throughput(ds, workers: int, batches: int, batch_size: int = 16) -> float:
     return n / (time.perf_counter() - t)
 
 
+def wait_fraction(lake: Path, quick: bool = False, workers: int = 2) -> dict:
+    """The data-wait row: default config, real data pipeline, tiny model train steps."""
+    import torch
+
+    from openmind_core.pipeline import build_datasets, build_model, prepare_tokenizer
+    from openmind_core.training.optim import build_optimizer
+    from schemas.config import load_config
+
+    overrides = ["data.synthetic.num_captions=240", "data.synthetic.num_vqa=120"] if quick else []
+    cfg = load_config(None, overrides)
+    curated = convert(download(cfg.data, lake, seed=cfg.run.seed), cfg.data, lake)
+    tok, _ = prepare_tokenizer(cfg, curated, lake / "runs" / "bench")
+    model = build_model(cfg, tok)
+    model.train()
+    train, _val, collate = build_datasets(cfg, curated, model)
+    opt = build_optimizer(model, cfg.train)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    bs = cfg.train.micro_batch_size
+    loader = DataLoader(train, batch_size=bs, sampler=ResumableSampler(train.sample_ids, seed=cfg.run.seed),
+                        collate_fn=collate, num_workers=workers)
+    warm, steps = (2, 8) if quick else (3, 40)
+    steps = min(steps, len(loader) - warm)
+    if steps < 1:
+        raise RuntimeError(f"wait_fraction: {len(train)} training rows give {len(loader)} batches of {bs}; "
+                           f"need more than {warm}")
+    it = iter(loader)
+    waits, totals = [], []
+    for i in range(warm + steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        batch.pop("sample_ids")
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.train.clip_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        if i >= warm:
+            waits.append(t1 - t0)
+            totals.append(t2 - t0)
+    del it, loader
+    wait, total = sum(waits) / steps, sum(totals) / steps
+    where = f"{workers} workers" if workers else "main process"
+    return {"name": f"loader wait fraction, {where} (tiny train step)", "ours_s": wait, "baseline_s": total,
+            "ratio": wait / total, "goal": "< 0.05 of step time", "unit": "s/step (wait vs whole step)",
+            "notes": f"{wait / total:.1%} of step time in next(loader); {steps} steps after {warm} warm-up, "
+                     f"batch {bs}, {workers} workers, {bs / total:,.0f} samples/s, torch threads "
+                     f"{torch.get_num_threads()}"}
+
+
 def run(quick: bool = False) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
@@ -77,6 +135,8 @@ def run(quick: bool = False) -> list[dict]:
                             "ratio": ours / base, "goal": "report images/s; workers >= main process",
                             "unit": "s/image", "notes": f"{ours:,.0f} images/s with 2 workers, "
                                                          f"{base:,.0f} images/s in the main process"})
+        results.append(wait_fraction(tmp / "wait", quick))  # as the trainer loads with train.num_workers=2
+        results.append(wait_fraction(tmp / "wait", quick, workers=0))  # train.num_workers=0 (the schema default)
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -84,6 +144,9 @@ def run(quick: bool = False) -> list[dict]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
+    rows = run(quick="--quick" in sys.argv)
     print(f"{'benchmark':18s} {'images/s':>10s} {'main proc':>10s} {'speed-up':>9s}")
-    for r in run(quick="--quick" in sys.argv):
+    for r in rows[:-2]:
         print(f"{r['name']:18s} {1 / r['ours_s']:10,.0f} {1 / r['baseline_s']:10,.0f} {r['ratio']:9.2f}")
+    for w in rows[-2:]:
+        print(f"{w['name']}: {w['ratio']:.1%} (goal {w['goal']}); {w['notes']}")
