@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import io
 import json
@@ -223,3 +224,113 @@ def test_lake_opens_in_datasets_pandas_and_duckdb(synthetic_raw):
         f"SELECT count(*), sum(CASE WHEN kind = 'vqa' THEN 1 ELSE 0 END), max(image_width) "
         f"FROM read_parquet('{curated.root}/*.parquet')").fetchone()
     assert (n, vqa, width) == (400, 100, 64)
+
+
+# --------------------------------------------------------------------------- the vectorised fast path
+
+
+def _messy_caption_file(root: Path) -> Path:
+    """A caption JSONL that pyarrow.json parses, with every per-row problem the fast path must hand over."""
+    root.mkdir()
+    for i in range(4):
+        (root / f"{i}.png").write_bytes(png((60 * i, 0, 0)))
+    full = png(size=(32, 32), noise=True)
+    (root / "trunc.png").write_bytes(full[: len(full) // 2])
+    inline = base64.b64encode(png((1, 2, 3))).decode()
+    j = lambda o: json.dumps(o, ensure_ascii=False)  # noqa: E731
+    rows = [
+        j({"image": "0.png", "text": "plain"}),
+        j({"image": "1.png", "text": "  padded  "}),                      # stripped by parse_row
+        j({"image": "1.png", "text": "\u3000wide space"}),                # unicode whitespace
+        "",                                                                 # blank lines keep numbering
+        "   ",
+        j({"image": "2.png", "text": ""}),                                # empty_text
+        j({"image": "2.png", "text": "x" * 101}),                         # text_too_long
+        j({"image": "2.png"}),                                            # missing_field
+        j({"image": None, "text": "null image"}),                         # missing_field
+        j({"image": "../0.png", "text": "escape"}),                       # path_escape
+        j({"image": "nope.png", "text": "missing"}),                      # image_missing
+        j({"image": "trunc.png", "text": "truncated"}),                   # image_truncated
+        j({"image": "0.png", "text": "plain"}),                           # duplicate of line 1
+        j({"image": "3.png", "text": "红色的圆"}),                        # zh detected
+        j({"image": "3.png", "text": "given", "language": "fr"}),         # language kept
+        j({"image": "3.png", "text": "empty lang", "language": ""}),      # detected
+        j({"image": "data:image/png;base64," + inline, "text": "inline"}),  # inline image
+        j({"image": "0.png", "text": "extra fields", "meta": {"a": [1, 2]}, "score": 0.5}),
+        j({"image": "1.png", "text": "pair \U0001F600 ok"}),
+    ]
+    path = root / "caps.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _convert_both(monkeypatch, tmp_path: Path, cap: Path, **kw) -> tuple:
+    out = []
+    for fast in (True, False):
+        monkeypatch.setattr(convert_mod, "FAST_PATH", fast)
+        cfg, lake = jsonl_cfg(cap, max_text_chars=100, **kw), tmp_path / f"lake-{fast}"
+        curated = convert(download(cfg, lake), cfg, lake)
+        quarantine = Path(curated.quarantine_path).read_text(encoding="utf-8").replace(str(lake), "<lake>")
+        out.append((curated.model_dump(exclude={"root", "shards", "quarantine_path", "reused"}),
+                    files_of(Path(curated.root)), quarantine))
+    return out
+
+
+def test_fast_path_agrees_with_line_by_line_path(tmp_path, monkeypatch):
+    cap = _messy_caption_file(tmp_path / "user")
+    assert convert_mod.parse_block(cap.read_bytes(), 1, "caption", 100) is not None  # the fast path is taken
+    fast, slow = _convert_both(monkeypatch, tmp_path, cap)
+    assert fast == slow  # same counts, byte-identical shards, same quarantine file
+    summary, _, quarantine = fast
+    assert summary["rows_in"] == 17 and summary["rows_kept"] == 9
+    got = {b["line"]: b["reason"] for b in map(json.loads, quarantine.splitlines())}
+    assert got == {6: "empty_text", 7: "text_too_long", 8: "missing_field", 9: "missing_field", 10: "path_escape",
+                   11: "image_missing", 12: "image_truncated", 13: "duplicate"}
+    monkeypatch.setattr(convert_mod, "FAST_PATH", True)
+    cfg = jsonl_cfg(cap, max_text_chars=100)
+    rows = {r["source_line"]: r for r in read_rows(convert(download(cfg, tmp_path / "lake-True"), cfg, tmp_path / "lake-True"))}
+    assert rows[2]["text"] == "padded" and rows[3]["text"] == "wide space"
+    assert (rows[14]["language"], rows[15]["language"], rows[16]["language"], rows[1]["language"]) == ("zh", "fr", "en", "en")
+
+
+def test_a_bad_line_sends_only_its_piece_line_by_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_mod, "SUB_BLOCK_LINES", 4)
+    (tmp_path / "a.png").write_bytes(png())
+    lines = [json.dumps({"image": "a.png", "text": f"row {i}"}) for i in range(40)]
+    lines[9] = '{"image": "a.png", "text": '                         # malformed: its piece goes line by line
+    lines[22] = "\ufeff" + lines[22]                                    # BOM
+    lines[30] = json.dumps({"image": "a.png", "text": "two"}) + json.dumps({"image": "a.png", "text": "objs"})
+    lines[35] = json.dumps({"image": "a.png", "text": "lone \ud800"}, ensure_ascii=True)  # a lone surrogate escape
+    cap = tmp_path / "c.jsonl"
+    cap.write_bytes(("\n".join(lines) + "\n").encode("utf-8", errors="surrogatepass"))
+    calls = []
+    real = convert_mod._slow_lines
+    monkeypatch.setattr(convert_mod, "_slow_lines", lambda f, ls, *a: calls.append(len(ls)) or real(f, ls, *a))
+    fast, slow = _convert_both(monkeypatch, tmp_path, cap)
+    assert fast == slow
+    got = {b["line"]: b["reason"] for b in map(json.loads, fast[2].splitlines())}
+    assert got == {10: "malformed_json", 23: "bom", 31: "malformed_json", 36: "invalid_utf8"}
+    assert fast[0]["rows_in"] == 40 and fast[0]["rows_kept"] == 36
+    assert sum(calls[: len(calls) - 1]) < 40  # the fast run sent only the bad pieces line by line
+
+
+def test_block_lines_and_whitespace_table():
+    from openmind_core.data.validate import PY_WHITESPACE, block_lines
+
+    assert set(PY_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+    for block in [b"a\nb\n", b"a\nb", b"a\n\nb\n", b"a\n  \nb", b"\na", b" a\nb\n", b"a\nb\n\n", b"a\n\x0b\n", b"\n", b""]:
+        expected = [i for i, line in enumerate(block.split(b"\n"), 7) if line.strip()]
+        assert block_lines(block, 7).tolist() == expected, block
+    assert block_lines(b"a\r\nb\n", 1) is None
+
+
+def test_vectorised_split_matches_split_of():
+    import hashlib
+
+    import pyarrow as pa
+
+    sids = [hashlib.sha256(str(i).encode()).hexdigest()[:24] for i in range(3000)]
+    sids += ["00000000" + "0" * 16, "19999999" + "0" * 16, "1999999a" + "0" * 16, "ffffffff" + "0" * 16]
+    for fraction in (0.0, 0.1, 0.5, 0.999, 1 - 2**-40):
+        got = convert_mod._splits(pa.array(sids), fraction).to_pylist()
+        assert got == [convert_mod.split_of(s, fraction) for s in sids], fraction

@@ -13,6 +13,12 @@ reason, detail, the line's text) in ``<lake>/quarantine/<version>/quarantine.jso
   are added.
 - Images are embedded as bytes with their sha256, width, height and format; decoding them for
   validation runs in ``cfg.num_workers`` processes (default: all cores) when there are many.
+
+Speed: a clean block of lines is parsed by ``pyarrow.json`` and checked column-wise
+(``validate.parse_block``); only the rows it cannot accept (and blocks it cannot parse, retried
+in pieces) go line by line, so a bad row costs its own line, not its file.  Rows are then handled
+in columnar batches: each distinct image is read, hashed and decoded once, content hashes and
+splits are computed per batch, and shards are written from Arrow tables.
 """
 
 from __future__ import annotations
@@ -20,17 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.artifacts import CuratedDataset, RawDataset
@@ -52,9 +61,10 @@ from openmind_core.data.validate import (
     Problem,
     check_encoding,
     load_and_inspect,
+    TEXT_FIELDS,
+    parse_block,
     parse_row,
     resolve_image,
-    split_lines,
 )
 from openmind_core.io import atomic_write_text, sha256_file
 
@@ -62,8 +72,11 @@ log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1
 QUARANTINE_FILE = "quarantine.jsonl"
-PARALLEL_MIN_IMAGES = 256  # below this, worker start-up costs more than it saves
-CHUNK_ROWS = 4096
+PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up costs more than it saves
+CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
+BLOCK_BYTES = 16 << 20  # JSONL bytes parsed by one pyarrow.json call
+SUB_BLOCK_LINES = 1024  # a block that fails to parse is retried in pieces of this many lines
+FAST_PATH = True  # False: every line through the line-by-line checks (tests compare the two)
 
 SCHEMA = pa.schema(
     [
@@ -87,25 +100,41 @@ SCHEMA = pa.schema(
 
 
 @dataclass
-class Candidate:
-    """A row that passed the text checks; its image is still to be inspected."""
+class _File:
+    """One raw JSONL file of the download, with where its image paths resolve."""
 
+    order: int
     kind: str
-    file: str
-    line: int
-    fields: dict[str, Any]
-    image: ImageRef
+    path: Path
+    shown: str  # the user's own file where there is one, else the raw file relative to the lake
+    root: Path
+    absolute: dict[str, str]
+    problems: dict[str, str]
+    resolved: dict[str, ImageRef | Problem] = field(default_factory=dict)  # rows often share an image path
+    constants: dict[str, pa.Array] = field(default_factory=dict)  # constant columns, see _constant
 
 
 @dataclass
 class Tally:
-    rows_in: int = 0
-    bad: list[dict] = field(default_factory=list)
-    seen: dict[str, str] = field(default_factory=dict)  # sample_id -> "file:line"
+    """Rows in, rows quarantined (sorted by file and line at the end), and content hashes seen."""
 
-    def quarantine(self, file: str, line: int, problem: Problem, text: str) -> None:
-        self.bad.append({"file": file, "line": line, "reason": problem.reason, "detail": problem.detail,
-                         "text": text[:2000]})
+    files: list[_File] = field(default_factory=list)
+    rows_in: int = 0
+    bad: list[tuple[int, int, dict]] = field(default_factory=list)
+    seen: list[dict[str, int]] = field(default_factory=list)  # per file: sample_id -> line
+
+    def quarantine(self, f: _File, line: int, problem: Problem, text: str) -> None:
+        self.bad.append((f.order, line, {"file": f.shown, "line": line, "reason": problem.reason,
+                                         "detail": problem.detail, "text": text[:2000]}))
+
+    def sorted_bad(self) -> list[dict]:
+        return [b for _, _, b in sorted(self.bad, key=lambda t: (t[0], t[1]))]
+
+    def first(self, sid: str) -> str | None:
+        for f, seen in zip(self.files, self.seen):
+            if sid in seen:
+                return f"{f.shown}:{seen[sid]}"
+        return None
 
 
 def sample_id(kind: str, fields: dict[str, Any], image_sha256: str) -> str:
@@ -114,9 +143,27 @@ def sample_id(kind: str, fields: dict[str, Any], image_sha256: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:24]
 
 
+def _sample_ids(kind: str, cols: dict[str, list], shas: list[str]) -> list[str]:
+    """``sample_id`` of many rows at once (the same hash, without a dict per row)."""
+    h = hashlib.sha256
+    if kind == "caption":
+        return [h(f"caption\x1f{t}\x1f\x1f\x1f{s}".encode()).hexdigest()[:24] for t, s in zip(cols["text"], shas)]
+    return [h(f"{kind}\x1f\x1f{q}\x1f{a}\x1f{s}".encode()).hexdigest()[:24]
+            for q, a, s in zip(cols["question"], cols["answer"], shas)]
+
+
 def split_of(sid: str, val_fraction: float) -> str:
     """'validation' for a fixed ``val_fraction`` of content hashes, else 'train' (stable under growth)."""
     return "validation" if int(sid[:8], 16) / 0x1_0000_0000 < val_fraction else "train"
+
+
+def _splits(sids: pa.Array, val_fraction: float) -> pa.Array:
+    """``split_of`` vectorised: int(sid[:8], 16) / 2**32 < f  <=>  sid[:8] < hex(ceil(f * 2**32))."""
+    bound = math.ceil(val_fraction * 0x1_0000_0000)  # exact: scaling by a power of two
+    if bound >= 0x1_0000_0000:
+        return pa.array(["validation"] * len(sids), pa.string())
+    val = pc.less(pc.utf8_slice_codeunits(sids, 0, 8), f"{bound:08x}")
+    return pc.if_else(val, "validation", "train")
 
 
 def version_of(raw_manifest: dict, cfg: DataConfig) -> str:
@@ -129,55 +176,143 @@ def version_of(raw_manifest: dict, cfg: DataConfig) -> str:
                         "problems": raw_manifest.get("image_problems")})
 
 
-# --------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------- reading: text checks
+
+# a batch of rows that passed the text checks, images not yet inspected
+CANDIDATE = pa.schema([("line", pa.int64()), ("text", pa.string()), ("question", pa.string()),
+                       ("answer", pa.string()), ("language", pa.string()), ("key", pa.string())])
+Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their ``key`` names
 
 
-def _candidates(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally) -> Iterator[Candidate]:
-    """Every non-blank line of the raw JSONL files, text-validated, in file order."""
+def _files(raw_root: Path, manifest: dict, tally: Tally) -> list[_File]:
     inputs = manifest.get("inputs") or {}
+    out: list[_File] = []
     for name, kind in ((CAPTIONS, "caption"), (VQA, "vqa")):
         if not manifest.get("captions" if kind == "caption" else "vqa"):
             continue
-        path = raw_root / name
-        # the user's own file where there is one, else the raw file relative to the lake
-        shown = inputs.get(name) or f"raw/{manifest['source']}/{manifest['fingerprint']}/{name}"
-        root = raw_root / (manifest.get("image_roots") or {}).get(name, "files")
-        absolute = (manifest.get("absolute_images") or {}).get(name, {})
-        problems = (manifest.get("image_problems") or {}).get(name, {})
-        data = path.read_bytes()
-        resolved: dict[str, ImageRef | Problem] = {}  # rows often share an image path
-        for lineno, raw in split_lines(data):
-            tally.rows_in += 1
-            try:
-                decoded = check_encoding(raw)
-                fields = parse_row(decoded, kind, cfg.max_text_chars)
-                value = fields.pop("image")
-                ref = resolved.get(value) if isinstance(value, str) else None
-                if ref is None:
-                    try:
-                        ref = resolve_image(value, root, absolute, problems, raw_root)
-                    except Problem as p:
-                        ref = p
-                    if isinstance(value, str) and len(resolved) < 1_000_000 and not (
-                            isinstance(ref, ImageRef) and ref.data is not None):
-                        resolved[value] = ref
-                if isinstance(ref, Problem):
-                    raise ref
-            except Problem as p:
-                tally.quarantine(shown, lineno, p, raw.decode("utf-8", errors="replace"))
-                continue
-            yield Candidate(kind, shown, lineno, fields, ref)
+        out.append(_File(
+            order=len(out), kind=kind, path=raw_root / name,
+            shown=inputs.get(name) or f"raw/{manifest['source']}/{manifest['fingerprint']}/{name}",
+            root=raw_root / (manifest.get("image_roots") or {}).get(name, "files"),
+            absolute=(manifest.get("absolute_images") or {}).get(name, {}),
+            problems=(manifest.get("image_problems") or {}).get(name, {})))
+    tally.files = out
+    tally.seen = [{} for _ in out]
+    return out
 
 
-def _chunks(it: Iterator[Candidate], n: int) -> Iterator[list[Candidate]]:
-    buf: list[Candidate] = []
-    for c in it:
-        buf.append(c)
-        if len(buf) >= n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
+def _resolve(f: _File, value: Any, raw_root: Path) -> ImageRef | Problem:
+    ref = f.resolved.get(value) if isinstance(value, str) else None
+    if ref is None:
+        try:
+            ref = resolve_image(value, f.root, f.absolute, f.problems, raw_root)
+        except Problem as p:
+            ref = p
+        if isinstance(value, str) and len(f.resolved) < 1_000_000 and not (
+                isinstance(ref, ImageRef) and ref.data is not None):
+            f.resolved[value] = ref
+    return ref
+
+
+def _slow_lines(f: _File, lines: list[tuple[int, bytes]], cfg: DataConfig, tally: Tally,
+                raw_root: Path) -> Batch:
+    """The line-by-line path: every check in order, the first failure is the row's reason."""
+    cols: dict[str, list] = {name: [] for name in CANDIDATE.names}
+    refs: dict[str, ImageRef] = {}
+    for lineno, raw in lines:
+        tally.rows_in += 1
+        try:
+            fields = parse_row(check_encoding(raw), f.kind, cfg.max_text_chars)
+            ref = _resolve(f, fields.pop("image"), raw_root)
+            if isinstance(ref, Problem):
+                raise ref
+        except Problem as p:
+            tally.quarantine(f, lineno, p, raw.decode("utf-8", errors="replace"))
+            continue
+        refs[ref.key] = ref
+        for name in ("text", "question", "answer", "language"):
+            cols[name].append(fields.get(name))
+        cols["line"].append(lineno)
+        cols["key"].append(ref.key)
+    return pa.Table.from_pydict(cols, schema=CANDIDATE), refs
+
+
+def _fast_block(f: _File, block: bytes, first_line: int, cfg: DataConfig, tally: Tally,
+                raw_root: Path) -> Batch | None:
+    """The vectorised path for a block; rows it cannot accept go through ``_slow_lines``."""
+    pb = parse_block(block, first_line, f.kind, cfg.max_text_chars)
+    if pb is None:
+        return None
+    table, lines, clean = pb.table, pb.lines, pb.clean
+    split: list[bytes] = []
+
+    def raw(i: int) -> bytes:  # the bytes of row i's line
+        if not split:
+            split.extend(block.split(b"\n"))
+        return split[int(lines[i]) - first_line]
+
+    values = table["image"]
+    uniq = pc.unique(values.filter(pa.array(clean))) if clean.any() else pa.array([], pa.string())
+    refs: dict[str, ImageRef] = {}
+    found = [_resolve(f, value, raw_root) for value in uniq.to_pylist()]
+    for ref in found:
+        if isinstance(ref, ImageRef):
+            refs[ref.key] = ref
+    pos = pc.fill_null(pc.index_in(values, value_set=uniq), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    good = clean & np.array([isinstance(r, ImageRef) for r in found] or [False], dtype=bool)[pos]
+    for i in np.flatnonzero(clean & ~good):  # the image path itself is bad: missing, escaping, ...
+        tally.quarantine(f, int(lines[i]), found[pos[i]], raw(int(i)).decode("utf-8", errors="replace"))
+    rest = np.flatnonzero(~clean)
+    tally.rows_in += len(lines) - len(rest)
+    keys = pa.array([r.key if isinstance(r, ImageRef) else None for r in found], pa.string())
+    mask = pa.array(good)
+    fast = pa.Table.from_arrays(
+        [pa.array(lines[good], pa.int64()),
+         *(table[n].filter(mask) if n in table.column_names else pa.nulls(int(good.sum()), pa.string())
+           for n in ("text", "question", "answer", "language")),
+         keys.take(pa.array(pos[good]))], schema=CANDIDATE)
+    if not len(rest):
+        return fast, refs
+    slow, slow_refs = _slow_lines(f, [(int(lines[i]), raw(int(i))) for i in rest], cfg, tally, raw_root)
+    refs.update(slow_refs)
+    both = pa.concat_tables([fast, slow])
+    return both.take(pc.sort_indices(both["line"])), refs
+
+
+def _blocks(data: bytes, size: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, bytes) of pieces of about ``size`` bytes that end at a line break."""
+    start, line = 0, 1
+    while start < len(data):
+        end = data.find(b"\n", min(start + size, len(data)) - 1)
+        end = len(data) if end < 0 else end + 1
+        block = data[start:end]
+        yield line, block
+        line += block.count(b"\n")
+        start = end
+
+
+def _candidates(f: _File, cfg: DataConfig, tally: Tally, raw_root: Path) -> Iterator[Batch]:
+    """Every non-blank line of a raw JSONL file, text-validated, in file order."""
+    data = f.path.read_bytes()
+    for first, block in _blocks(data, BLOCK_BYTES):
+        batch = _fast_block(f, block, first, cfg, tally, raw_root) if FAST_PATH else None
+        if batch is not None:
+            yield batch
+            continue
+        lines = block.split(b"\n")
+        if FAST_PATH and len(lines) > 2 * SUB_BLOCK_LINES:  # retry in pieces: one bad line spoils only its piece
+            for i in range(0, len(lines), SUB_BLOCK_LINES):
+                piece = b"\n".join(lines[i:i + SUB_BLOCK_LINES])
+                batch = _fast_block(f, piece, first + i, cfg, tally, raw_root)
+                if batch is None:
+                    batch = _slow_lines(f, [(first + i + j, ln) for j, ln in enumerate(lines[i:i + SUB_BLOCK_LINES])
+                                            if ln.strip()], cfg, tally, raw_root)
+                yield batch
+            continue
+        yield _slow_lines(f, [(first + j, ln) for j, ln in enumerate(lines) if ln.strip()], cfg, tally, raw_root)
+
+
+# --------------------------------------------------------------------------- images, content hashes, rows
 
 
 class _ImageCache:
@@ -198,69 +333,158 @@ class _ImageCache:
             self.size += n
 
 
-def _inspect_all(refs: list[ImageRef], cfg: DataConfig, pool: ProcessPoolExecutor | None):
-    jobs = [(r, cfg.max_image_bytes, cfg.max_image_pixels) for r in refs]
-    if pool is not None and len(jobs) >= PARALLEL_MIN_IMAGES:
-        return list(pool.map(load_and_inspect, jobs, chunksize=max(1, len(jobs) // (8 * pool._max_workers))))
-    return [load_and_inspect(j) for j in jobs]
+class _Pool:
+    """Image decoding on ``workers`` cores: this process and ``workers - 1`` worker processes.
+
+    The workers start only when a batch has enough new images to pay for them; this process
+    decodes its own share meanwhile instead of waiting.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def map(self, fn, jobs: list) -> list:
+        if self.workers <= 1 or len(jobs) < PARALLEL_MIN_IMAGES:
+            return [fn(j) for j in jobs]
+        if self.pool is None:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+            self.pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=ctx)
+        own = len(jobs) // self.workers
+        rest = jobs[own:]
+        size = max(1, len(rest) // (4 * (self.workers - 1)))
+        futures = [self.pool.submit(_map_chunk, fn, rest[i:i + size]) for i in range(0, len(rest), size)]
+        out = [fn(j) for j in jobs[:own]]
+        for fut in futures:
+            out.extend(fut.result())
+        return out
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
 
-def _rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally, pool) -> Iterator[dict]:
+def _map_chunk(fn, jobs: list) -> list:
+    return [fn(j) for j in jobs]
+
+
+def _inspect_all(refs: list[ImageRef], cfg: DataConfig, pool: _Pool) -> list:
+    return pool.map(load_and_inspect, [(r, cfg.max_image_bytes, cfg.max_image_pixels) for r in refs])
+
+
+def _shown(cand: pa.Table, i: int, ref: ImageRef) -> str:
+    """A candidate row as JSON for the quarantine (its line already passed the text checks)."""
+    row = cand.slice(i, 1).to_pylist()[0]
+    fields = {n: row[n] for n in ("text", "question", "answer") if row[n] is not None}
+    fields["language"] = row["language"]
+    return json.dumps({**fields, "image": ref.path or "<inline>"}, ensure_ascii=False)
+
+
+def _constant(value: str, n: int, cache: dict[str, pa.Array]) -> pa.Array:
+    """A string column of ``n`` copies of ``value`` (sliced from a cached one)."""
+    arr = cache.get(value)
+    if arr is None or len(arr) < n:
+        arr = cache[value] = pa.array([value] * max(n, CHUNK_ROWS), pa.string())
+    return arr.slice(0, n)
+
+
+def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, tally: Tally,
+          cache: _ImageCache, pool: _Pool) -> pa.Table | None:
+    """Inspect the images of a batch of candidates, hash and de-duplicate: the lake's rows."""
+    keys = cand["key"]
+    ukeys = pc.unique(keys)
+    ulist = ukeys.to_pylist()
+    todo = [k for k in ulist if cache.get(k) is None]
+    local = dict(zip(todo, _inspect_all([refs[k] for k in todo], cfg, pool)))
+    for k, result in local.items():
+        cache.put(k, result)
+    results = [local.get(k) or cache.get(k) for k in ulist]
+    idx = pc.index_in(keys, value_set=ukeys).to_numpy(zero_copy_only=False).astype(np.int64)
+    ok = np.array([not isinstance(r, Problem) for r in results], dtype=bool)[idx]
+    lines = cand["line"].to_numpy()
+    keep = ok.copy()
+    for i in np.flatnonzero(~ok):
+        tally.quarantine(f, int(lines[i]), results[idx[i]], _shown(cand, int(i), refs[ulist[idx[i]]]))
+    info = [r[1] if not isinstance(r, Problem) else ImageInfo("", 0, 0, "") for r in results]
+    shas_u = [i.sha256 for i in info]
+    sids = _sample_ids(f.kind, {n: cand[n].to_pylist() for n in TEXT_FIELDS[f.kind]}, [shas_u[j] for j in idx.tolist()])
+    seen = tally.seen[f.order]
+    if ok.all() and len(set(sids)) == len(sids) and all(s.keys().isdisjoint(sids) for s in tally.seen):
+        seen.update(zip(sids, lines.tolist()))
+    else:
+        for i, sid in enumerate(sids):
+            if not keep[i]:
+                continue
+            first = tally.first(sid)
+            if first is not None:
+                tally.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {first}"),
+                                 _shown(cand, i, refs[ulist[idx[i]]]))
+                keep[i] = False
+            else:
+                seen[sid] = int(lines[i])
+    if not keep.any():
+        return None
+    if not keep.all():
+        cand, idx = cand.filter(pa.array(keep)), idx[keep]
+        sids = [s for s, k in zip(sids, keep.tolist()) if k]
+    n = len(idx)
+    data_u = [r[0] if not isinstance(r, Problem) else b"" for r in results]
+    take = pa.array(idx)
+    images = _image_column(data_u, idx)
+    sid_arr = pa.array(sids, pa.string())
+    consts = f.constants
+    return pa.Table.from_arrays([
+        sid_arr,
+        _constant(f.kind, n, consts),
+        _splits(sid_arr, cfg.val_fraction),
+        cand["language"], cand["text"], cand["question"], cand["answer"],
+        images,
+        pa.array(shas_u, pa.string()).take(take),
+        pa.array([i.width for i in info], pa.int32()).take(take),
+        pa.array([i.height for i in info], pa.int32()).take(take),
+        pa.array([i.format for i in info], pa.string()).take(take),
+        _constant(f.shown, n, consts),
+        cand["line"],
+    ], schema=SCHEMA)
+
+
+def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> pa.ChunkedArray:
+    """``data[idx]`` as a binary column, in chunks of at most ``limit`` bytes (a chunk holds < 2 GiB)."""
+    sizes = np.array([len(d) for d in data], dtype=np.int64)
+    if int(sizes[idx].sum()) < limit and int(sizes.sum()) < limit:
+        return pa.chunked_array([pa.array(data, pa.binary()).take(pa.array(idx))])  # one copy, in C++
+    chunks, part, size = [], [], 0
+    for j in idx.tolist():
+        if part and size + len(data[j]) > limit:
+            chunks.append(pa.array(part, pa.binary()))
+            part, size = [], 0
+        part.append(data[j])
+        size += len(data[j])
+    chunks.append(pa.array(part, pa.binary()))
+    return pa.chunked_array(chunks, pa.binary())
+
+
+def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally, pool: _Pool) -> Iterator[pa.Table]:
     cache = _ImageCache()
-    for chunk in _chunks(_candidates(raw_root, manifest, cfg, tally), CHUNK_ROWS):
-        todo: dict[str, ImageRef] = {}
-        for c in chunk:
-            if cache.get(c.image.key) is None and c.image.key not in todo:
-                todo[c.image.key] = c.image
-        local = dict(zip(todo, _inspect_all(list(todo.values()), cfg, pool)))
-        for key, result in local.items():
-            cache.put(key, result)
-        for c in chunk:
-            result = local.get(c.image.key) or cache.get(c.image.key)
-            if isinstance(result, Problem):
-                tally.quarantine(c.file, c.line, result, json.dumps({**c.fields, "image": c.image.path or "<inline>"},
-                                                                     ensure_ascii=False))
-                continue
-            data, info = result
-            sid = sample_id(c.kind, c.fields, info.sha256)
-            if sid in tally.seen:
-                tally.quarantine(c.file, c.line, Problem("duplicate", f"same content as {tally.seen[sid]}"),
-                                 json.dumps({**c.fields, "image": c.image.path or "<inline>"}, ensure_ascii=False))
-                continue
-            tally.seen[sid] = f"{c.file}:{c.line}"
-            yield {
-                "sample_id": sid,
-                "kind": c.kind,
-                "split": split_of(sid, cfg.val_fraction),
-                "language": c.fields["language"],
-                "text": c.fields.get("text"),
-                "question": c.fields.get("question"),
-                "answer": c.fields.get("answer"),
-                "image": data,
-                "image_sha256": info.sha256,
-                "image_width": info.width,
-                "image_height": info.height,
-                "image_format": info.format,
-                "source_file": c.file,
-                "source_line": c.line,
-            }
+    for f in _files(raw_root, manifest, tally):
+        for cand, refs in _candidates(f, cfg, tally, raw_root):
+            for start in range(0, cand.num_rows, CHUNK_ROWS):
+                rows = _rows(f, cand.slice(start, CHUNK_ROWS), refs, cfg, tally, cache, pool)
+                if rows is not None:
+                    yield rows
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def write_shard(rows: list[dict], path: Path, cfg: DataConfig) -> None:
-    """One zstd Parquet shard with the schema version in its metadata."""
-    table = pa.Table.from_pydict({name: [r[name] for r in rows] for name in SCHEMA.names}, schema=SCHEMA)
-    pq.write_table(table, path, compression="zstd", row_group_size=cfg.row_group_rows)
+def write_shard(rows: pa.Table, path: Path, cfg: DataConfig) -> None:
+    """One zstd Parquet shard (``SCHEMA``, with the schema version in its metadata)."""
+    pq.write_table(rows.combine_chunks(), path, compression="zstd", row_group_size=cfg.row_group_rows)
 
 
-def _pool(cfg: DataConfig) -> ProcessPoolExecutor | None:
-    workers = cfg.num_workers or os.cpu_count() or 1
-    if workers <= 1:
-        return None
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+def _write_and_describe(rows: pa.Table, path: Path, cfg: DataConfig) -> dict:
+    write_shard(rows, path, cfg)
+    return {"path": path.name, "rows": rows.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _artifact(final: Path, m: dict, lake: Path, reused: bool) -> CuratedDataset:
@@ -308,30 +532,45 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
     shards: list[dict] = []
     splits: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
-    pool = _pool(cfg)
+    pool = _Pool(cfg.num_workers or os.cpu_count() or 1)
     try:
         with staged_dir(final) as tmp:
-            buf: list[dict] = []
+            # shards are written by one background thread (Parquet encoding releases the GIL) while
+            # this one validates the next rows; one write in flight, so a failed write stops the run
+            writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+            inflight: list[Future] = []
 
-            def flush() -> None:
+            def wait() -> None:
+                while inflight:
+                    shards.append(inflight.pop(0).result())
+
+            def flush(rows: pa.Table) -> None:
+                wait()
                 name = f"part-{len(shards):05d}.parquet"
-                write_shard(buf, tmp / name, cfg)
-                shards.append({"path": name, "rows": len(buf), "bytes": (tmp / name).stat().st_size,
-                               "sha256": sha256_file(tmp / name)})
-                buf.clear()
+                inflight.append(writer.submit(_write_and_describe, rows, tmp / name, cfg))
 
-            for row in _rows(raw_root, manifest, cfg, tally, pool):
-                splits[row["split"]] += 1
-                kinds[row["kind"]] += 1
-                buf.append(row)
-                if len(buf) >= cfg.shard_rows:
-                    flush()
-            if buf:
-                flush()
+            try:
+                buf: list[pa.Table] = []
+                pending = 0
+                for rows in _lake_rows(raw_root, manifest, cfg, tally, pool):
+                    splits.update({d["values"]: d["counts"] for d in pc.value_counts(rows["split"]).to_pylist()})
+                    kinds[rows["kind"][0].as_py()] += rows.num_rows
+                    buf.append(rows)
+                    pending += rows.num_rows
+                    while pending >= cfg.shard_rows:
+                        table = pa.concat_tables(buf)
+                        flush(table.slice(0, cfg.shard_rows))
+                        buf, pending = [table.slice(cfg.shard_rows)], pending - cfg.shard_rows
+                if pending:
+                    flush(pa.concat_tables(buf))
+                wait()
+            finally:
+                writer.shutdown(wait=True)
             kept = sum(s["rows"] for s in shards)
-            by_reason = dict(sorted(Counter(b["reason"] for b in tally.bad).items()))
+            bad = tally.sorted_bad()
+            by_reason = dict(sorted(Counter(b["reason"] for b in bad).items()))
             assert tally.rows_in == kept + len(tally.bad), (tally.rows_in, kept, len(tally.bad))
-            qpath = _write_quarantine(lake, version, tally.bad) if tally.bad else None
+            qpath = _write_quarantine(lake, version, bad) if bad else None
             if kept == 0:
                 raise DataError(
                     f"no usable rows in {raw_root}: all {tally.rows_in} rows were quarantined "
@@ -357,8 +596,7 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
             }
             atomic_write_text(tmp / CURATED_MANIFEST, json.dumps(m, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown()
     if tally.bad:
         log.warning("quarantined %d of %d rows (%s); see %s", len(tally.bad), tally.rows_in,
                     ", ".join(f"{k}: {v}" for k, v in m["quarantine_by_reason"].items()), lake / m["quarantine_path"])
