@@ -96,7 +96,15 @@ def _time_train(models, batch, steps: int) -> list[float]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    torch.set_num_threads(1 if quick else max(1, torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if quick else max(1, threads))
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's process as it was
+
+
+def _run(quick: bool) -> list[dict]:
     cfg, tok, ours, llava = _build(quick)
     b, text_len = (2, 16) if quick else (8, 48)
     batch = _batch(ours, b, text_len)

@@ -99,7 +99,15 @@ def trainer_run(cfg: TrainConfig, data: BenchData, out_dir: Path) -> float:
 
 
 def run(quick: bool = False) -> list[dict]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's process as it was
+
+
+def _run(quick: bool) -> list[dict]:
     steps = 20 if quick else 200
     cfg = TrainConfig(max_steps=steps, micro_batch_size=16, lr=1e-3, amp="off", wandb={"mode": "disabled"},
                       log_every=10)  # save_steps / eval_steps: the defaults (50)
