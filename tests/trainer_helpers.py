@@ -111,13 +111,20 @@ def run_toy(run_dir: str | Path, cfg: TrainConfig | None = None, *, poison: dict
             n: int = 48, progress=None, dropout: float = 0.1):
     from openmind_core.training import ProductionTrainer
 
-    model, train, val = build(n, poison, nan_ids, dropout)
-    trainer = ProductionTrainer(model, train, val, collate, cfg or make_cfg(), run_dir, seed=7,
-                                fingerprint={"model": "toy-v1", "data": f"toy-{n}"}, progress=progress,
-                                rank=rank, world_size=world_size)
-    if skip:
-        trainer.sampler.add_skip(skip, epoch=0, start=0)
-    return trainer.train()
+    # one thread, in-process or in a subprocess: float results depend on the thread count, and
+    # references computed here are compared bit for bit with runs in subprocesses
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, train, val = build(n, poison, nan_ids, dropout)
+        trainer = ProductionTrainer(model, train, val, collate, cfg or make_cfg(), run_dir, seed=7,
+                                    fingerprint={"model": "toy-v1", "data": f"toy-{n}"}, progress=progress,
+                                    rank=rank, world_size=world_size)
+        if skip:
+            trainer.sampler.add_skip(skip, epoch=0, start=0)
+        return trainer.train()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def final_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
