@@ -45,7 +45,7 @@ def test_ddp_two_ranks_matches_one_process_and_fsdp2(tmp_path, single):
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
     ck = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
     assert (ck / "rank-0.pt").exists() and (ck / "rank-1.pt").exists()  # per-rank RNG + sample log
-    assert sum("FSDP_OK" in ln for ln in lines) == 2, "\n".join(lines[-20:])
+    assert sum(ln.count("FSDP_OK") for ln in lines) == 2, "\n".join(lines[-20:])  # ranks may share a line
 
 
 def test_ddp_resume_after_sigkill(tmp_path, single):
