@@ -100,12 +100,18 @@ def check_inputs(cfg) -> None:
 
 
 def cmd_run(args) -> int:
-    from flows.lake import resolve_lake
+    from flows.lake import check_resumable, resolve_lake
+    from schemas import ConfigError
 
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
     check_inputs(cfg)
+    if args.run_name or cfg.run.name:
+        try:
+            check_resumable(cfg, lake / "runs" / (args.run_name or cfg.run.name))
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
     from flows.week1 import week1  # imports prefect: only after the checks
 
     report = week1(config_path=args.config, overrides=args.overrides, run_name=args.run_name, lake=str(lake))

@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from flows.lake import default_run_name, resolve_lake
+from flows.lake import check_resumable, default_run_name, resolve_lake
 from openmind_core.io import atomic_write_text
 from openmind_core.report import build_report, checklist_markdown
 from schemas import OpenMindConfig, Week1Report, load_config
@@ -28,8 +28,9 @@ from tasks.smoke import smoke_task
 from tasks.train import train_task
 
 def prepare_run_dir(cfg: OpenMindConfig, lake: Path, run_name: str) -> Path:
-    """Create ``<lake>/runs/<run>/`` and write the resolved config (checks the lake is writable)."""
+    """Create ``<lake>/runs/<run>/`` and write the resolved config, unless it would resume another model."""
     run_dir = lake / "runs" / run_name
+    check_resumable(cfg, run_dir)  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     return run_dir

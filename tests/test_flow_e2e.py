@@ -262,13 +262,20 @@ def test_default_run_answers_clearly_better_than_chance(prefect_server, tmp_path
     assert inf.caption_score > 0.2
 
 
-def test_rerun_with_a_changed_model_is_refused_not_resumed(first_run):
+def test_rerun_with_a_changed_model_is_refused_before_anything_runs(first_run, prefect_server):
     from flows.week1 import week1
 
     lake, _, _ = first_run
+    config = (lake / "runs" / "e2e" / "config.yaml").read_text()
     state = week1(overrides=SMALL + ["model.lm.num_layers=3"], run_name="e2e", lake=str(lake), return_state=True)
     assert state.is_failed()
-    runs = _task_runs(state.state_details.flow_run_id)
-    assert runs["train"].run_count == 1  # a mismatch is permanent: no retry
-    with pytest.raises(Exception, match="model"):
+    assert _task_runs(state.state_details.flow_run_id) == {}  # refused before any task ran
+    with pytest.raises(Exception, match=r"model.lm.num_layers: 2 -> 3"):
         state.result()
+    assert (lake / "runs" / "e2e" / "config.yaml").read_text() == config  # the run's config is untouched
+    # the CLI refuses it before Prefect starts: one line, exit code 2
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", *sum((["--set", s] for s in SMALL), []),
+                           "--set", "model.lm.num_layers=3", "--run-name", "e2e", "--lake", str(lake)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PREFECT_API_URL=prefect_server))
+    assert proc.returncode == 2 and "holds checkpoints of a different model" in proc.stderr
