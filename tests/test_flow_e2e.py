@@ -149,6 +149,22 @@ def test_rerun_reuses_stages_and_resumes_training(first_run):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_rerun_after_the_lake_lost_its_data_redoes_those_stages(first_run):
+    import shutil
+
+    from flows.week1 import week1
+
+    lake, report, _ = first_run
+    shutil.rmtree(lake / "raw")
+    shutil.rmtree(lake / "curated")
+    state = week1(overrides=SMALL, run_name="e2e", lake=str(lake), return_state=True)
+    assert state.is_completed(), state.message
+    again = state.result()
+    assert Path(again.raw.manifest).exists() and all(Path(s).exists() for s in again.curated.shards)
+    assert again.curated.version == report.curated.version  # same input, same lake version
+    assert again.training.resumed_from_step == report.training.steps
+
+
 def test_transient_failure_is_retried_and_permanent_is_not(prefect_server, tmp_path, monkeypatch):
     import tasks.download as dl
     from flows.data import prepare_data
