@@ -2,8 +2,9 @@
 
 ``VLMDataset`` reads the shards once: the text columns as Python lists and the image column as
 one Arrow binary array (no Python object per image, shared copy-on-write with forked loader
-workers).  ``__getitem__`` decodes, resizes and SigLIP-normalises the image and tokenises the
-prompt and target (``openmind_core.prompting``), so that work runs in the loader workers.
+workers), and tokenises every prompt and target up front in two batched tokenizer calls
+(``openmind_core.prompting.encode_many``).  ``__getitem__`` decodes, resizes and
+SigLIP-normalises the image, so that work runs in the loader workers.
 ``Collator`` pads to the longest sample on the right (labels with -100).
 """
 
@@ -24,7 +25,7 @@ from schemas.artifacts import CuratedDataset
 
 from openmind_core.data.lake import CURATED_MANIFEST, read_json
 from openmind_core.imaging import preprocess_image
-from openmind_core.prompting import IGNORE_INDEX, encode, instruction_for
+from openmind_core.prompting import IGNORE_INDEX, encode_many, instruction_for
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class VLMDataset(Dataset):
         self.rows: list[dict[str, Any]] = table.drop_columns(["image", "image_sha256", "image_format"]).to_pylist()
         self.images: pa.Array = table["image"].combine_chunks()
         self.sample_ids: list[str] = [r["sample_id"] for r in self.rows]
+        # tokenise every row once, in two batched calls: loader workers then only decode images
+        pairs = [instruction_for(r) for r in self.rows]
+        self.encoded = encode_many(tokenizer, [i for i, _ in pairs], [t or "" for _, t in pairs],
+                                   num_image_tokens, image_token_id, max_length)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -103,10 +108,8 @@ class VLMDataset(Dataset):
         return self.images[index].as_py()
 
     def encode_row(self, index: int):
-        """``openmind_core.prompting.Encoded`` of one row (no image decoding)."""
-        row = self.rows[index]
-        instruction, target = instruction_for(row)
-        return encode(self.tokenizer, instruction, target, self.num_image_tokens, self.image_token_id, self.max_length)
+        """``openmind_core.prompting.Encoded`` of one row (tokenised at construction; no image decoding)."""
+        return self.encoded[index]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         enc = self.encode_row(index)
