@@ -211,6 +211,8 @@ class TrainConfig(Strict):
     keep_last: int = Field(3, ge=1)
     num_workers: int = Field(0, ge=0)
     nproc: int = Field(1, ge=1, description="processes; >1 launches torchrun")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="with more than one process: ddp (auto) replicates the model, fsdp shards it (FSDP2)")
     deterministic: bool = False
     log_every: int = Field(10, ge=1)
     spike: SpikeConfig = Field(default_factory=SpikeConfig)

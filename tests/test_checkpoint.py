@@ -99,3 +99,18 @@ def test_finished_run_resumes_to_the_same_result(tmp_path):
     again = run_toy(tmp_path, make_cfg(max_steps=3, save_steps=2))
     assert again.resumed_from_step == 3 and again.steps == 3
     assert again.first_loss == first.first_loss and again.best_val_loss == first.best_val_loss
+
+
+def test_remove_renames_first_and_cleanup_finishes_an_interrupted_delete(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=1)
+    for s in (0, 4):
+        _save(mgr, s)
+    half = tmp_path / ".del-step-00000000"  # as a crash mid-prune leaves it: renamed, partly deleted
+    mgr.path(0).rename(half)
+    (half / "model.safetensors").unlink()
+    assert mgr.steps() == [4] and mgr.latest_valid() == mgr.path(4)  # never mistaken for a checkpoint
+    mgr.cleanup_stale()
+    assert not half.exists()
+    _save(mgr, 8)
+    mgr.prune()
+    assert mgr.steps() == [8] and sorted(p.name for p in tmp_path.iterdir()) == ["step-00000008"]

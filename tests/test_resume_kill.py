@@ -28,14 +28,15 @@ def reference(tmp_path_factory):
     return d, res
 
 
-def _run_until_done(run_dir: Path, kills: str, max_runs: int = 10) -> list[int]:
+def _run_until_done(run_dir: Path, kills: str, max_runs: int = 10, extra: tuple[str, ...] = ()) -> list[int]:
     env = {**os.environ, "OPENMIND_TEST_KILL_AT": kills, "OPENMIND_TEST_KILL_MARKERS": str(run_dir / "_kills"),
            "OMP_NUM_THREADS": "1"}
     codes = []
     for i in range(max_runs):
         workers = 2 * (i % 2)  # alternate loader workers 0 and 2 between the crashed runs
         p = subprocess.run([sys.executable, str(HELPER), "--run-dir", str(run_dir), "--dump",
-                            str(run_dir / "result.json"), "--set", f"num_workers={workers}"], env=env, capture_output=True, text=True,
+                            str(run_dir / "result.json"), "--set", f"num_workers={workers}", *extra], env=env,
+                           capture_output=True, text=True,
                            timeout=120)
         codes.append(p.returncode)
         if p.returncode == 0:
@@ -68,3 +69,20 @@ def test_killed_and_resumed_equals_unbroken(tmp_path, reference):
     got_losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"event"' not in x]
     assert got_losses == ref_losses
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_killed_while_pruning_old_checkpoints_equals_unbroken(tmp_path, reference):
+    """keep_last=1: every save prunes; SIGKILL in the middle of deleting step 0 (during step 4's
+    save, after the new checkpoint is committed), resume: nothing half-deleted survives, same end state."""
+    ref_dir, ref = reference
+    codes = _run_until_done(tmp_path, "prune:0", extra=("--set", "keep_last=1", "--set", "num_workers=0"))
+    assert codes == [-9, 0], codes
+    assert (tmp_path / "_kills" / "prune-0").exists()
+    assert_same_state(ref_dir, tmp_path)
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert res["steps"] == 12 and res["resumed_from_step"] == 4
+    assert _step_lines(tmp_path) == list(range(1, 13))
+    ckpts = tmp_path / "checkpoints"
+    assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]  # no .del-/.tmp- leftovers
+    best = res["best_val_loss"] == ref.best_val_loss
+    assert best and len(list(ckpts.glob("step-*"))) <= 2  # the newest (+ the best)

@@ -11,7 +11,7 @@ import torch
 from openmind_core.data.sampler import ResumableSampler
 from openmind_core.training import SpikeDetector, TrainingError
 from openmind_core.training.metrics import read_metrics
-from trainer_helpers import assert_same_state, make_cfg, run_toy, ToyDataset
+from trainer_helpers import ToyDataset, assert_same_state, collate, make_cfg, run_toy
 
 SEED = 7  # run_toy's trainer seed
 PER_STEP = 8  # micro 4 x accum 2
@@ -122,3 +122,44 @@ def test_skipped_steps_in_a_row_roll_back(tmp_path):
     ev = res.rollbacks[0]
     assert ev.step == 6 and ev.restored_step == 4 and "skipped steps in a row" in ev.reason
     assert res.skipped_steps == 2  # the two skips happened; their samples are now in the ledger
+
+
+def test_spike_across_an_epoch_boundary_rolls_back_and_never_sees_the_ids_again(tmp_path):
+    """s035 lies in step 2 of epoch 0 (window not full yet: undetectable) and in step 7, the first
+    step of epoch 1: the spike's window (steps 3-6) and its ledger (steps 5, 6 of epoch 0 and 7 of
+    epoch 1) cross the boundary.  Roll back to step 4 (epoch 0); the rest of epoch 0 and all of
+    epoch 1 must skip every ledger id; the result equals a run that had that ledger from the start."""
+    poisoned = "s035"
+    assert poisoned in ids_of_step(2) and poisoned in ids_of_step(7, epoch=1)
+    batches: list[list[str]] = []
+
+    def recording_collate(items):
+        batches.append([it["sample_id"] for it in items])
+        return collate(items)
+
+    res = run_toy(tmp_path / "run", make_cfg(), poison={poisoned: 100.0}, collate_fn=recording_collate)
+    assert len(res.rollbacks) == 1, res.rollbacks
+    ev = res.rollbacks[0]
+    assert (ev.step, ev.restored_step) == (7, 4) and "spike" in ev.reason
+    newest = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    state = json.loads((newest / "trainer_state.json").read_text())
+    ledger = {sid: ep for sid, ep in state["sampler"]["skip"]}
+    step7 = set(ids_of_step(7, epoch=1))
+    assert set(ledger) == set(ids_of_step(5)) | set(ids_of_step(6)) | step7 and ev.skipped_samples == len(ledger)
+    # ids still ahead in epoch 0's order are skipped from epoch 0, ids epoch 0 had already trained on from epoch 1
+    assert all(ledger[sid] == 0 for sid in ids_of_step(5) + ids_of_step(6))
+    assert {sid for sid in step7 if ledger[sid] == 1} == step7 - set(ids_of_step(5)) - set(ids_of_step(6))
+
+    train = [b for b in batches if b[0].startswith("s")]  # the eval loader shares the collate function
+    before, after = train[:14], train[14:]  # 7 steps x 2 micro-batches before the rollback
+    assert {sid for b in before[12:] for sid in b} == step7
+    after_ids = [sid for b in after for sid in b]
+    assert not set(after_ids) & set(ledger), "a skipped id was trained on again"
+    assert sorted(after_ids) == sorted(set(ToyDataset(48).sample_ids) - set(ledger))  # epoch 1: each once
+    assert res.steps == 4 + math.ceil(len(after_ids) / PER_STEP) and res.epochs_completed == 2
+    steps = [r["step"] for r in read_metrics(res.metrics_path) if "event" not in r]
+    assert steps == list(range(1, res.steps + 1))
+
+    ref = run_toy(tmp_path / "ref", make_cfg(), poison={poisoned: 100.0}, skip_from=ledger)
+    assert ref.rollbacks == [] and ref.steps == res.steps
+    assert_same_state(tmp_path / "run", tmp_path / "ref")

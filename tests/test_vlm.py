@@ -225,3 +225,21 @@ def test_bench_quick_contract():
     for r in rows:
         assert {"name", "ours_s", "baseline_s", "ratio", "goal", "unit", "notes"} <= r.keys()
         assert r["ours_s"] > 0 and r["baseline_s"] > 0
+
+
+def test_save_pretrained_from_a_given_state_dict_round_trips(tmp_path):
+    """The FSDP path: weights gathered into a full state dict are written in save_pretrained's format."""
+    from openmind_core.model import MultimodalReasoningModel as M
+
+    cfg = load_config().model
+    from openmind_core.model import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["a red circle", "What color is it?", "blue square"], vocab_size=300, image_token="<image>")
+    torch.manual_seed(0)
+    model = M.from_config(cfg, tok)
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp_path / "own")
+    model.save_pretrained(tmp_path / "given", state_dict=full)
+    a, b = M.from_pretrained(tmp_path / "own"), M.from_pretrained(tmp_path / "given")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)

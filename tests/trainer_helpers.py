@@ -1,10 +1,13 @@
-"""Toy model, data and a subprocess/torchrun entry for the trainer tests.
+"""Toy models, data and a subprocess/torchrun entry for the trainer tests.
 
-The toy model is a tiny causal LM (embedding -> layer norm -> dropout -> MLP -> head) whose loss is
-the HF-style mean over label tokens after the causal shift.  Per-sample flags let tests poison a
-sample (its token losses are multiplied by ``poison``) or inject NaN into the gradients (``nan``).
+``ToyLM`` is a tiny causal LM (embedding -> layer norm -> dropout -> MLP -> head) whose loss is the
+HF-style mean over label tokens after the causal shift.  ``ToyVLM`` has the real model's shape for
+FSDP2: a frozen ``vision_encoder``, a ``projector`` and a ``language_model`` with decoder
+``layers`` (so ``shard_model`` shards layers, LM, then the root).  Per-sample flags let tests
+poison a sample (its token losses are multiplied by ``poison``) or inject NaN into the gradients
+(``nan``).
 
-Entry: ``python tests/trainer_helpers.py --run-dir D [--set key=value ...] [--workers N]
+Entry: ``python tests/trainer_helpers.py --run-dir D [--set key=value ...] [--model toy|vlm]
 [--poison id,id] [--dump FILE]`` trains in this process (used with the test-only
 ``OPENMIND_TEST_KILL_AT`` env var to crash it); under torchrun it initialises gloo first.
 """
@@ -60,6 +63,61 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _toy_loss(logits, labels, poison, nan):
+    lg, lb = logits[:, :-1], labels[:, 1:]
+    ce = F.cross_entropy(lg.reshape(-1, VOCAB), lb.reshape(-1), ignore_index=-100, reduction="none")
+    ce = ce.view(lb.shape)
+    mask = (lb != -100).float()
+    w = poison[:, None] if poison is not None else 1.0
+    loss = (ce * mask * w).sum() / mask.sum()
+    if nan is not None and bool(nan.any()) and logits.requires_grad:
+        logits.register_hook(lambda g: g * float("nan"))
+    return loss
+
+
+class ToyBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(DIM)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(DIM, 2 * DIM), torch.nn.GELU(), torch.nn.Linear(2 * DIM, DIM))
+
+    def forward(self, h):
+        return h + self.mlp(self.norm(h))
+
+
+class ToyDecoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, DIM)
+        self.layers = torch.nn.ModuleList([ToyBlock(), ToyBlock()])
+        self.norm = torch.nn.LayerNorm(DIM)
+        self.head = torch.nn.Linear(DIM, VOCAB)
+
+    def forward(self, input_ids, prefix):
+        h = self.embed(input_ids) + prefix[:, None, :]
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(self.norm(h))
+
+
+class ToyVLM(torch.nn.Module):
+    """Frozen 'vision' features of the first token -> dropout -> projector, added to the LM's embeddings."""
+
+    def __init__(self, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.vision_encoder = torch.nn.Linear(VOCAB, 8)
+        self.vision_encoder.requires_grad_(False)
+        self.drop = torch.nn.Dropout(dropout)
+        self.projector = torch.nn.Linear(8, DIM)
+        self.language_model = ToyDecoder()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, poison=None, nan=None, pixel_values=None):
+        img = self.projector(self.drop(self.vision_encoder(F.one_hot(input_ids[:, 0], VOCAB).float())))
+        logits = self.language_model(input_ids, img)
+        loss = _toy_loss(logits, labels, poison, nan) if labels is not None else None
+        return SimpleNamespace(loss=loss, logits=logits)
+
+
 class ToyLM(torch.nn.Module):
     def __init__(self, dropout: float = 0.1) -> None:
         super().__init__()
@@ -100,15 +158,18 @@ def make_cfg(**over: Any) -> TrainConfig:
 
 
 def build(n: int = 48, poison: dict[str, float] | None = None, nan_ids: set[str] | None = None,
-          dropout: float = 0.1):
+          dropout: float = 0.1, model: str = "toy"):
     torch.manual_seed(1234)
-    model = ToyLM(dropout)
+    model = ToyVLM(dropout) if model == "vlm" else ToyLM(dropout)
     return model, ToyDataset(n, poison=poison, nan_ids=nan_ids), ToyDataset(12, seed=99, prefix="v")
 
 
 def run_toy(run_dir: str | Path, cfg: TrainConfig | None = None, *, poison: dict[str, float] | None = None,
             nan_ids: set[str] | None = None, skip: list[str] | None = None, rank: int = 0, world_size: int = 1,
-            n: int = 48, progress=None, dropout: float = 0.1):
+            n: int = 48, progress=None, dropout: float = 0.1, model: str = "toy",
+            skip_from: dict[str, int] | None = None, collate_fn=None):
+    """Train the toy in this process; ``skip``: ids skipped from epoch 0 on; ``skip_from``: id -> first
+    epoch it is skipped in (a ledger exactly as a rollback leaves it)."""
     from openmind_core.training import ProductionTrainer
 
     # one thread, in-process or in a subprocess: float results depend on the thread count, and
@@ -116,12 +177,14 @@ def run_toy(run_dir: str | Path, cfg: TrainConfig | None = None, *, poison: dict
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, train, val = build(n, poison, nan_ids, dropout)
-        trainer = ProductionTrainer(model, train, val, collate, cfg or make_cfg(), run_dir, seed=7,
-                                    fingerprint={"model": "toy-v1", "data": f"toy-{n}"}, progress=progress,
+        net, train, val = build(n, poison, nan_ids, dropout, model)
+        trainer = ProductionTrainer(net, train, val, collate_fn or collate, cfg or make_cfg(), run_dir, seed=7,
+                                    fingerprint={"model": f"{model}-v1", "data": f"toy-{n}"}, progress=progress,
                                     rank=rank, world_size=world_size)
         if skip:
             trainer.sampler.add_skip(skip, epoch=0, start=0)
+        if skip_from:
+            trainer.sampler.skip.update(skip_from)
         return trainer.train()
     finally:
         torch.set_num_threads(threads)
@@ -148,8 +211,9 @@ def assert_same_state(a: str | Path, b: str | Path) -> None:
             assert torch.equal(oa["state"][i][k], ob["state"][i][k]), f"optimizer state {i}.{k} differs"
 
 
-def fsdp_check(rank: int) -> None:
-    """FSDP2-shard a tiny VLM-shaped model's LM; one AdamW step must match an unsharded replica."""
+def fsdp_check(rank: int, out_dir: str | Path) -> None:
+    """FSDP2-shard a tiny VLM-shaped model's LM; one AdamW step must match an unsharded replica, and
+    its gathered state dict saved through ``save_pretrained`` must load back as the replica."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from openmind_core.training.distributed import shard_language_model
@@ -173,6 +237,17 @@ def fsdp_check(rank: int) -> None:
         opt.step()
     got = sharded.language_model.lm_head.weight.full_tensor()
     torch.testing.assert_close(got, replica.language_model.lm_head.weight, rtol=1e-5, atol=1e-6)
+    # best/ and final/ of a sharded HF model: a gathered full state dict through save_pretrained(state_dict=)
+    from openmind_core.training.checkpoint import save_model_dir
+    from openmind_core.training.distributed import barrier, full_model_state_dict
+
+    full = full_model_state_dict(sharded.language_model)
+    if rank == 0:
+        dest = save_model_dir(sharded.language_model, Path(out_dir) / "fsdp_lm", state_dict=full)
+        again = LlamaForCausalLM.from_pretrained(dest)
+        for k, v in replica.language_model.state_dict().items():
+            torch.testing.assert_close(again.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    barrier()
     print(f"FSDP_OK rank {rank} sharded={type(sharded.language_model.lm_head.weight).__name__}", flush=True)
 
 
@@ -183,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poison", default="")
     ap.add_argument("--dump", default=None, help="write the TrainingResult JSON here")
     ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--model", choices=("toy", "vlm"), default="toy")
     ap.add_argument("--fsdp-check", action="store_true", help="after training, check FSDP2 against a replica")
     args = ap.parse_args(argv)
     over = {}
@@ -195,11 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     rank, world, _ = D.init_from_env()
     torch.set_num_threads(1)
     poison = {p: 100.0 for p in args.poison.split(",") if p}
-    res = run_toy(args.run_dir, cfg, poison=poison, rank=rank, world_size=world, dropout=args.dropout)
+    res = run_toy(args.run_dir, cfg, poison=poison, rank=rank, world_size=world, dropout=args.dropout,
+                  model=args.model)
     if args.dump and rank == 0:
         Path(args.dump).write_text(res.model_dump_json())
     if args.fsdp_check:
-        fsdp_check(rank)
+        fsdp_check(rank, args.run_dir)
     D.destroy()
     return 0
 

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import AutoConfig, DynamicCache, SiglipVisionConfig, SiglipVisionModel
 
@@ -291,13 +291,29 @@ class MultimodalReasoningModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config JSON, safetensors weights (tied weights once) and the tokenizer."""
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write config JSON, safetensors weights (tied weights once) and the tokenizer.
+
+        ``state_dict``: the weights to write instead of this module's own, e.g. the full state dict
+        gathered from an FSDP2-sharded copy of this model (same key names).
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(d))
         tmp = d / f".{WEIGHTS_FILE}.tmp"
-        save_model(self, str(tmp), metadata={"format": "pt", "openmind_format_version": str(FORMAT_VERSION)})
+        metadata = {"format": "pt", "openmind_format_version": str(FORMAT_VERSION)}
+        if state_dict is None:
+            save_model(self, str(tmp), metadata=metadata)
+        else:
+            # drop the names of tied parameters after the first, as safetensors' save_model does
+            first: dict[int, str] = {}
+            tied = set()
+            for name, p in self.named_parameters(remove_duplicate=False):
+                if id(p) in first:
+                    tied.add(name)
+                first.setdefault(id(p), name)
+            save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k not in tied},
+                      str(tmp), metadata=metadata)
         os.replace(tmp, d / WEIGHTS_FILE)
         atomic_write_json(d / CONFIG_FILE, {
             "format_version": FORMAT_VERSION,

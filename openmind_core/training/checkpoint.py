@@ -6,19 +6,24 @@ Layout of one checkpoint, ``<run>/checkpoints/step-00000020/``::
     optimizer.pt         optimizer state          } torch.save, loaded with weights_only=True
     scheduler.pt         LR scheduler state       }
     scaler.pt            GradScaler state (fp16)  }
-    rng-rank<R>.pt       python/numpy/torch/cuda RNG states of rank R
+    rank-<R>.pt          python/numpy/torch/cuda RNG states and recent sample ids of rank R
     trainer_state.json   step, epoch, loader position, skip ledger, spike window, counters
     fingerprint.json     what must not change across a resume (model shape, data, batch)
     manifest.json        sha256 of every file above; written LAST
 
 A checkpoint is written into ``.tmp-step-...``, every file fsynced, the manifest last, the
 directory fsynced and then renamed; replacing an existing step moves the old one to ``.old-...``
-first.  ``cleanup_stale`` (run at start) removes temporaries and restores an ``.old-`` whose
-replacement never landed.  ``latest_valid`` returns the newest checkpoint whose manifest and hashes
-check out, warning about (and passing over) corrupted or partial ones.
+first.  Pruning (and a rollback's ``delete_after``) first renames a doomed checkpoint to
+``.del-...`` and only then deletes it, so a crash mid-delete never leaves a half-deleted
+``step-...`` directory.  ``cleanup_stale`` (run at start) removes temporaries and ``.del-``
+leftovers and restores an ``.old-`` whose replacement never landed.  ``latest_valid`` returns the
+newest checkpoint whose manifest and hashes check out, warning about (and passing over) corrupted
+or partial ones.
 
 Frozen weights are NOT stored: resuming requires the caller to rebuild the model identically
-(same seed / same pretrained weights), which the fingerprint helps enforce.
+(same seed / same pretrained weights), which the fingerprint helps enforce.  Under FSDP2 the
+trainer gathers full state dicts onto rank 0 first (``distributed.full_*``), so the files are the
+same whatever the strategy.
 
 Test-only hook: ``OPENMIND_TEST_KILL_AT="phase:n,phase:n"`` makes ``kill_point(phase, n)`` SIGKILL
 the process (used by tests/test_resume_kill.py to simulate crashes); with
@@ -27,6 +32,7 @@ the process (used by tests/test_resume_kill.py to simulate crashes); with
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -35,6 +41,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,15 +113,51 @@ def replace_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_model_dir(model: torch.nn.Module, dest: str | Path) -> Path:
-    """Save a whole model atomically: ``save_pretrained`` if it has one, else ``model.safetensors``."""
+def _accepts_state_dict(fn: Any) -> bool:
+    try:
+        return "state_dict" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _save_pretrained_names(model: torch.nn.Module,
+                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the aliases of tied parameters the way ``safetensors.torch.save_model`` does (keep the
+    alphabetically first name of each shared group), judged on the model's own parameter objects."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    drop = {n for names in groups.values() if len(names) > 1 for n in sorted(names)[1:]}
+    return {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items() if k not in drop}
+
+
+def save_model_dir(model: torch.nn.Module, dest: str | Path,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save a whole model atomically: ``save_pretrained`` if it has one, else ``model.safetensors``.
+
+    ``state_dict`` (a full, unsharded one, e.g. gathered from an FSDP2 model whose own parameters
+    are DTensor shards) is written instead of the model's parameters: through
+    ``save_pretrained(dir, state_dict=...)`` when the model's ``save_pretrained`` takes one
+    (transformers models), else as ``model.safetensors`` with the key names ``save_pretrained`` /
+    ``safetensors.torch.save_model`` would use (tied aliases dropped).  In that second case a
+    custom ``save_pretrained``'s other files (config, tokenizer) are NOT written: a warning says so.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    if hasattr(model, "save_pretrained"):
+    if state_dict is not None:
+        if hasattr(model, "save_pretrained") and _accepts_state_dict(model.save_pretrained):
+            model.save_pretrained(str(tmp), state_dict=state_dict)
+        else:
+            if hasattr(model, "save_pretrained"):
+                log.warning("%s.save_pretrained takes no state_dict: %s gets %s only (no config/tokenizer)",
+                            type(model).__name__, dest, WEIGHTS)
+            safetensors.torch.save_file(_save_pretrained_names(model, state_dict), str(tmp / WEIGHTS),
+                                        metadata={"format": "pt"})
+    elif hasattr(model, "save_pretrained"):
         model.save_pretrained(str(tmp))
     else:
         safetensors.torch.save_model(model, str(tmp / WEIGHTS))
@@ -176,6 +219,9 @@ class CheckpointManager:
             elif p.name.startswith(".tmp-"):
                 log.warning("removing stale partial checkpoint %s", p)
                 shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(".del-"):
+                log.warning("finishing the interrupted deletion of %s", p.name[len(".del-"):])
+                shutil.rmtree(p, ignore_errors=True)
         fsync_dir(self.root)
 
     def validate(self, path: Path) -> str | None:
@@ -208,10 +254,21 @@ class CheckpointManager:
             log.warning("skipping checkpoint %s: %s", path, reason)
         return None
 
+    def remove(self, step: int) -> None:
+        """Delete one checkpoint crash-safely: rename to ``.del-step-...`` (durable), then delete."""
+        path = self.path(step)
+        doomed = self.root / f".del-{path.name}"
+        if doomed.exists():
+            shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(path, doomed)
+        fsync_dir(self.root)
+        kill_point("prune", step)  # test-only: crash while deleting an old checkpoint
+        shutil.rmtree(doomed, ignore_errors=True)
+
     def delete_after(self, step: int) -> None:
         for s in self.steps():
             if s > step:
-                shutil.rmtree(self.path(s), ignore_errors=True)
+                self.remove(s)
         fsync_dir(self.root)
 
     def prune(self, protect: set[int] | None = None) -> None:
@@ -220,7 +277,7 @@ class CheckpointManager:
         keep = set(steps[-self.keep_last:]) | set(protect or ())
         for s in steps:
             if s not in keep:
-                shutil.rmtree(self.path(s), ignore_errors=True)
+                self.remove(s)
 
     # -- write / read --------------------------------------------------------------------
 
@@ -250,11 +307,13 @@ class CheckpointManager:
         kill_point("ckpt-commit", step)  # test-only: crash after the rename, before pruning
         return dest
 
-    def load(self, path: Path) -> LoadedCheckpoint:
-        """Read a validated checkpoint; torch files with ``weights_only=True``."""
+    def load(self, path: Path, skip: Collection[str] = ()) -> LoadedCheckpoint:
+        """Read a validated checkpoint; torch files with ``weights_only=True``; ``skip``: files not to read."""
         manifest = json.loads((path / MANIFEST).read_text())
         out = LoadedCheckpoint(path=path, step=int(manifest["step"]), weights={})
         for name in manifest["files"]:
+            if name in skip:
+                continue
             f = path / name
             if name == WEIGHTS:
                 out.weights = safetensors.torch.load_file(str(f))

@@ -1,17 +1,33 @@
-"""DDP and FSDP2 helpers for the trainer (gloo on CPU, nccl on CUDA).
+"""DDP and FSDP2 for the trainer under torchrun (gloo on CPU, nccl on CUDA), and the FSDP2 checkpoint glue.
 
 Under ``torchrun`` every process calls ``init_from_env()`` (reads RANK/WORLD_SIZE/LOCAL_RANK and
-initialises the default process group) before building the trainer with ``rank`` and
-``world_size``.  The trainer wraps the model with ``wrap_ddp`` itself; gradients are not
-synchronised on accumulation micro-steps (``no_sync``).
+initialises the default process group) before building the ProductionTrainer with ``rank`` and
+``world_size``.  ``TrainConfig.strategy`` picks how the trainer spreads the model
+(``resolve_strategy``): ``auto`` / ``ddp`` -> ``wrap_ddp`` (gradients not synchronised on
+accumulation micro-steps via ``no_sync``); ``fsdp`` -> ``shard_model``; one process -> neither.
 
-FSDP2: ``shard_language_model`` applies ``torch.distributed.fsdp.fully_shard`` to each decoder
-layer of the language model and then to the language model itself (torchtitan's recipe), for an LM
-that does not fit one GPU.  On GPU: call it after ``init_from_env()`` with the model on
-``cuda:LOCAL_RANK`` and before building the optimizer; keep ``train.amp`` as bf16 (or pass a
-``MixedPrecisionPolicy``).  Checkpoints of a sharded model need full state dicts
-(``torch.distributed.checkpoint.state_dict.get_model_state_dict`` with ``full_state_dict=True``);
-the ProductionTrainer's checkpointing supports the DDP / single-process case.
+FSDP2 (``torch.distributed.fsdp.fully_shard``), torchtitan's recipe: ``shard_model`` shards each
+decoder layer of ``model.language_model`` (found at ``model.layers`` / ``layers`` /
+``transformer.h`` / ``model.decoder.layers``), then the language model, then the root module, so
+whatever is left (vision tower, projector, or the whole of a model without ``language_model``)
+lands in the root's group.  The trainer shards before building the optimizer, turns gradient
+sync off on non-final accumulation micro-steps (``set_requires_gradient_sync(False)``) and clips
+with ``guard.clip_and_measure(sharded=True)`` (the pre-clip total norm, reduced across ranks).
+
+Checkpoints of a sharded model (``full_*`` / ``load_full_*`` below, all collectives: every rank
+calls them) go through ``torch.distributed.checkpoint.state_dict`` with
+``StateDictOptions(full_state_dict=True, cpu_offload=True)``: rank 0 receives full, unsharded CPU
+tensors and writes the very files a single process writes (``model.safetensors`` by parameter
+name, ``optimizer.pt`` in ``Optimizer.state_dict()``'s format with integer ids in param-group
+order), so a checkpoint moves between one process, DDP and FSDP; loads use
+``broadcast_from_rank0=True`` (only rank 0 reads the tensors).  One catch handled here: DCP
+initialises an empty optimizer state with a zero-gradient ``step()`` (Adam's step count becomes
+1), so an optimizer that has not stepped yet is saved and loaded without DCP.
+
+On GPU: call ``init_from_env()`` first (it sets the CUDA device), keep ``train.amp`` at bf16
+(autocast; fp16's GradScaler is refused under FSDP because its overflow check is per rank), and
+``full_model_state_dict`` gathers parameter by parameter onto rank 0's CPU, so that host needs RAM
+for one full copy of the weights when checkpoints, ``best/`` and ``final/`` are written.
 """
 
 from __future__ import annotations
@@ -123,3 +139,110 @@ def shard_language_model(model: torch.nn.Module, attr: str = "language_model", m
         fully_shard(layer, **kw)
     fully_shard(lm, **kw)
     return model
+
+
+def resolve_strategy(strategy: str, world_size: int) -> str:
+    """``single`` for one process, else ``fsdp`` when asked for and ``ddp`` otherwise (``auto``)."""
+    if strategy not in ("auto", "ddp", "fsdp"):
+        raise ValueError(f"train.strategy must be auto, ddp or fsdp, not {strategy!r}")
+    if world_size <= 1:
+        return "single"
+    return "fsdp" if strategy == "fsdp" else "ddp"
+
+
+def shard_model(model: torch.nn.Module, attr: str = "language_model", mesh: Any = None,
+                mp_policy: Any = None) -> torch.nn.Module:
+    """FSDP2 the whole model: the LM's decoder layers and the LM (if ``model.<attr>`` exists), then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    if getattr(model, attr, None) is not None:
+        shard_language_model(model, attr=attr, mesh=mesh, mp_policy=mp_policy)
+    else:
+        log.info("%s has no %r: FSDP2 shards it as one unit", type(model).__name__, attr)
+    kw: dict[str, Any] = {}
+    if mesh is not None:
+        kw["mesh"] = mesh
+    if mp_policy is not None:
+        kw["mp_policy"] = mp_policy
+    fully_shard(model, **kw)
+    return model
+
+
+def _full_options(**kw: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_model_state_dict(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Collective: the unsharded state dict (CPU) on rank 0, ``{}`` elsewhere; keys as ``state_dict()``."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    sd = get_model_state_dict(model, options=_full_options(cpu_offload=True, ignore_frozen_params=trainable_only))
+    if trainable_only:
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k in names}
+    return sd
+
+
+def load_full_model_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Collective: load rank 0's full (possibly partial: trainable-only) state dict into the sharded model."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    rank0 = not is_distributed() or dist.get_rank() == 0
+    set_model_state_dict(model, (state or {}) if rank0 else {},
+                         options=_full_options(broadcast_from_rank0=True, strict=False))
+
+
+def _param_names_in_order(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    try:
+        return [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    except KeyError as e:
+        raise ValueError("the optimizer holds a parameter that is not in the model") from e
+
+
+def full_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Collective: the optimizer's full state on rank 0 in ``Optimizer.state_dict()``'s own format
+    (integer ids in param-group order, unsharded CPU tensors), ``{}`` on the other ranks."""
+    rank0 = not is_distributed() or dist.get_rank() == 0
+    if not optimizer.state:  # DCP would run a zero-gradient step to create it (Adam step count 1)
+        return optimizer.state_dict() if rank0 else {}
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+    if not rank0:
+        return {}
+    index = {n: i for i, n in enumerate(_param_names_in_order(model, optimizer))}
+    state = {index[k]: v for k, v in sorted(sd["state"].items(), key=lambda kv: index[kv[0]])}
+    groups = [{**g, "params": [index[k] for k in g["params"]]} for g in sd["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def load_full_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                                   state: dict[str, Any] | None) -> None:
+    """Collective: load rank 0's ``Optimizer.state_dict()``-format dict into the optimizer of the sharded model."""
+    rank0 = not is_distributed() or dist.get_rank() == 0
+    empty = broadcast_object(not (state or {}).get("state") if rank0 else None)
+    if empty:  # nothing to shard: every rank loads the param groups as they are (clears any state)
+        optimizer.load_state_dict(broadcast_object(state if rank0 else None))
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    fqn_sd: dict[str, Any] = {}
+    err = None
+    if rank0:
+        assert state is not None
+        names = _param_names_in_order(model, optimizer)
+        n_saved = sum(len(g["params"]) for g in state["param_groups"])
+        if n_saved != len(names) or len(state["param_groups"]) != len(optimizer.param_groups):
+            err = (f"the checkpoint's optimizer has {n_saved} parameters in {len(state['param_groups'])} groups, "
+                   f"this one {len(names)} in {len(optimizer.param_groups)}")
+        else:
+            fqn_sd = {"state": {names[int(i)]: v for i, v in state["state"].items()},
+                      "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
+                                       for g in state["param_groups"]]}
+    err = broadcast_object(err)  # every rank raises, none waits in a collective
+    if err:
+        raise ValueError(err)
+    set_optimizer_state_dict(model, optimizer, fqn_sd, options=_full_options(broadcast_from_rank0=True))

@@ -1,7 +1,8 @@
 """Guarding a run: the gradient check and the loss-spike detector.
 
 ``clip_and_measure`` returns the norm BEFORE clipping (what ``clip_grad_norm_`` returns) as a
-tensor; the trainer reads it together with the step loss in one device sync.  ``grad_ok`` decides
+tensor (under FSDP2 the norm over all ranks' shards); the trainer reads it together with the step
+loss in one device sync.  ``grad_ok`` decides
 whether the step may be applied (finite and under the threshold); a refused step never calls
 ``optimizer.step()``, so parameters, Adam moments and Adam's step count stay untouched.
 
@@ -22,9 +23,24 @@ from dataclasses import dataclass
 import torch
 
 
-def clip_and_measure(params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Clip gradients to ``max_norm`` and return the pre-clip total norm (a 0-d tensor, no sync)."""
-    return torch.nn.utils.clip_grad_norm_(list(params), max_norm, error_if_nonfinite=False)
+def clip_and_measure(params: Iterable[torch.nn.Parameter], max_norm: float, sharded: bool = False) -> torch.Tensor:
+    """Clip gradients to ``max_norm`` and return the pre-clip total norm (a 0-d tensor, no sync).
+
+    ``sharded=True`` (FSDP2, gradients are DTensors): the norm of the local shards is reduced
+    across ranks (``full_tensor()``, what torchtitan does) before clipping, so every rank gets the
+    same plain-tensor total norm and clips with it.
+    """
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(list(params), max_norm, error_if_nonfinite=False)
+    from torch.distributed.tensor import DTensor
+
+    params = list(params)
+    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], 2.0,
+                                          error_if_nonfinite=False)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
 
 
 def grad_ok(norm: float, threshold: float) -> tuple[bool, str]:

@@ -1,12 +1,16 @@
 """ProductionTrainer: AdamW + cosine warmup, amp, accumulation, guards, crash-safe resume, rollback.
 
-One loop for one process or DDP under torchrun.  Each optimizer step:
+One loop for one process, or under torchrun with DDP or FSDP2 (``TrainConfig.strategy``: ``auto``
+= DDP when ``world_size > 1``; ``fsdp`` shards the model with ``distributed.shard_model`` — LM
+decoder layers, LM, then the root — before the optimizer is built).  Each optimizer step:
 
 1. take ``grad_accum`` micro-batches, count their label tokens (``labels[:, 1:] != -100``, all
    ranks summed) BEFORE backward, and weight each micro-batch's mean loss by its share, so the step
    loss is the mean over all the step's tokens (not the mean of micro-batch means);
-2. backward each (``no_sync`` on all but the last micro-batch under DDP);
-3. clip and read the pre-clip norm together with the step loss in ONE device sync;
+2. backward each (no gradient sync on all but the last micro-batch: DDP's ``no_sync``, FSDP2's
+   ``set_requires_gradient_sync(False)``);
+3. clip and read the pre-clip norm (under FSDP2 reduced over all ranks' shards) together with the
+   step loss in ONE device sync;
 4. spike detector on the unscaled loss -> roll back; gradient check -> skip (no ``optimizer.step``:
    parameters, Adam moments and Adam's step count untouched; the LR schedule still advances);
 5. log (metrics.jsonl, tqdm, progress callback, wandb); evaluate every ``eval_steps``; checkpoint
@@ -17,6 +21,11 @@ optimizer, scheduler, scaler, RNG, loader position, skip ledger, spike window) a
 continues as the unbroken run would have.  Frozen weights are not checkpointed: the caller must
 rebuild the model identically (same seed / pretrained weights) before resuming.  A fresh run
 writes a step-0 checkpoint so a spike before the first periodic checkpoint can still roll back.
+Under FSDP2 every rank joins the gathers (``distributed.full_model_state_dict`` /
+``full_optimizer_state_dict``) and rank 0 writes the same files as one process would, so a
+checkpoint resumes under DDP or FSDP alike (the fingerprint pins the world size and batch); loads
+broadcast from rank 0.  ``best/`` and ``final/`` of a sharded model are written from a gathered
+full state dict (``save_model_dir(..., state_dict=...)``).  fp16 + FSDP is refused (use bf16).
 
 Rollback: on a spike (or ``max_skipped_in_row`` skipped steps) the newest checkpoint from before
 the onset is restored, every sample id seen since it goes into the persistent skip ledger, the LR
@@ -161,11 +170,21 @@ class ProductionTrainer:
         self.amp = resolve_amp(cfg.amp, self.device)
         self.module = model.to(self.device)
         self.model: torch.nn.Module = self.module
+        self.strategy = D.resolve_strategy(cfg.strategy, world_size)
+        if cfg.strategy == "fsdp" and world_size == 1:
+            log.info("train.strategy=fsdp with one process: nothing to shard, training unsharded")
         if world_size > 1:
             if not D.is_distributed():
                 raise TrainingError(f"world_size={world_size} but torch.distributed is not initialised: "
                                     "call openmind_core.training.distributed.init_from_env() under torchrun")
-            self.model = D.wrap_ddp(self.module, self.device)
+            if self.strategy == "fsdp":
+                if self.amp.name == "fp16":
+                    raise TrainingError("train.strategy=fsdp with fp16: GradScaler's overflow check is per rank "
+                                        "and not supported with FSDP2 shards here; set train.amp to bf16 (or off)")
+                D.shard_model(self.module)  # in place: parameters become DTensor shards
+            else:
+                self.model = D.wrap_ddp(self.module, self.device)
+        self.fsdp = self.strategy == "fsdp"
         self.trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.module, cfg)
         ids = _sample_ids_of(train_dataset)
@@ -220,36 +239,56 @@ class ProductionTrainer:
         self.step_ids = {s: v for s, v in self.step_ids.items() if s > horizon}
         rank_state = {"rng": capture_rng(), "step_ids": {str(s): v for s, v in self.step_ids.items()}}
         all_ranks = D.all_gather_objects(rank_state)
+        if self.fsdp:  # collectives: every rank gathers, rank 0 receives full CPU tensors
+            weights = D.full_model_state_dict(self.module, trainable_only=True)
+            optim_state = D.full_optimizer_state_dict(self.module, self.optimizer)
+        else:
+            weights = {n: p for n, p in self.trainable}
+            optim_state = self.optimizer.state_dict() if self.is_main else {}
         if self.is_main:
-            torch_files: dict[str, Any] = {"optimizer.pt": self.optimizer.state_dict(),
+            torch_files: dict[str, Any] = {"optimizer.pt": optim_state,
                                            "scheduler.pt": self.scheduler.state_dict()}
             if self.scaler is not None:
                 torch_files["scaler.pt"] = self.scaler.state_dict()
             for r, st in enumerate(all_ranks):
                 torch_files[f"rank-{r}.pt"] = st
-            path = self.ckpt.save(step, {n: p for n, p in self.trainable}, torch_files,
+            path = self.ckpt.save(step, weights, torch_files,
                                   {"trainer_state.json": self._state_json(), "fingerprint.json": self.fingerprint})
             protect = {self.state["best_step"]} if self.state["best_step"] is not None else set()
             self.ckpt.prune(protect)
             self.metrics.event("checkpoint", step, path=str(path))
         D.barrier()
 
-    def _restore(self, path: Path) -> None:
-        ck = self.ckpt.load(path)
-        check_fingerprint(ck.json_files.get("fingerprint.json", {}), self.fingerprint, path)
+    def _weights_mismatch(self, weights: dict[str, torch.Tensor], path: Path) -> str | None:
         names = {n for n, _ in self.trainable}
-        if set(ck.weights) != names:
-            raise ResumeError(f"cannot resume from {path}: trainable parameters differ "
-                              f"(missing {sorted(names - set(ck.weights))[:5]}, "
-                              f"unexpected {sorted(set(ck.weights) - names)[:5]})")
-        with torch.no_grad():
-            for n, p in self.trainable:
-                w = ck.weights[n]
-                if w.shape != p.shape:
-                    raise ResumeError(f"cannot resume from {path}: {n} has shape {tuple(w.shape)} there, "
-                                      f"{tuple(p.shape)} now")
-                p.copy_(w.to(p.device, p.dtype))
-        self.optimizer.load_state_dict(ck.torch_files["optimizer.pt"])
+        if set(weights) != names:
+            return (f"cannot resume from {path}: trainable parameters differ "
+                    f"(missing {sorted(names - set(weights))[:5]}, unexpected {sorted(set(weights) - names)[:5]})")
+        for n, p in self.trainable:
+            if weights[n].shape != p.shape:  # a DTensor's shape is the global one
+                return f"cannot resume from {path}: {n} has shape {tuple(weights[n].shape)} there, {tuple(p.shape)} now"
+        return None
+
+    def _restore(self, path: Path) -> None:
+        # under FSDP only rank 0 reads the tensors; the others receive their shards by broadcast
+        heavy = {"model.safetensors", "optimizer.pt"} if self.fsdp and not self.is_main else set()
+        ck = self.ckpt.load(path, skip=heavy)
+        check_fingerprint(ck.json_files.get("fingerprint.json", {}), self.fingerprint, path)
+        if self.fsdp:
+            err = D.broadcast_object(self._weights_mismatch(ck.weights, path) if self.is_main else None)
+            if err:
+                raise ResumeError(err)
+            D.load_full_model_state_dict(self.module, ck.weights if self.is_main else None)
+            D.load_full_optimizer_state_dict(self.module, self.optimizer,
+                                             ck.torch_files["optimizer.pt"] if self.is_main else None)
+        else:
+            err = self._weights_mismatch(ck.weights, path)
+            if err:
+                raise ResumeError(err)
+            with torch.no_grad():
+                for n, p in self.trainable:
+                    p.copy_(ck.weights[n].to(p.device, p.dtype))
+            self.optimizer.load_state_dict(ck.torch_files["optimizer.pt"])
         self.scheduler.load_state_dict(ck.torch_files["scheduler.pt"])
         if self.scaler is not None and "scaler.pt" in ck.torch_files:
             self.scaler.load_state_dict(ck.torch_files["scaler.pt"])
@@ -331,10 +370,12 @@ class ProductionTrainer:
             total = 1.0
         tokens = sum(_batch_tokens(b) for b in micro)
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
-        ddp = self.world > 1
+        ddp = self.world > 1 and not self.fsdp
         for i, batch in enumerate(micro):
             batch = _to_device(batch, self.device)
             last = i == len(micro) - 1
+            if self.fsdp:
+                self.module.set_requires_gradient_sync(last)  # reduce-scatter only after the last micro-batch
             sync = self.model.no_sync() if ddp and not last else contextlib.nullcontext()
             with sync:
                 with autocast(self.amp):
@@ -345,11 +386,11 @@ class ProductionTrainer:
             loss_sum += loss.detach() * local[i]
             if i == 0 and not last:
                 kill_point("micro", step)  # test-only: crash mid-accumulation
-        if ddp:
+        if self.world > 1:
             D.all_reduce_sum(loss_sum)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        norm_t = clip_and_measure((p for _, p in self.trainable), self.cfg.clip_grad_norm)
+        norm_t = clip_and_measure((p for _, p in self.trainable), self.cfg.clip_grad_norm, sharded=self.fsdp)
         loss_val, norm_val = torch.stack([loss_sum / total, norm_t.detach().float().to(self.device)]).tolist()
 
         if not math.isfinite(loss_val):
@@ -452,6 +493,15 @@ class ProductionTrainer:
         m.train(was_training)
         return float(tot / n_tot) if n_tot else None
 
+    def _save_model_dir(self, dest: Path) -> None:
+        """Rank 0 writes the whole model; under FSDP from a full state dict every rank helps gather."""
+        if self.fsdp:
+            full = D.full_model_state_dict(self.module)
+            if self.is_main:
+                save_model_dir(self.module, dest, state_dict=full)
+        elif self.is_main:
+            save_model_dir(self.module, dest)
+
     def _evaluate_and_keep_best(self) -> None:
         st = self.state
         val = self.evaluate()
@@ -462,10 +512,11 @@ class ProductionTrainer:
         if st["first_val"] is None:
             st["first_val"] = val
         is_best = math.isfinite(val) and (st["best_val"] is None or val < st["best_val"])
+        if self.fsdp:  # the save below is collective: all ranks must take the same branch
+            is_best = D.broadcast_object(is_best)
         if is_best:
             st["best_val"], st["best_step"] = val, st["step"]
-            if self.is_main:
-                save_model_dir(self.module, self.run_dir / "best")
+            self._save_model_dir(self.run_dir / "best")
         self.metrics.event("eval", st["step"], val_loss=val, best=is_best)
         self.wandb.log({"val/loss": val}, step=st["step"])
 
@@ -554,8 +605,8 @@ class ProductionTrainer:
             self._save_checkpoint()
         final_dir = self.run_dir / "final"
         curve = None
+        self._save_model_dir(final_dir)
         if self.is_main:
-            save_model_dir(self.module, final_dir)
             self.metrics.close()
             curve = plot_loss_curve(self.metrics.path, self.run_dir / "loss_curve.png")
         D.barrier()
