@@ -114,6 +114,6 @@ def run_inference(
         predictions=preds,
         wall_seconds=round(time.perf_counter() - t0, 2),
     )
-    log.info("inference: VQA accuracy %s (chance %s) on %d; caption F1 %s on %d",
-             report.vqa_accuracy, report.vqa_chance, len(vqa), report.caption_score, len(caps))
+    log.debug("inference: VQA accuracy %s (chance %s) on %d; caption F1 %s on %d",
+              report.vqa_accuracy, report.vqa_chance, len(vqa), report.caption_score, len(caps))
     return report

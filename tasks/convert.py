@@ -17,8 +17,9 @@ from tasks.common import CACHED, md_table, retrying
 def convert_task(raw: RawDataset, data: DataConfig, lake: str) -> CuratedDataset:
     log = get_run_logger()
     cur = convert(raw, data, Path(lake))
-    log.info("curated %s: %d rows in, %d kept, %d quarantined %s; splits %s", cur.version, cur.rows_in,
-             cur.rows_kept, cur.rows_quarantined, cur.quarantine_by_reason or "", cur.splits)
+    by_reason = f" {cur.quarantine_by_reason}" if cur.quarantine_by_reason else ""
+    log.info("curated %s: %d rows in, %d kept, %d quarantined%s; splits %s", cur.version, cur.rows_in,
+             cur.rows_kept, cur.rows_quarantined, by_reason, cur.splits)
     reasons = "<br>".join(f"{k}: {v}" for k, v in sorted(cur.quarantine_by_reason.items())) or "none"
     create_markdown_artifact(
         key="week1-convert",

@@ -20,13 +20,14 @@ def _cell(text: str | None) -> str:
 def inference_task(cfg: OpenMindConfig, curated: CuratedDataset, training: TrainingResult) -> InferenceReport:
     log = get_run_logger()
     report = run_inference(training.final_dir, curated, cfg.inference, seed=cfg.run.seed)
-    log.info("VQA accuracy %s (chance %s), caption F1 %s", report.vqa_accuracy, report.vqa_chance, report.caption_score)
     shown = [p for p in report.predictions if p.kind == "prompt"] + [p for p in report.predictions if p.kind != "prompt"][:20]
     rows = "\n".join(f"| {p.kind} | {_cell(p.prompt)} | {_cell(p.prediction)} | {_cell(p.reference)} | "
                      f"{'' if p.correct is None else ('✅' if p.correct else '❌')} |" for p in shown)
     acc = "n/a" if report.vqa_accuracy is None else f"{report.vqa_accuracy:.1%}"
     chance = "n/a" if report.vqa_chance is None else f"{report.vqa_chance:.1%}"
     f1 = "n/a" if report.caption_score is None else f"{report.caption_score:.3f}"
+    log.info("VQA exact match %s (chance %s) on %d questions; caption F1 %s on %d images", acc, chance,
+             report.vqa_count, f1, report.caption_count)
     create_markdown_artifact(
         key="week1-inference",
         description="baseline inference",

@@ -40,9 +40,13 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport,
         result = train_from_config(cfg, curated, run_dir, smoke.tokenizer_dir, progress=progress)
     update_progress_artifact(progress_id, 100.0)
     _publish(result, cfg)
-    log.info("trained %d steps: loss %s -> %s, best val %s", result.steps, result.first_loss, result.last_loss,
-             result.best_val_loss)
+    log.info("trained %d steps: loss %s -> %s, best val loss %s", result.steps, _f(result.first_loss),
+             _f(result.last_loss), _f(result.best_val_loss))
     return result
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _publish(result: TrainingResult, cfg: OpenMindConfig) -> None:
@@ -67,8 +71,8 @@ def _publish(result: TrainingResult, cfg: OpenMindConfig) -> None:
         description="training summary",
         markdown="# Training\n\n" + md_table([
             ("steps", result.steps), ("epochs", result.epochs_completed), ("samples seen", result.samples_seen),
-            ("loss", f"{result.first_loss} → {result.last_loss}"),
-            ("val loss", f"{result.first_val_loss} → {result.final_val_loss} (best {result.best_val_loss})"),
+            ("loss", f"{_f(result.first_loss)} → {_f(result.last_loss)}"),
+            ("val loss", f"{_f(result.first_val_loss)} → {_f(result.final_val_loss)} (best {_f(result.best_val_loss)})"),
             ("NaN/inf losses", result.nan_or_inf_losses), ("skipped steps", result.skipped_steps),
             ("rollbacks", len(result.rollbacks)), ("resumed from step", result.resumed_from_step),
             ("tokens/s", result.tokens_per_second), ("device / amp", f"{result.device} / {result.amp}"),
