@@ -16,12 +16,11 @@ Run directory (``<lake>/runs/<run>/``)::
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from openmind_core.training.trainer import seed_everything
 from schemas import CuratedDataset, OpenMindConfig, TrainingResult
 
 log = logging.getLogger(__name__)
@@ -29,12 +28,6 @@ log = logging.getLogger(__name__)
 
 class PipelineError(RuntimeError):
     """A stage cannot go on; the message says which and why."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------- tokenizer + model
@@ -90,10 +83,11 @@ def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
         image_token_id=model.image_token_id,
         max_length=cfg.model.max_length,
     )
-    train = VLMDataset(curated, "train", **kwargs)
-    val = VLMDataset(curated, "validation", **kwargs)
-    if len(train) == 0:
+    if not curated.splits.get("train"):
         raise PipelineError(f"the curated data set {curated.root} has no training rows")
+    train = VLMDataset(curated, "train", **kwargs)
+    # a tiny data set may have no validation rows: train without evaluation then
+    val = VLMDataset(curated, "validation", **kwargs) if curated.splits.get("validation") else None
     pad = model.tokenizer.pad_token_id
     return train, val, Collator(pad if pad is not None else 0)
 
@@ -128,7 +122,7 @@ def train_from_config(
         manager = CheckpointManager(run_dir / "checkpoints")
         result.checkpoints = [str(manager.path(step)) for step in manager.steps()]
     if rank == 0:
-        result.reload_equal = check_reload(model, Path(result.final_dir), val if len(val) else train, collate)
+        result.reload_equal = check_reload(model, Path(result.final_dir), val or train, collate)
     return result
 
 

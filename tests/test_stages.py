@@ -108,3 +108,17 @@ def test_reload_check_detects_a_different_model(curated, tmp_path):
     with torch.no_grad():
         next(model.projector.parameters()).add_(1.0)
     assert not check_reload(model, tmp_path / "m", train, collate)
+
+
+def test_training_without_validation_rows(tmp_path):
+    """A data set too small for a validation split still trains (no evaluation) and reloads."""
+    from openmind_core.data import convert, download
+    from openmind_core.pipeline import prepare_tokenizer, train_from_config
+
+    cfg = load_config(overrides=["data.synthetic.num_captions=6", "data.synthetic.num_vqa=0", "data.val_fraction=0.0",
+                                 "train.micro_batch_size=2", "train.wandb.mode=disabled"])
+    cur = convert(download(cfg.data, tmp_path), cfg.data, tmp_path)
+    assert cur.splits.get("validation", 0) == 0
+    _, tok_dir = prepare_tokenizer(cfg, cur, tmp_path / "run")
+    result = train_from_config(cfg, cur, tmp_path / "run", tok_dir)
+    assert result.steps == 3 and result.reload_equal and result.best_val_loss is None
