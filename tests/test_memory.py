@@ -17,18 +17,19 @@ def tok():
     return build_tokenizer(load_config().model.tokenizer.model_copy(update={"vocab_size": 300}), CORPUS)
 
 
-def tiny(stage: str, checkpointing: bool = False, batch: int = 3):
+def tiny(stage: str, checkpointing: bool = False, batch: int = 3, dtype: str = "float32"):
     return load_config(overrides=[f"model.stage={stage}", f"train.micro_batch_size={batch}",
-                                  f"model.gradient_checkpointing={str(checkpointing).lower()}"])
+                                  f"model.gradient_checkpointing={str(checkpointing).lower()}", f"model.dtype={dtype}"])
 
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-@pytest.mark.parametrize("stage", ["align", "full"])
-def test_exact_parts_match_real_tensors(tok, stage):
-    cfg = tiny(stage)
+@pytest.mark.parametrize("stage, dtype", [("align", "float32"), ("full", "float32"), ("align", "bfloat16"),
+                                          ("finetune", "bfloat16")])
+def test_exact_parts_match_real_tensors(tok, stage, dtype):
+    cfg = tiny(stage, dtype=dtype)
     est = estimate_memory(cfg, device="cpu", tokenizer=tok)
     torch.manual_seed(0)
     m = MultimodalReasoningModel(cfg.model, tok)
@@ -85,7 +86,8 @@ def test_full_size_align_fits_finetune_does_not():
     align = estimate_memory(load_config(FULL_CONFIG))
     assert align.stage == "align" and align.fits
     assert 8.4e9 < align.params["total"][1] < 8.5e9
-    assert align.weights == align.params["total"][1] * 2  # bf16
+    n_train, n_total = align.params["total"]
+    assert align.weights == (n_total - n_train) * 2 + n_train * 4  # frozen bf16, trainable fp32 masters
     finetune = estimate_memory(load_config(FULL_CONFIG, ["model.stage=finetune"]))
     assert not finetune.fits
     assert finetune.optimizer_state > 2 * finetune.gradients - 1e6

@@ -243,3 +243,23 @@ def test_save_pretrained_from_a_given_state_dict_round_trips(tmp_path):
     a, b = M.from_pretrained(tmp_path / "own"), M.from_pretrained(tmp_path / "given")
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+def test_bf16_model_keeps_fp32_master_weights_for_what_it_trains(tmp_path):
+    from openmind_core.model import MultimodalReasoningModel as M
+    from openmind_core.model import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["a red circle", "What color is it?", "blue square"], vocab_size=300, image_token="<image>")
+    cfg = load_config(overrides=["model.dtype=bfloat16", "model.stage=align"]).model
+    model = M.from_config(cfg, tok)
+    dtypes = {name: {p.dtype for p in getattr(model, name).parameters()} for name in ("vision_encoder", "projector", "language_model")}
+    assert dtypes == {"vision_encoder": {torch.bfloat16}, "projector": {torch.float32}, "language_model": {torch.bfloat16}}
+    ids = torch.full((2, 1 + model.num_image_tokens + 4), 7)
+    ids[:, 1:1 + model.num_image_tokens] = model.image_token_id
+    model(ids, torch.ones_like(ids), torch.randn(2, 3, 56, 56), labels=ids).loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.projector.parameters())
+    model.freeze("finetune")  # the LM becomes trainable: its masters go to fp32 too
+    assert {p.dtype for p in model.language_model.parameters()} == {torch.float32}
+    model.save_pretrained(tmp_path / "m")
+    back = M.from_pretrained(tmp_path / "m")
+    assert {p.dtype for p in back.projector.parameters()} == {torch.float32}

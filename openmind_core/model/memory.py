@@ -3,10 +3,11 @@
 Parameters are counted exactly by building the model on the meta device (no memory is
 allocated).  Per component:
 
-* weights: every parameter x the element size of ``model.dtype``;
-* gradients: trainable parameters (per ``model.stage``) x element size;
-* optimizer state: AdamW's ``exp_avg`` and ``exp_avg_sq`` per trainable parameter in its dtype,
-  plus one fp32 ``step`` counter per trainable tensor (torch.optim.AdamW's layout);
+* weights: frozen parameters x the element size of ``model.dtype``, trainable ones (per
+  ``model.stage``) x 4: the model keeps fp32 master weights for what it trains;
+* gradients: trainable parameters x 4 (fp32);
+* optimizer state: AdamW's fp32 ``exp_avg`` and ``exp_avg_sq`` per trainable parameter, plus one
+  fp32 ``step`` counter per trainable tensor (torch.optim.AdamW's layout);
 * activations: the bytes autograd saves for backward, counted per layer type for the exact ops
   transformers' SigLIP and Llama run with SDPA/flash attention (no s x s score matrix), in the
   spirit of Korthikanti et al. 2022 (s*b*h*(34 + 5*a*s/h) for GPT-style layers in 16-bit); see
@@ -265,9 +266,9 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
         vocab_size=vocab,
         gradient_checkpointing=m.gradient_checkpointing,
         params=params,
-        weights=params["total"][1] * w,
-        gradients=n_train * w,
-        optimizer_state=2 * n_train * w + 4 * n_tensors_trainable,
+        weights=(params["total"][1] - n_train) * w + n_train * 4,  # trainable parameters are fp32 masters
+        gradients=n_train * 4,
+        optimizer_state=2 * n_train * 4 + 4 * n_tensors_trainable,
         activations_no_ckpt=lm_full + proj + vis_full,
         activations_ckpt=lm_ckpt + proj + vis_ckpt + max(tokens * layer, vis_recompute),
         ckpt_recompute=max(tokens * layer, vis_recompute),

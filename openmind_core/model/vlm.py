@@ -271,11 +271,19 @@ class MultimodalReasoningModel(nn.Module):
         "align": projector only; "finetune": projector + LM; "full": everything.  Frozen parameters
         are excluded from autograd, but activations still flow, so the projector gets gradients
         through a frozen LM.
+
+        Precision: with ``model.dtype`` bfloat16/float16, frozen modules are held in that dtype and
+        trainable ones in float32 (master weights: AdamW's moments and small late-schedule updates
+        would be lost in 16 bits); autocast runs their matmuls in 16 bits on the GPU.
         """
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r} is not one of {tuple(STAGES)}")
+        low = DTYPES[self.config.dtype]
         for name in MODULES:
-            getattr(self, name).requires_grad_(name in STAGES[stage])
+            module, trainable = getattr(self, name), name in STAGES[stage]
+            module.requires_grad_(trainable)
+            if low != torch.float32:
+                module.to(torch.float32 if trainable else low)
         self.stage = stage
         table = self.parameter_table()
         # the same table for every rebuild of one model (smoke, train, reload, inference): say it once
