@@ -121,14 +121,20 @@ def train_from_config(
     if not result.checkpoints:
         manager = CheckpointManager(run_dir / "checkpoints")
         result.checkpoints = [str(manager.path(step)) for step in manager.steps()]
+    # every rank runs the trained model's forward (a collective under FSDP); rank 0 compares
+    equal = check_reload(model, Path(result.final_dir), val or train, collate, reload=rank == 0)
     if rank == 0:
-        result.reload_equal = check_reload(model, Path(result.final_dir), val or train, collate)
+        result.reload_equal = equal
     return result
 
 
 @torch.no_grad()
-def check_reload(model, model_dir: Path, dataset, collate) -> bool:
-    """Reload ``model_dir`` with from_pretrained; True when its logits equal the in-memory model's."""
+def check_reload(model, model_dir: Path, dataset, collate, reload: bool = True) -> bool | None:
+    """Reload ``model_dir`` with from_pretrained; True when its logits equal the in-memory model's.
+
+    ``reload=False`` (ranks other than 0) only runs the in-memory model's forward, which a sharded
+    model needs every rank for; it returns None.
+    """
     from openmind_core.model import MultimodalReasoningModel
 
     batch = collate([dataset[i] for i in range(min(2, len(dataset)))])
@@ -137,8 +143,10 @@ def check_reload(model, model_dir: Path, dataset, collate) -> bool:
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     model.eval()
-    reloaded = MultimodalReasoningModel.from_pretrained(model_dir).to(device).eval()
     a = model(**batch).logits
+    if not reload:
+        return None
+    reloaded = MultimodalReasoningModel.from_pretrained(model_dir).to(device).eval()
     b = reloaded(**batch).logits
     equal = bool(torch.equal(a, b))
     if not equal:

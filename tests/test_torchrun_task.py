@@ -60,3 +60,15 @@ def test_a_failing_torchrun_fails_the_task_with_its_exit_code(prepared, tmp_path
     with pytest.raises(RuntimeError, match="torchrun exited with code"):
         train_with_torchrun(cfg, curated, broken, str(tmp_path / "run"), log)
     assert any("no-tokenizer" in line or "Error" in line for line in log.lines)
+
+
+def test_fsdp_trains_the_real_model_and_saves_a_loadable_final(prepared, tmp_path):
+    """train.strategy=fsdp on the VLM itself: it embeds tokens outside the LM's forward and ties weights."""
+    from openmind_core.model import MultimodalReasoningModel
+    from tasks.distributed import train_with_torchrun
+
+    cfg, curated, smoke, _ = prepared
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"strategy": "fsdp"})})
+    result = train_with_torchrun(cfg, curated, smoke, str(tmp_path / "fsdp"), _Lines())
+    assert result.steps == 4 and result.reload_equal
+    MultimodalReasoningModel.from_pretrained(result.final_dir)

@@ -6,11 +6,11 @@ initialises the default process group) before building the ProductionTrainer wit
 (``resolve_strategy``): ``auto`` / ``ddp`` -> ``wrap_ddp`` (gradients not synchronised on
 accumulation micro-steps via ``no_sync``); ``fsdp`` -> ``shard_model``; one process -> neither.
 
-FSDP2 (``torch.distributed.fsdp.fully_shard``), torchtitan's recipe: ``shard_model`` shards each
+FSDP2 (``torch.distributed.fsdp.fully_shard``), after torchtitan: ``shard_model`` shards each
 decoder layer of ``model.language_model`` (found at ``model.layers`` / ``layers`` /
-``transformer.h`` / ``model.decoder.layers``), then the language model, then the root module, so
-whatever is left (vision tower, projector, or the whole of a model without ``language_model``)
-lands in the root's group.  The trainer shards before building the optimizer, turns gradient
+``transformer.h`` / ``model.decoder.layers``), then the root module, so whatever is left (vision
+tower, projector, the LM's embedding, final norm and head, or the whole of a model without
+``language_model``) lands in the root's group.  The trainer shards before building the optimizer, turns gradient
 sync off on non-final accumulation micro-steps (``set_requires_gradient_sync(False)``) and clips
 with ``guard.clip_and_measure(sharded=True)`` (the pre-clip total norm, reduced across ranks).
 
@@ -152,18 +152,26 @@ def resolve_strategy(strategy: str, world_size: int) -> str:
 
 def shard_model(model: torch.nn.Module, attr: str = "language_model", mesh: Any = None,
                 mp_policy: Any = None) -> torch.nn.Module:
-    """FSDP2 the whole model: the LM's decoder layers and the LM (if ``model.<attr>`` exists), then the root."""
+    """FSDP2 the whole model: each decoder layer of ``model.<attr>`` (if it exists), then the root.
+
+    The language model itself is deliberately not a unit of its own: a VLM embeds its tokens by
+    calling the LM's input embedding outside the LM's forward (to splice image features in), and
+    ties that embedding to ``lm_head``; in the root's unit both are gathered whenever the model
+    runs.  The decoder layers, nearly all of an LM's weights, are still sharded layer by layer.
+    """
     from torch.distributed.fsdp import fully_shard
 
-    if getattr(model, attr, None) is not None:
-        shard_language_model(model, attr=attr, mesh=mesh, mp_policy=mp_policy)
-    else:
-        log.info("%s has no %r: FSDP2 shards it as one unit", type(model).__name__, attr)
     kw: dict[str, Any] = {}
     if mesh is not None:
         kw["mesh"] = mesh
     if mp_policy is not None:
         kw["mp_policy"] = mp_policy
+    lm = getattr(model, attr, None)
+    if lm is not None:
+        for layer in _decoder_layers(lm):
+            fully_shard(layer, **kw)
+    else:
+        log.info("%s has no %r: FSDP2 shards it as one unit", type(model).__name__, attr)
     fully_shard(model, **kw)
     return model
 
