@@ -56,3 +56,22 @@ def test_local_pretrained_lm_tokenizer_and_siglip(tmp_path):
     pix = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         assert torch.equal(model.eval()(ids, pixel_values=pix).logits, back.eval()(ids, pixel_values=pix).logits)
+
+
+def test_unreachable_hub_ids_fail_with_a_clear_message(monkeypatch):
+    """Offline, each hub id names itself, its config key and what to do instead."""
+    import pytest
+
+    from openmind_core.model import ImprovedVisionEncoder
+    from openmind_core.model.language import build_language_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(overrides=["model.lm.name_or_path=meta-llama/Meta-Llama-3-8B",
+                                 "model.tokenizer.name_or_path=meta-llama/Meta-Llama-3-8B"])
+    with pytest.raises(OSError, match=r"tokenizer.name_or_path 'meta-llama/Meta-Llama-3-8B' \(hub id"):
+        build_tokenizer(cfg.model.tokenizer)
+    tok = train_bpe_tokenizer(CORPUS, vocab_size=300, image_token="<image>")
+    with pytest.raises(OSError, match=r"lm.name_or_path 'meta-llama/Meta-Llama-3-8B' \(hub id .*local directory"):
+        build_language_model(cfg.model.lm, tok)
+    with pytest.raises(OSError, match="google/siglip-so400m-patch14-384"):
+        ImprovedVisionEncoder.from_pretrained("google/siglip-so400m-patch14-384")
