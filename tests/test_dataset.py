@@ -150,3 +150,22 @@ def test_inspect_samples(curated, tokenizer):
     bad = model_cfg.model_copy(update={"tokenizer": model_cfg.tokenizer.model_copy(update={"image_token": "<img>"})})
     with pytest.raises(ValueError, match="<img>"):
         inspect_samples(curated, tokenizer, bad)
+
+
+def test_images_come_from_a_memory_mapped_cache(curated, tokenizer, monkeypatch, caplog):
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    ds = make(curated, tokenizer, split="validation")
+    cache = list((Path(curated.root).parent.parent / "cache" / Path(curated.root).name).glob("images-*.arrow"))
+    assert cache, "no image cache written"
+    rows = read_rows(curated, split="validation", with_images=True)
+    assert [ds.image_bytes(i) for i in range(len(ds))] == [r["image"] for r in rows]
+    # the cache cannot be written (a read-only lake): same data, from memory, with a warning
+    monkeypatch.setattr(pa, "OSFile", lambda *a, **k: (_ for _ in ()).throw(OSError("read-only file system")))
+    for path in cache:
+        path.unlink()
+    fallback = make(curated, tokenizer, split="validation")
+    assert [fallback.image_bytes(i) for i in range(len(fallback))] == [r["image"] for r in rows]
+    assert any("image cache" in r.getMessage() for r in caplog.records)

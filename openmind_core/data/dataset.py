@@ -1,16 +1,18 @@
 """Reading the curated lake: row helper, the map-style training dataset, its collator, inspection.
 
-``VLMDataset`` reads the shards once: the text columns as Python lists and the image column as
-one Arrow binary array (no Python object per image, shared copy-on-write with forked loader
-workers), and tokenises every prompt and target up front in two batched tokenizer calls
-(``openmind_core.prompting.encode_many``).  ``__getitem__`` decodes, resizes and
+``VLMDataset`` reads the text columns once as Python lists, maps the image column from an
+uncompressed Arrow copy under ``<lake>/cache/`` (no Python object per image, nothing on the heap,
+pages shared with forked loader workers), and tokenises every prompt and target up front in two
+batched tokenizer calls (``openmind_core.prompting.encode_many``).  ``__getitem__`` decodes, resizes and
 SigLIP-normalises the image, so that work runs in the loader workers.
 ``Collator`` pads to the longest sample on the right (labels with -100).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,16 @@ def read_table(curated: CuratedDataset | str | Path, split: str | None = None,
     columns = TEXT_COLUMNS + (["image", "image_sha256", "image_format"] if with_images else [])
     tables = [pq.read_table(p, columns=columns) for p in shard_paths(curated)]
     table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+    return _filtered(table, split, kinds)
+
+
+def read_rows(curated: CuratedDataset | str | Path, split: str | None = None,
+              kinds: Iterable[str] | None = None, with_images: bool = False) -> list[dict]:
+    """Curated rows as dicts (``image`` bytes only with ``with_images=True``)."""
+    return read_table(curated, split, kinds, with_images).to_pylist()
+
+
+def _filtered(table: pa.Table, split: str | None, kinds: Iterable[str] | None) -> pa.Table:
     if split is not None:
         table = table.filter(pc.equal(table["split"], split))
     if kinds is not None:
@@ -60,10 +72,36 @@ def read_table(curated: CuratedDataset | str | Path, split: str | None = None,
     return table
 
 
-def read_rows(curated: CuratedDataset | str | Path, split: str | None = None,
-              kinds: Iterable[str] | None = None, with_images: bool = False) -> list[dict]:
-    """Curated rows as dicts (``image`` bytes only with ``with_images=True``)."""
-    return read_table(curated, split, kinds, with_images).to_pylist()
+def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None, rows: int) -> pa.ChunkedArray:
+    """The image column backed by a memory-mapped Arrow file, so image bytes live in the page cache.
+
+    Parquet pages are compressed and cannot be read at random; an uncompressed Arrow IPC copy under
+    ``<lake>/cache/<version>/`` can, zero-copy, and forked loader workers share its pages.  It is
+    written once per (version, split, kinds), one shard at a time (memory: one shard's images);
+    where it cannot be written (a read-only lake) the column is read into memory instead.
+    """
+    kinds = sorted(kinds) if kinds is not None else None
+    root = Path(getattr(curated, "root", curated))
+    key = hashlib.sha256(f"{split}|{kinds}".encode()).hexdigest()[:12]
+    path = root.parent.parent / "cache" / root.name / f"images-{key}.arrow"
+    schema = pa.schema([("image", pa.binary())])
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                for shard in shard_paths(curated):
+                    part = _filtered(pq.read_table(shard, columns=["image", "split", "kind"]), split, kinds)
+                    writer.write_table(part.select(["image"]).cast(schema), max_chunksize=8192)
+            os.replace(tmp, path)
+        mapped = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()["image"]
+        if len(mapped) == rows:
+            return mapped
+        log.warning("image cache %s holds %d rows, not %d; rebuilding it next time", path, len(mapped), rows)
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("image cache %s not usable (%s); keeping images in memory", path, e)
+    return read_table(curated, split, kinds, with_images=True)["image"]
 
 
 class VLMDataset(Dataset):
@@ -80,7 +118,7 @@ class VLMDataset(Dataset):
         max_length: int,
         kinds: Iterable[str] | None = None,
     ) -> None:
-        table = read_table(curated, split, kinds, with_images=True)
+        table = read_table(curated, split, kinds)
         if table.num_rows == 0:
             raise ValueError(f"no rows in split {split!r} of {getattr(curated, 'root', curated)}")
         if image_token_id is None or image_token_id < 0:
@@ -90,8 +128,8 @@ class VLMDataset(Dataset):
         self.num_image_tokens = num_image_tokens
         self.image_token_id = image_token_id
         self.max_length = max_length
-        self.rows: list[dict[str, Any]] = table.drop_columns(["image", "image_sha256", "image_format"]).to_pylist()
-        self.images: pa.Array = table["image"].combine_chunks()
+        self.rows: list[dict[str, Any]] = table.to_pylist()
+        self.images = _mapped_images(curated, split, kinds, table.num_rows)
         self.sample_ids: list[str] = [r["sample_id"] for r in self.rows]
         # tokenise every row once, in two batched calls: loader workers then only decode images
         pairs = [instruction_for(r) for r in self.rows]
