@@ -130,16 +130,7 @@ class ToyLM(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, labels=None, poison=None, nan=None, pixel_values=None):
         h = self.drop(self.norm(self.embed(input_ids)))
         logits = self.head(h + self.mlp(h))
-        loss = None
-        if labels is not None:
-            lg, lb = logits[:, :-1], labels[:, 1:]
-            ce = F.cross_entropy(lg.reshape(-1, VOCAB), lb.reshape(-1), ignore_index=-100, reduction="none")
-            ce = ce.view(lb.shape)
-            mask = (lb != -100).float()
-            w = poison[:, None] if poison is not None else 1.0
-            loss = (ce * mask * w).sum() / mask.sum()
-            if nan is not None and bool(nan.any()) and logits.requires_grad:
-                logits.register_hook(lambda g: g * float("nan"))
+        loss = _toy_loss(logits, labels, poison, nan) if labels is not None else None
         return SimpleNamespace(loss=loss, logits=logits)
 
 
