@@ -2,7 +2,7 @@
 
 VQA is scored by exact match after normalisation (lower case, punctuation and articles removed),
 next to a chance baseline: always giving the most common training answer.  Captions are scored by
-token F1 against the reference (SQuAD-style).  Extra prompts (the guide's Chinese "这张图片里有什么？")
+token F1 against the reference (SQuAD-style; Chinese counted character by character).  Extra prompts (the guide's Chinese "这张图片里有什么？")
 are asked about the first held-out images and reported as generated.
 """
 
@@ -28,8 +28,19 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
+def _tokens(text: str) -> list[str]:
+    """Words; CJK text (no spaces between words) counts character by character."""
+    out: list[str] = []
+    for word in normalize_answer(text).split():
+        if any("\u4e00" <= ch <= "\u9fff" for ch in word):
+            out.extend(word)
+        else:
+            out.append(word)
+    return out
+
+
 def token_f1(prediction: str, reference: str) -> float:
-    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    p, r = _tokens(prediction), _tokens(reference)
     if not p or not r:
         return float(p == r)
     common = sum((Counter(p) & Counter(r)).values())

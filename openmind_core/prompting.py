@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 IGNORE_INDEX = -100
 
-CAPTION_INSTRUCTION = {"en": "Describe the image.", "zh": "描述这张图片。"}
+CAPTION_INSTRUCTION = {"en": "Describe the image.", "zh": "这张图片里有什么？"}  # zh: the guide's own prompt
 TEMPLATE = "\nUSER: {instruction}\nASSISTANT:"
 
 

@@ -60,6 +60,7 @@ def test_answer_scoring():
     assert normalize_answer("The Red.") == "red" and normalize_answer(" 3 ") == "3"
     assert token_f1("a red circle", "red circle at the top") == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert token_f1("", "") == 1.0 and token_f1("blue", "red") == 0.0
+    assert token_f1("图中有两个黄色正方形", "图中有两个红色正方形") == pytest.approx(9 / 10)  # by character
 
 
 def _artifacts(steps=10, first=5.0, last=1.0, reload_equal=True, preds=("red",)):
