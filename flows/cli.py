@@ -82,17 +82,8 @@ def check_lake(lake: Path) -> None:
 
 
 def check_inputs(cfg) -> None:
-    d = cfg.data
-    named: list[tuple[str, str | None]] = []
-    if d.source == "jsonl":
-        named = [("data.jsonl.captions", d.jsonl.captions), ("data.jsonl.vqa", d.jsonl.vqa)]
-    elif d.source == "coco":
-        named = [("data.coco.annotations", d.coco.annotations), ("data.coco.images", d.coco.images)]
-    elif d.source == "hf" and d.hf.name and (d.hf.name.startswith((".", "/", "~")) or os.sep in d.hf.name
-                                              and Path(d.hf.name).exists()):
-        named = [("data.hf.name", d.hf.name)]
-    for key, value in named:
-        if value and not Path(value).expanduser().exists():
+    for key, value in cfg.data.input_paths():
+        if not Path(value).expanduser().exists():
             raise UsageError(f"{key}: input not found: {value}")
 
 

@@ -81,6 +81,20 @@ class DataConfig(Strict):
     max_image_pixels: int = Field(40_000_000, ge=1)
     num_workers: int | None = Field(None, ge=1, description="image decoding processes; default: all cores")
 
+    def input_paths(self) -> list[tuple[str, str]]:
+        """(config key, path) of every local input the chosen source names; a hub id is not one."""
+        if self.source == "jsonl":
+            named = [("data.jsonl.captions", self.jsonl.captions), ("data.jsonl.vqa", self.jsonl.vqa)]
+        elif self.source == "coco":
+            named = [("data.coco.annotations", self.coco.annotations), ("data.coco.images", self.coco.images)]
+        elif self.source == "hf" and self.hf.name and (
+            self.hf.name.startswith((".", "/", "~")) or Path(self.hf.name).expanduser().exists()
+        ):
+            named = [("data.hf.name", self.hf.name)]
+        else:
+            named = []
+        return [(key, value) for key, value in named if value]
+
     @model_validator(mode="after")
     def _source_fields(self) -> "DataConfig":
         if self.source == "jsonl" and not (self.jsonl.captions or self.jsonl.vqa):

@@ -34,16 +34,9 @@ def download_task(data: DataConfig, lake: str, seed: int = 0, input_stamp: str =
 
 def input_stamp(data: DataConfig) -> str:
     """Size and mtime of every local input the source names, so a changed file misses the cache."""
-    paths: list[str | None] = []
-    if data.source == "jsonl":
-        paths = [data.jsonl.captions, data.jsonl.vqa]
-    elif data.source == "coco":
-        paths = [data.coco.annotations, data.coco.images]
-    elif data.source == "hf":
-        paths = [data.hf.name]
     parts = []
-    for p in filter(None, paths):
-        path = Path(p)
+    for _, p in data.input_paths():
+        path = Path(p).expanduser()
         if path.is_dir():
             files = sorted(f for f in path.rglob("*") if f.is_file())
             stat = [(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]

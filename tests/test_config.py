@@ -65,3 +65,12 @@ def test_fingerprint_and_yaml_round_trip(tmp_path):
     p.write_text(cfg.to_yaml())
     assert load_config(p) == cfg
     assert isinstance(cfg, OpenMindConfig)
+
+
+def test_input_paths_name_local_inputs_only(tmp_path):
+    cfg = load_config(overrides=["data.source=jsonl", "data.jsonl.captions=a.jsonl"])
+    assert cfg.data.input_paths() == [("data.jsonl.captions", "a.jsonl")]
+    assert load_config(overrides=["data.source=hf", "data.hf.name=org/dataset"]).data.input_paths() == []
+    local = load_config(overrides=["data.source=hf", f"data.hf.name={tmp_path}"]).data.input_paths()
+    assert local == [("data.hf.name", str(tmp_path))]
+    assert load_config().data.input_paths() == []
