@@ -51,5 +51,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for row in run(quick="--quick" in sys.argv):
-        print(row)
+    from bench import print_rows
+
+    print_rows(run(quick="--quick" in sys.argv))

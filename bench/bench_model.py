@@ -141,12 +141,7 @@ def _run(quick: bool) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    rows = run(quick="--quick" in sys.argv)
-    print(f"{'benchmark':<30}{'ours_s':>10}{'baseline_s':>12}{'ratio':>8}  notes")
-    for r in rows:
-        print(f"{r['name']:<30}{r['ours_s']:>10.4f}{r['baseline_s']:>12.4f}{r['ratio']:>8.2f}  {r['notes']} (goal {r['goal']})")
-
-
 if __name__ == "__main__":
-    main()
+    from bench import print_rows
+
+    print_rows(run(quick="--quick" in sys.argv))

@@ -125,12 +125,7 @@ def _run(quick: bool) -> list[dict]:
     }]
 
 
-def main() -> None:
-    rows = run(quick="--quick" in sys.argv)
-    print(f"{'name':36} {'ours_s':>8} {'base_s':>8} {'ratio':>6}  goal")
-    for r in rows:
-        print(f"{r['name']:36} {r['ours_s']:8.3f} {r['baseline_s']:8.3f} {r['ratio']:6.3f}  {r['goal']}   {r['notes']}")
-
-
 if __name__ == "__main__":
-    main()
+    from bench import print_rows
+
+    print_rows(run(quick="--quick" in sys.argv))

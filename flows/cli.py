@@ -115,7 +115,7 @@ def summary(report) -> str:
     acc = "n/a" if inf.vqa_accuracy is None else f"{inf.vqa_accuracy:.1%}"
     chance = "n/a" if inf.vqa_chance is None else f"{inf.vqa_chance:.1%}"
     f1 = "n/a" if inf.caption_score is None else f"{inf.caption_score:.3f}"
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    from openmind_core.report import fmt_float as fmt
     lines = [
         "",
         f"OpenMind week1 — run {report.run_name}: {'all criteria met' if report.passed else 'SOME CRITERIA NOT MET'}",

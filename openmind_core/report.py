@@ -22,8 +22,8 @@ from schemas import (
 )
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+def fmt_float(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def week1_criteria(
@@ -66,8 +66,8 @@ def week1_criteria(
         Criterion(
             name="Loss fell normally",
             passed=bool(fell and training.nan_or_inf_losses == 0),
-            evidence=f"loss {_fmt(first)} -> {_fmt(last)}; val {_fmt(training.first_val_loss)} -> "
-            f"{_fmt(training.final_val_loss)}; {training.nan_or_inf_losses} NaN/inf losses",
+            evidence=f"loss {fmt_float(first)} -> {fmt_float(last)}; val {fmt_float(training.first_val_loss)} -> "
+            f"{fmt_float(training.final_val_loss)}; {training.nan_or_inf_losses} NaN/inf losses",
         )
     )
     crit.append(
@@ -85,8 +85,8 @@ def week1_criteria(
             name="Inference generates text",
             passed=len(generated) > 0,
             evidence=f"{len(generated)}/{len(inference.predictions)} non-empty answers; VQA accuracy "
-            f"{_fmt(inference.vqa_accuracy)} (chance {_fmt(inference.vqa_chance)}); caption F1 "
-            f"{_fmt(inference.caption_score)}",
+            f"{fmt_float(inference.vqa_accuracy)} (chance {fmt_float(inference.vqa_chance)}); caption F1 "
+            f"{fmt_float(inference.caption_score)}",
         )
     )
     if memory_estimate is not None:

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from openmind_core.pipeline import train_from_config
+from openmind_core.report import fmt_float
 from schemas import CuratedDataset, OpenMindConfig, SmokeReport, TrainingResult
 from tasks.common import md_table, retry_transient
 
@@ -40,13 +41,9 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport,
         result = train_from_config(cfg, curated, run_dir, smoke.tokenizer_dir, progress=progress)
     update_progress_artifact(progress_id, 100.0)
     _publish(result, cfg)
-    log.info("trained %d steps: loss %s -> %s, best val loss %s", result.steps, _f(result.first_loss),
-             _f(result.last_loss), _f(result.best_val_loss))
+    log.info("trained %d steps: loss %s -> %s, best val loss %s", result.steps, fmt_float(result.first_loss),
+             fmt_float(result.last_loss), fmt_float(result.best_val_loss))
     return result
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _publish(result: TrainingResult, cfg: OpenMindConfig) -> None:
@@ -71,8 +68,8 @@ def _publish(result: TrainingResult, cfg: OpenMindConfig) -> None:
         description="training summary",
         markdown="# Training\n\n" + md_table([
             ("steps", result.steps), ("epochs", result.epochs_completed), ("samples seen", result.samples_seen),
-            ("loss", f"{_f(result.first_loss)} → {_f(result.last_loss)}"),
-            ("val loss", f"{_f(result.first_val_loss)} → {_f(result.final_val_loss)} (best {_f(result.best_val_loss)})"),
+            ("loss", f"{fmt_float(result.first_loss)} → {fmt_float(result.last_loss)}"),
+            ("val loss", f"{fmt_float(result.first_val_loss)} → {fmt_float(result.final_val_loss)} (best {fmt_float(result.best_val_loss)})"),
             ("NaN/inf losses", result.nan_or_inf_losses), ("skipped steps", result.skipped_steps),
             ("rollbacks", len(result.rollbacks)), ("resumed from step", result.resumed_from_step),
             ("tokens/s", result.tokens_per_second), ("device / amp", f"{result.device} / {result.amp}"),
