@@ -74,8 +74,12 @@ class DataConfig(Strict):
     coco: CocoSource = Field(default_factory=CocoSource)
     hf: HFSource = Field(default_factory=HFSource)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    shard_rows: int = Field(5000, ge=1, description="rows per Parquet shard")
-    row_group_rows: int = Field(1000, ge=1)
+    shard_rows: int = Field(1_000_000, ge=1, description="at most this many rows per Parquet shard")
+    shard_bytes: int = Field(256 << 20, ge=1, description="a shard closes once its rows' content (image bytes, "
+                             "texts) reaches this many bytes")
+    row_group_rows: int = Field(10_000, ge=1, description="at most this many rows per Parquet row group")
+    row_group_bytes: int = Field(32 << 20, ge=1, description="a row group closes before its content passes this "
+                                 "many bytes (one row at least)")
     max_text_chars: int = Field(4000, ge=1)
     max_image_bytes: int = Field(20_000_000, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from openmind_core.data import REASONS, SCHEMA_VERSION, DataError, convert, download, read_rows
+from openmind_core.data.shards import ShardWriter
 from openmind_core.data.synthetic import generate
 from schemas.config import DataConfig
 
@@ -166,17 +167,17 @@ def test_crash_mid_write_leaves_no_visible_shard(tmp_path, monkeypatch):
     generate(tmp_path / "src", num_captions=30, num_vqa=0, image_size=16, image_subdir=".")
     cfg, lake = jsonl_cfg(tmp_path / "src" / "captions.jsonl", shard_rows=10), tmp_path / "lake"
     raw = download(cfg, lake)
-    real = convert_mod.write_shard
+    real = ShardWriter._write_group
     calls = []
 
-    def crashing(rows, path, c):
-        calls.append(path)
+    def crashing(self, shard, rows):
+        calls.append(shard)
         if len(calls) == 2:
-            path.write_bytes(b"PAR1 half a shard")  # a partial file on disk, then the crash
+            self.path(shard).write_bytes(b"PAR1 half a shard")  # a partial file on disk, then the crash
             raise RuntimeError("simulated crash while writing a shard")
-        real(rows, path, c)
+        real(self, shard, rows)
 
-    monkeypatch.setattr(convert_mod, "write_shard", crashing)
+    monkeypatch.setattr(ShardWriter, "_write_group", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert(raw, cfg, lake)
     assert len(calls) == 2
@@ -186,7 +187,7 @@ def test_crash_mid_write_leaves_no_visible_shard(tmp_path, monkeypatch):
     stale = lake / "curated" / f".{version}.tmp-1-dead"
     stale.mkdir()
     (stale / "part-00000.parquet").write_bytes(b"partial")
-    monkeypatch.setattr(convert_mod, "write_shard", real)
+    monkeypatch.setattr(ShardWriter, "_write_group", real)
     curated = convert(raw, cfg, lake)
     assert curated.rows_kept == 30 and len(curated.shards) == 3 and not stale.exists()
     assert [p.name for p in (lake / "curated").iterdir()] == [version]
@@ -324,13 +325,24 @@ def test_block_lines_and_whitespace_table():
     assert block_lines(b"a\r\nb\n", 1) is None
 
 
-def test_vectorised_split_matches_split_of():
-    import hashlib
-
+def test_vectorised_ids_and_splits_match_sample_id_and_split_of():
+    import numpy as np
     import pyarrow as pa
 
-    sids = [hashlib.sha256(str(i).encode()).hexdigest()[:24] for i in range(3000)]
-    sids += ["00000000" + "0" * 16, "19999999" + "0" * 16, "1999999a" + "0" * 16, "ffffffff" + "0" * 16]
+    rows = pa.table({"text": ["a cat", None, "中文", ""], "question": [None, "how many?", None, None],
+                     "answer": [None, "2", None, None]})
+    shas = pa.array(["ab" * 32, "cd" * 32, "ef" * 32, "01" * 32])
+    for kind in ("caption", "vqa"):
+        digests = convert_mod._digests(kind, rows, shas)
+        ids = convert_mod._hex_ids(digests).to_pylist()
+        assert ids == [convert_mod.sample_id(kind, r, s) for r, s in zip(rows.to_pylist(), shas.to_pylist())]
+        assert all(len(i) == 32 for i in ids) and len(set(ids)) == 4
+
+    rng = np.random.default_rng(0)
+    digests = rng.integers(0, 256, (3000, 16), dtype=np.uint8)
+    edges = [bytes.fromhex(h) + bytes(12) for h in ("00000000", "19999999", "1999999a", "ffffffff")]
+    digests = np.concatenate([digests, np.frombuffer(b"".join(edges), np.uint8).reshape(-1, 16)])
+    sids = [bytes(d).hex() for d in digests]
     for fraction in (0.0, 0.1, 0.5, 0.999, 1 - 2**-40):
-        got = convert_mod._splits(pa.array(sids), fraction).to_pylist()
+        got = convert_mod._splits(digests, fraction).to_pylist()
         assert got == [convert_mod.split_of(s, fraction) for s in sids], fraction

@@ -1,29 +1,31 @@
 """The JSONL -> Parquet conversion: validate every row, quarantine the bad, write a versioned lake.
 
 ``convert(raw, cfg, lake)`` reads a raw download (``sources.download``) and writes
-``<lake>/curated/<version>/part-00000.parquet ...`` (zstd, ``cfg.shard_rows`` rows per shard,
-row groups of ``cfg.row_group_rows``) and ``_manifest.json`` last, with the bad rows (file, line,
-reason, detail, the line's text) in ``<lake>/quarantine/<version>/quarantine.jsonl``.
+``<lake>/curated/<version>/part-00000.parquet ...`` (zstd; shards and row groups sized by
+``cfg.shard_rows``/``shard_bytes`` and ``row_group_rows``/``row_group_bytes``, see ``shards.py``)
+and ``_manifest.json`` last, with the bad rows (file, line, reason, detail, the line's text) in
+``<lake>/quarantine/<version>/quarantine.jsonl``.
 
 - ``version`` hashes the schema version, the converter settings and the sha256 of every raw
   file: the same input gives the same version and byte-identical files (a rerun that finds a
   complete manifest reuses it); a changed input gives a new version beside the old one.
 - ``rows_in == rows_kept + rows_quarantined`` always; a fully bad input raises ``DataError``.
-- ``split`` comes from the content hash (``sample_id``), so a row keeps its split when others
-  are added.
+- ``sample_id`` is the row's content hash (xxh3-128 of kind, texts and image sha256); a repeated
+  one is quarantined as ``duplicate``.  ``split`` comes from it, so a row keeps its split when
+  others are added.
 - Images are embedded as bytes with their sha256, width, height and format; decoding them for
   validation runs in ``cfg.num_workers`` processes (default: all cores) when there are many.
 
-Speed: a clean block of lines is parsed by ``pyarrow.json`` and checked column-wise
-(``validate.parse_block``); only the rows it cannot accept (and blocks it cannot parse, retried
-in pieces) go line by line, so a bad row costs its own line, not its file.  Rows are then handled
-in columnar batches: each distinct image is read, hashed and decoded once, content hashes and
-splits are computed per batch, and shards are written from Arrow tables.
+Speed: blocks of lines are parsed by ``pyarrow.json`` in a background thread, one or two blocks
+ahead, and checked column-wise (``validate.parse_block``); only the rows it cannot accept (and
+blocks it cannot parse, retried in pieces) go line by line, so a bad row costs its own line, not
+its file.  Rows are then handled in columnar batches: each distinct image is read, hashed and
+decoded once, content hashes and splits are computed per batch, and a background thread encodes
+the Parquet row groups meanwhile.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,15 +34,17 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import islice
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import xxhash
 
 from schemas.artifacts import CuratedDataset, RawDataset
 from schemas.config import DataConfig
@@ -54,27 +58,35 @@ from openmind_core.data.lake import (
     stable_hash,
     staged_dir,
 )
+from openmind_core.data.shards import ShardWriter
 from openmind_core.data.sources import CAPTIONS, VQA, load_raw
 from openmind_core.data.validate import (
     ImageInfo,
     ImageRef,
+    ParsedBlock,
     Problem,
     check_encoding,
     load_and_inspect,
-    TEXT_FIELDS,
     parse_block,
     parse_row,
     resolve_image,
 )
-from openmind_core.io import atomic_write_text, sha256_file
+from openmind_core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: xxh3-128 sample ids, shards and row groups sized by bytes
+# the settings that change a curated version's content
+LAYOUT_SETTINGS = {"val_fraction", "shard_rows", "shard_bytes", "row_group_rows", "row_group_bytes",
+                   "max_text_chars", "max_image_bytes", "max_image_pixels"}
 QUARANTINE_FILE = "quarantine.jsonl"
 PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up costs more than it saves
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
-BLOCK_BYTES = 16 << 20  # JSONL bytes parsed by one pyarrow.json call
+ROW_OVERHEAD_BYTES = 128  # a row's bytes besides its image and texts (ids, hashes, sizes), for sizing shards
+DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
+                      "image_format", "source_file")  # often repeated; ids, texts and lines are not
+BLOCK_BYTES = 1 << 20  # JSONL bytes parsed by one pyarrow.json call
+PARSE_AHEAD = 2  # blocks parsed ahead of the one being checked
 SUB_BLOCK_LINES = 1024  # a block that fails to parse is retried in pieces of this many lines
 FAST_PATH = True  # False: every line through the line-by-line checks (tests compare the two)
 
@@ -121,7 +133,9 @@ class Tally:
     files: list[_File] = field(default_factory=list)
     rows_in: int = 0
     bad: list[tuple[int, int, dict]] = field(default_factory=list)
-    seen: list[dict[str, int]] = field(default_factory=list)  # per file: sample_id -> line
+    seen: set[int] = field(default_factory=set)  # first 8 bytes of each content hash kept so far
+    history: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (file, hashes, lines)
+    where: dict[bytes, str] | None = None  # whole hash -> "file:line", built on the first repeat
 
     def quarantine(self, f: _File, line: int, problem: Problem, text: str) -> None:
         self.bad.append((f.order, line, {"file": f.shown, "line": line, "reason": problem.reason,
@@ -130,26 +144,69 @@ class Tally:
     def sorted_bad(self) -> list[dict]:
         return [b for _, _, b in sorted(self.bad, key=lambda t: (t[0], t[1]))]
 
-    def first(self, sid: str) -> str | None:
-        for f, seen in zip(self.files, self.seen):
-            if sid in seen:
-                return f"{f.shown}:{seen[sid]}"
-        return None
+    def keep_new(self, f: _File, digests: np.ndarray, lines: np.ndarray) -> np.ndarray | None:
+        """Record a batch's content hashes (rows of 16 bytes); None when all are new, else the mask
+        of first sightings.  ``first(digest)`` then names where a dropped row's content was first seen.
+
+        While no 8-byte prefix repeats, a set of prefixes proves every row new; from the first
+        repeat on (a duplicate, or rarely two contents sharing a prefix) whole hashes are compared.
+        """
+        if self.where is None:
+            before = len(self.seen)
+            self.seen.update(np.ascontiguousarray(digests[:, :8]).view("<u8").ravel().tolist())
+            if len(self.seen) - before == len(digests):
+                self.history.append((f.order, digests, lines))
+                return None
+            self.where = {}
+            for order, ds, ls in self.history:
+                self.where.update(zip(_each(ds), (f"{self.files[order].shown}:{ln}" for ln in ls.tolist())))
+            self.history.clear()
+            self.seen.clear()
+        keep = np.ones(len(digests), dtype=bool)
+        for i, (d, line) in enumerate(zip(_each(digests), lines.tolist())):
+            if d in self.where:
+                keep[i] = False
+            else:
+                self.where[d] = f"{f.shown}:{line}"
+        return None if keep.all() else keep
+
+    def first(self, digest: np.ndarray) -> str:
+        assert self.where is not None
+        return self.where[digest.tobytes()]
+
+
+def _each(digests: np.ndarray) -> list[bytes]:
+    blob = digests.tobytes()
+    return [blob[i:i + 16] for i in range(0, len(blob), 16)]
 
 
 def sample_id(kind: str, fields: dict[str, Any], image_sha256: str) -> str:
-    """Content hash of a row: kind, texts and image bytes (not its file name or line)."""
+    """Content hash of a row: xxh3-128 of its kind, texts and image sha256 (not its file or line).
+
+    32 hex digits.  ``_digests`` computes the same hash for a whole batch.
+    """
     parts = [kind, fields.get("text") or "", fields.get("question") or "", fields.get("answer") or "", image_sha256]
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:24]
+    return xxhash.xxh3_128_hexdigest("\x1f".join(parts).encode("utf-8"))
 
 
-def _sample_ids(kind: str, cols: dict[str, list], shas: list[str]) -> list[str]:
-    """``sample_id`` of many rows at once (the same hash, without a dict per row)."""
-    h = hashlib.sha256
-    if kind == "caption":
-        return [h(f"caption\x1f{t}\x1f\x1f\x1f{s}".encode()).hexdigest()[:24] for t, s in zip(cols["text"], shas)]
-    return [h(f"{kind}\x1f\x1f{q}\x1f{a}\x1f{s}".encode()).hexdigest()[:24]
-            for q, a, s in zip(cols["question"], cols["answer"], shas)]
+def _digests(kind: str, cand: pa.Table, image_sha256: pa.Array) -> np.ndarray:
+    """The ``sample_id`` hash of every row of a batch, as rows of 16 bytes."""
+    joined = pc.binary_join_element_wise(pa.scalar(kind), cand["text"], cand["question"], cand["answer"],
+                                         image_sha256, "\x1f", null_handling="replace", null_replacement="")
+    blob = b"".join(map(xxhash.xxh3_128_digest, joined.cast(pa.binary()).to_pylist()))
+    return np.frombuffer(blob, dtype=np.uint8).reshape(-1, 16)
+
+
+# byte -> its two hex digits, as one little-endian uint16 (first digit in the low byte)
+_HEX2 = np.array([ord(f"{b:02x}"[0]) | ord(f"{b:02x}"[1]) << 8 for b in range(256)], dtype="<u2")
+
+
+def _hex_ids(digests: np.ndarray) -> pa.Array:
+    """Rows of 16 bytes -> their 32-digit lowercase hex strings, built as one Arrow buffer."""
+    n = len(digests)
+    data = np.ascontiguousarray(_HEX2[digests]).view(np.uint8)
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def split_of(sid: str, val_fraction: float) -> str:
@@ -157,18 +214,15 @@ def split_of(sid: str, val_fraction: float) -> str:
     return "validation" if int(sid[:8], 16) / 0x1_0000_0000 < val_fraction else "train"
 
 
-def _splits(sids: pa.Array, val_fraction: float) -> pa.Array:
-    """``split_of`` vectorised: int(sid[:8], 16) / 2**32 < f  <=>  sid[:8] < hex(ceil(f * 2**32))."""
+def _splits(digests: np.ndarray, val_fraction: float) -> pa.Array:
+    """``split_of`` vectorised over digest rows: their first 4 bytes, big-endian, below f * 2**32."""
     bound = math.ceil(val_fraction * 0x1_0000_0000)  # exact: scaling by a power of two
-    if bound >= 0x1_0000_0000:
-        return pa.array(["validation"] * len(sids), pa.string())
-    val = pc.less(pc.utf8_slice_codeunits(sids, 0, 8), f"{bound:08x}")
-    return pc.if_else(val, "validation", "train")
+    first = np.ascontiguousarray(digests[:, :4]).view(">u4").ravel().astype(np.int64)
+    return pc.if_else(pa.array(first < bound), "validation", "train")
 
 
 def version_of(raw_manifest: dict, cfg: DataConfig) -> str:
-    settings = cfg.model_dump(include={"val_fraction", "shard_rows", "row_group_rows", "max_text_chars",
-                                       "max_image_bytes", "max_image_pixels"})
+    settings = cfg.model_dump(include=LAYOUT_SETTINGS)
     files = sorted((f["path"], f["sha256"]) for f in raw_manifest["files"])
     return stable_hash({"schema": SCHEMA_VERSION, "converter": CONVERTER_VERSION, "settings": settings,
                         "files": files, "roots": raw_manifest.get("image_roots"),
@@ -197,7 +251,6 @@ def _files(raw_root: Path, manifest: dict, tally: Tally) -> list[_File]:
             absolute=(manifest.get("absolute_images") or {}).get(name, {}),
             problems=(manifest.get("image_problems") or {}).get(name, {})))
     tally.files = out
-    tally.seen = [{} for _ in out]
     return out
 
 
@@ -238,9 +291,13 @@ def _slow_lines(f: _File, lines: list[tuple[int, bytes]], cfg: DataConfig, tally
 
 
 def _fast_block(f: _File, block: bytes, first_line: int, cfg: DataConfig, tally: Tally,
-                raw_root: Path) -> Batch | None:
-    """The vectorised path for a block; rows it cannot accept go through ``_slow_lines``."""
-    pb = parse_block(block, first_line, f.kind, cfg.max_text_chars)
+                raw_root: Path, pb: ParsedBlock | None = None) -> Batch | None:
+    """The vectorised path for a block; rows it cannot accept go through ``_slow_lines``.
+
+    ``pb``: the block already parsed (``parse_block``), else it is parsed here.
+    """
+    if pb is None:
+        pb = parse_block(block, first_line, f.kind, cfg.max_text_chars)
     if pb is None:
         return None
     table, lines, clean = pb.table, pb.lines, pb.clean
@@ -292,24 +349,46 @@ def _blocks(data: bytes, size: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _candidates(f: _File, cfg: DataConfig, tally: Tally, raw_root: Path) -> Iterator[Batch]:
-    """Every non-blank line of a raw JSONL file, text-validated, in file order."""
-    data = f.path.read_bytes()
-    for first, block in _blocks(data, BLOCK_BYTES):
-        batch = _fast_block(f, block, first, cfg, tally, raw_root) if FAST_PATH else None
-        if batch is not None:
+    """Every non-blank line of a raw JSONL file, text-validated, in file order.
+
+    The next block is parsed in a background thread (``pyarrow.json`` releases the GIL) while
+    this one's rows are checked, hashed and written.
+    """
+    blocks = _blocks(f.path.read_bytes(), BLOCK_BYTES)
+    if not FAST_PATH:
+        for first, block in blocks:
+            yield from _block_batches(f, block, first, None, cfg, tally, raw_root)
+        return
+    parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsonl-parser")
+    parse = partial(parse_block, kind=f.kind, max_text_chars=cfg.max_text_chars)
+    try:
+        ahead = [(first, block, parser.submit(parse, block, first)) for first, block in islice(blocks, PARSE_AHEAD)]
+        while ahead:
+            ahead += [(first, block, parser.submit(parse, block, first)) for first, block in islice(blocks, 1)]
+            first, block, parsed = ahead.pop(0)
+            yield from _block_batches(f, block, first, parsed.result(), cfg, tally, raw_root)
+    finally:
+        parser.shutdown(wait=True, cancel_futures=True)
+
+
+def _block_batches(f: _File, block: bytes, first: int, pb: ParsedBlock | None, cfg: DataConfig, tally: Tally,
+                   raw_root: Path) -> Iterator[Batch]:
+    if pb is not None:
+        batch = _fast_block(f, block, first, cfg, tally, raw_root, pb)
+        assert batch is not None
+        yield batch
+        return
+    lines = block.split(b"\n")
+    if FAST_PATH and len(lines) > 2 * SUB_BLOCK_LINES:  # retry in pieces: one bad line spoils only its piece
+        for i in range(0, len(lines), SUB_BLOCK_LINES):
+            piece = b"\n".join(lines[i:i + SUB_BLOCK_LINES])
+            batch = _fast_block(f, piece, first + i, cfg, tally, raw_root)
+            if batch is None:
+                batch = _slow_lines(f, [(first + i + j, ln) for j, ln in enumerate(lines[i:i + SUB_BLOCK_LINES])
+                                        if ln.strip()], cfg, tally, raw_root)
             yield batch
-            continue
-        lines = block.split(b"\n")
-        if FAST_PATH and len(lines) > 2 * SUB_BLOCK_LINES:  # retry in pieces: one bad line spoils only its piece
-            for i in range(0, len(lines), SUB_BLOCK_LINES):
-                piece = b"\n".join(lines[i:i + SUB_BLOCK_LINES])
-                batch = _fast_block(f, piece, first + i, cfg, tally, raw_root)
-                if batch is None:
-                    batch = _slow_lines(f, [(first + i + j, ln) for j, ln in enumerate(lines[i:i + SUB_BLOCK_LINES])
-                                            if ln.strip()], cfg, tally, raw_root)
-                yield batch
-            continue
-        yield _slow_lines(f, [(first + j, ln) for j, ln in enumerate(lines) if ln.strip()], cfg, tally, raw_root)
+        return
+    yield _slow_lines(f, [(first + j, ln) for j, ln in enumerate(lines) if ln.strip()], cfg, tally, raw_root)
 
 
 # --------------------------------------------------------------------------- images, content hashes, rows
@@ -389,8 +468,11 @@ def _constant(value: str, n: int, cache: dict[str, pa.Array]) -> pa.Array:
 
 
 def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, tally: Tally,
-          cache: _ImageCache, pool: _Pool) -> pa.Table | None:
-    """Inspect the images of a batch of candidates, hash and de-duplicate: the lake's rows."""
+          cache: _ImageCache, pool: _Pool) -> tuple[pa.Table, np.ndarray] | None:
+    """Inspect the images of a batch of candidates, hash and de-duplicate: the lake's rows.
+
+    Returns the rows and each row's content bytes (for sizing shards), or None when none is kept.
+    """
     keys = cand["key"]
     ukeys = pc.unique(keys)
     ulist = ukeys.to_pylist()
@@ -401,51 +483,53 @@ def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, 
     results = [local.get(k) or cache.get(k) for k in ulist]
     idx = pc.index_in(keys, value_set=ukeys).to_numpy(zero_copy_only=False).astype(np.int64)
     ok = np.array([not isinstance(r, Problem) for r in results], dtype=bool)[idx]
-    lines = cand["line"].to_numpy()
-    keep = ok.copy()
-    for i in np.flatnonzero(~ok):
-        tally.quarantine(f, int(lines[i]), results[idx[i]], _shown(cand, int(i), refs[ulist[idx[i]]]))
+    if not ok.all():
+        lines = cand["line"].to_numpy()
+        for i in np.flatnonzero(~ok):
+            tally.quarantine(f, int(lines[i]), results[idx[i]], _shown(cand, int(i), refs[ulist[idx[i]]]))
+        if not ok.any():
+            return None
+        cand, idx = cand.filter(pa.array(ok)), idx[ok]
     info = [r[1] if not isinstance(r, Problem) else ImageInfo("", 0, 0, "") for r in results]
-    shas_u = [i.sha256 for i in info]
-    sids = _sample_ids(f.kind, {n: cand[n].to_pylist() for n in TEXT_FIELDS[f.kind]}, [shas_u[j] for j in idx.tolist()])
-    seen = tally.seen[f.order]
-    if ok.all() and len(set(sids)) == len(sids) and all(s.keys().isdisjoint(sids) for s in tally.seen):
-        seen.update(zip(sids, lines.tolist()))
-    else:
-        for i, sid in enumerate(sids):
-            if not keep[i]:
-                continue
-            first = tally.first(sid)
-            if first is not None:
-                tally.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {first}"),
-                                 _shown(cand, i, refs[ulist[idx[i]]]))
-                keep[i] = False
-            else:
-                seen[sid] = int(lines[i])
-    if not keep.any():
-        return None
-    if not keep.all():
-        cand, idx = cand.filter(pa.array(keep)), idx[keep]
-        sids = [s for s, k in zip(sids, keep.tolist()) if k]
+    take = pa.array(idx)
+    shas = pa.array([i.sha256 for i in info], pa.string()).take(take)
+    digests = _digests(f.kind, cand, shas)
+    lines = cand["line"].to_numpy()
+    keep = tally.keep_new(f, digests, lines)
+    if keep is not None:
+        for i in np.flatnonzero(~keep):
+            tally.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {tally.first(digests[i])}"),
+                             _shown(cand, int(i), refs[ulist[idx[i]]]))
+        if not keep.any():
+            return None
+        mask = pa.array(keep)
+        cand, idx, shas, digests = cand.filter(mask), idx[keep], shas.filter(mask), digests[keep]
+        take = pa.array(idx)
     n = len(idx)
     data_u = [r[0] if not isinstance(r, Problem) else b"" for r in results]
-    take = pa.array(idx)
-    images = _image_column(data_u, idx)
-    sid_arr = pa.array(sids, pa.string())
     consts = f.constants
-    return pa.Table.from_arrays([
-        sid_arr,
+    rows = pa.Table.from_arrays([
+        _hex_ids(digests),
         _constant(f.kind, n, consts),
-        _splits(sid_arr, cfg.val_fraction),
+        _splits(digests, cfg.val_fraction),
         cand["language"], cand["text"], cand["question"], cand["answer"],
-        images,
-        pa.array(shas_u, pa.string()).take(take),
+        _image_column(data_u, idx),
+        shas,
         pa.array([i.width for i in info], pa.int32()).take(take),
         pa.array([i.height for i in info], pa.int32()).take(take),
         pa.array([i.format for i in info], pa.string()).take(take),
         _constant(f.shown, n, consts),
         cand["line"],
     ], schema=SCHEMA)
+    sizes = np.array([len(d) for d in data_u], dtype=np.int64)[idx] + _text_bytes(cand)
+    return rows, sizes
+
+
+def _text_bytes(cand: pa.Table) -> np.ndarray:
+    total = np.full(cand.num_rows, ROW_OVERHEAD_BYTES, dtype=np.int64)
+    for name in ("text", "question", "answer"):
+        total += pc.fill_null(pc.binary_length(cand[name]), 0).to_numpy()
+    return total
 
 
 def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> pa.ChunkedArray:
@@ -464,7 +548,8 @@ def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> p
     return pa.chunked_array(chunks, pa.binary())
 
 
-def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally, pool: _Pool) -> Iterator[pa.Table]:
+def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally,
+               pool: _Pool) -> Iterator[tuple[pa.Table, np.ndarray]]:
     cache = _ImageCache()
     for f in _files(raw_root, manifest, tally):
         for cand, refs in _candidates(f, cfg, tally, raw_root):
@@ -477,14 +562,11 @@ def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally, po
 # --------------------------------------------------------------------------- writing
 
 
-def write_shard(rows: pa.Table, path: Path, cfg: DataConfig) -> None:
-    """One zstd Parquet shard (``SCHEMA``, with the schema version in its metadata)."""
-    pq.write_table(rows.combine_chunks(), path, compression="zstd", row_group_size=cfg.row_group_rows)
-
-
-def _write_and_describe(rows: pa.Table, path: Path, cfg: DataConfig) -> dict:
-    write_shard(rows, path, cfg)
-    return {"path": path.name, "rows": rows.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+def shard_writer(directory: Path, cfg: DataConfig) -> ShardWriter:
+    """Shards of ``SCHEMA`` sized by the config, zstd, dictionary-encoded where values repeat."""
+    return ShardWriter(directory, SCHEMA, shard_rows=cfg.shard_rows, shard_bytes=cfg.shard_bytes,
+                       row_group_rows=cfg.row_group_rows, row_group_bytes=cfg.row_group_bytes,
+                       dictionary=DICTIONARY_COLUMNS)
 
 
 def _artifact(final: Path, m: dict, lake: Path, reused: bool) -> CuratedDataset:
@@ -529,43 +611,20 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
         shutil.rmtree(final)
 
     tally = Tally()
-    shards: list[dict] = []
     splits: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     pool = _Pool(cfg.num_workers or os.cpu_count() or 1)
     try:
         with staged_dir(final) as tmp:
-            # shards are written by one background thread (Parquet encoding releases the GIL) while
-            # this one validates the next rows; one write in flight, so a failed write stops the run
-            writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
-            inflight: list[Future] = []
-
-            def wait() -> None:
-                while inflight:
-                    shards.append(inflight.pop(0).result())
-
-            def flush(rows: pa.Table) -> None:
-                wait()
-                name = f"part-{len(shards):05d}.parquet"
-                inflight.append(writer.submit(_write_and_describe, rows, tmp / name, cfg))
-
+            writer = shard_writer(tmp, cfg)  # encodes in a background thread while rows are validated
             try:
-                buf: list[pa.Table] = []
-                pending = 0
-                for rows in _lake_rows(raw_root, manifest, cfg, tally, pool):
+                for rows, sizes in _lake_rows(raw_root, manifest, cfg, tally, pool):
                     splits.update({d["values"]: d["counts"] for d in pc.value_counts(rows["split"]).to_pylist()})
                     kinds[rows["kind"][0].as_py()] += rows.num_rows
-                    buf.append(rows)
-                    pending += rows.num_rows
-                    while pending >= cfg.shard_rows:
-                        table = pa.concat_tables(buf)
-                        flush(table.slice(0, cfg.shard_rows))
-                        buf, pending = [table.slice(cfg.shard_rows)], pending - cfg.shard_rows
-                if pending:
-                    flush(pa.concat_tables(buf))
-                wait()
+                    writer.write(rows, sizes)
+                shards = writer.close()
             finally:
-                writer.shutdown(wait=True)
+                writer.abort()
             kept = sum(s["rows"] for s in shards)
             bad = tally.sorted_bad()
             by_reason = dict(sorted(Counter(b["reason"] for b in bad).items()))
@@ -590,9 +649,7 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
                 "quarantine_path": qpath,
                 "splits": dict(sorted(splits.items())),
                 "kinds": dict(sorted(kinds.items())),
-                "settings": cfg.model_dump(mode="json", include={"val_fraction", "shard_rows", "row_group_rows",
-                                                                 "max_text_chars", "max_image_bytes",
-                                                                 "max_image_pixels"}),
+                "settings": cfg.model_dump(mode="json", include=LAYOUT_SETTINGS),
             }
             atomic_write_text(tmp / CURATED_MANIFEST, json.dumps(m, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     finally:

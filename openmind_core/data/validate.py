@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import io
 import json
@@ -163,13 +162,9 @@ PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u200
                  "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
-@functools.cache
-def _ws_chars() -> pa.Array:  # built on first use: pa.array() makes pyarrow import pandas (~0.4 s)
-    return pa.array(list(PY_WHITESPACE), pa.string())
-
 _CJK_RE2 = "[\\x{4e00}-\\x{9fff}]"
-_LINE_START_WS = np.frombuffer(b"\n \t\x0b\x0c", dtype=np.uint8)  # a line that may be blank starts so
-_READ = pa_json.ReadOptions(use_threads=True, block_size=1 << 22)
+_LINE_START_WS = np.isin(np.arange(256), list(b"\n \t\x0b\x0c"))  # a line that may be blank starts so
+_READ = pa_json.ReadOptions(use_threads=True, block_size=1 << 20)  # pieces parsed in parallel
 
 
 @dataclass
@@ -201,13 +196,10 @@ def block_lines(block: bytes, first_line: int) -> np.ndarray | None:
     if not block:
         return np.empty(0, dtype=np.int64)
     buf = np.frombuffer(block, dtype=np.uint8)
-    starts = np.flatnonzero(buf == 10) + 1
-    if not block.endswith(b"\n"):
-        starts = np.append(starts, len(block))  # the last line has no line break
-    starts[1:] = starts[:-1]
-    starts[0] = 0  # now: where each line starts
-    if not np.isin(buf[starts], _LINE_START_WS).any():  # no line is empty or starts with whitespace
-        return np.arange(first_line, first_line + len(starts), dtype=np.int64)
+    breaks = np.flatnonzero(buf == 10)
+    starts = breaks[:-1] + 1 if buf[-1] == 10 else breaks + 1  # where every line but the first starts
+    if not _LINE_START_WS[buf[0]] and not _LINE_START_WS[buf[starts]].any():  # no line is blank or starts blank
+        return np.arange(first_line, first_line + len(starts) + 1, dtype=np.int64)
     return np.array([first_line + i for i, line in enumerate(block.split(b"\n")) if line.strip()], dtype=np.int64)
 
 
@@ -218,12 +210,12 @@ def parse_block(block: bytes, first_line: int, kind: str, max_text_chars: int) -
     with string fields (``pyarrow.json`` rejects the block), or when the rows do not map one to
     one onto the non-blank lines (two objects on one line).  Never rejects a row itself.
     """
-    if BOM in block:
+    ascii_only = block.isascii()  # then no BOM and valid UTF-8, without looking further
+    if not ascii_only and BOM in block:
         return None
     lines = block_lines(block, first_line)
     if lines is None or not len(lines):
         return None
-    ascii_only = block.isascii()
     try:
         if not ascii_only:
             block.decode("utf-8")
@@ -237,9 +229,8 @@ def parse_block(block: bytes, first_line: int, kind: str, max_text_chars: int) -
         col = table[f]
         n = pc.utf8_length(col)
         ok = pc.and_(pc.greater(n, 0), pc.less_equal(n, max_text_chars))
-        # str.strip() would change the text when its first or last character is whitespace
-        for end in (pc.utf8_slice_codeunits(col, 0, 1), pc.utf8_slice_codeunits(col, -1)):
-            ok = pc.and_(ok, pc.invert(pc.is_in(end, value_set=_ws_chars())))
+        # str.strip() would change the text when it starts or ends with whitespace
+        ok = pc.and_(ok, pc.equal(pc.binary_length(pc.utf8_trim(col, characters=PY_WHITESPACE)), pc.binary_length(col)))
         clean = pc.and_(clean, pc.fill_null(ok, False))
     lang = table["language"]
     given = pc.fill_null(pc.greater(pc.utf8_length(lang), 0), False)

@@ -1,0 +1,161 @@
+"""Writing a table stream as Parquet shards: sized by rows and bytes, encoded in the background.
+
+``ShardWriter(directory, schema, ...)`` takes row batches in order (``write``) and lays them out as
+``part-00000.parquet, part-00001.parquet, ...``:
+
+- a row group closes at ``row_group_rows`` rows or before it would pass ``row_group_bytes``; a
+  shard closes at ``shard_rows`` rows or once it holds ``shard_bytes``.  Sizes are the content's
+  own bytes (image bytes plus text), not Arrow's buffer layout, so the same rows give the same
+  files whatever batches they came in;
+- Parquet encoding (zstd) runs in one background thread, which releases the GIL, while the caller
+  prepares the next rows.  At most ``MAX_QUEUED`` row groups wait, so memory stays bounded, and a
+  failed write is raised by the next ``write`` or ``close``;
+- ``close()`` returns each shard's ``{path, rows, bytes, sha256}``.
+
+Dictionary encoding is used only for the columns named in ``dictionary``: on a column whose values
+are all distinct (ids, free text) it costs a hash per value and is then dropped by the encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from openmind_core.io import sha256_file
+
+MAX_QUEUED = 2  # row groups handed to the encoder thread and not yet written
+
+
+def content_bytes(table: pa.Table) -> np.ndarray:
+    """Bytes of each row's binary and string values (nulls count 0), plus 8 per other column."""
+    sizes = np.zeros(table.num_rows, dtype=np.int64)
+    for col in table.columns:
+        if pa.types.is_binary(col.type) or pa.types.is_string(col.type) \
+                or pa.types.is_large_binary(col.type) or pa.types.is_large_string(col.type):
+            for chunk, start in _chunks(col):
+                lengths = pc.fill_null(pc.binary_length(chunk), 0)
+                sizes[start:start + len(chunk)] += lengths.to_numpy(zero_copy_only=False)
+        else:
+            sizes += 8
+    return sizes
+
+
+def _chunks(col: pa.ChunkedArray):
+    start = 0
+    for chunk in col.chunks:
+        yield chunk, start
+        start += len(chunk)
+
+
+class ShardWriter:
+    def __init__(self, directory: Path, schema: pa.Schema, *, shard_rows: int, shard_bytes: int,
+                 row_group_rows: int, row_group_bytes: int, dictionary: Sequence[str] = (),
+                 compression: str = "zstd") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.shard_rows, self.shard_bytes = shard_rows, shard_bytes
+        self.group_rows, self.group_bytes = row_group_rows, row_group_bytes
+        self.options = {"compression": compression, "use_dictionary": list(dictionary) or False}
+        self.shards: list[dict] = []
+        self._buf: list[pa.Table] = []
+        self._sizes: list[np.ndarray] = []
+        self._pending = 0  # rows in _buf
+        self._shard = 0  # index of the shard being filled
+        self._in_shard = (0, 0)  # (rows, bytes) already sent to it
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._queued: list[Future] = []
+        self._open: pq.ParquetWriter | None = None
+        self._open_rows = 0
+
+    # ----------------------------------------------------------------- caller's side
+
+    def write(self, rows: pa.Table, sizes: np.ndarray | None = None) -> None:
+        """Queue ``rows`` (``sizes``: each row's bytes, default ``content_bytes(rows)``)."""
+        if not rows.num_rows:
+            return
+        self._buf.append(rows)
+        self._sizes.append(content_bytes(rows) if sizes is None else np.asarray(sizes, dtype=np.int64))
+        self._pending += rows.num_rows
+        self._cut(final=False)
+
+    def close(self) -> list[dict]:
+        """Write what is left, close the last shard, wait for the encoder; the shards' descriptions."""
+        try:
+            self._cut(final=True)
+            if self._in_shard[0]:
+                self._submit(self._close_shard, self._shard)
+            self._drain(0)
+        finally:
+            self.abort()
+        return self.shards
+
+    def abort(self) -> None:
+        """Stop the encoder thread (after its current row group); leaves files as they are."""
+        for fut in self._queued:
+            fut.cancel()
+        self._pool.shutdown(wait=True)
+        if self._open is not None:
+            self._open.close()
+            self._open = None
+
+    def _cut(self, final: bool) -> None:
+        """Send every complete row group in the buffer (all of it when ``final``)."""
+        if not self._pending:
+            return
+        sizes = np.concatenate(self._sizes) if len(self._sizes) > 1 else self._sizes[0]
+        table = pa.concat_tables(self._buf) if len(self._buf) > 1 else self._buf[0]
+        start = 0
+        while start < len(sizes):
+            rows_left = self.shard_rows - self._in_shard[0]
+            cum = np.cumsum(sizes[start:start + min(self.group_rows, rows_left)])
+            n = max(1, int(np.searchsorted(cum, self.group_bytes, side="right")))  # fits, at least one row
+            if n == len(cum) and start + n == len(sizes) and not final \
+                    and n < min(self.group_rows, rows_left) and int(cum[-1]) < self.group_bytes:
+                break  # the group could still grow: wait for more rows
+            group_bytes = int(cum[n - 1])
+            self._submit(self._write_group, self._shard, table.slice(start, n))
+            start += n
+            rows, nbytes = self._in_shard[0] + n, self._in_shard[1] + group_bytes
+            if rows >= self.shard_rows or nbytes >= self.shard_bytes:
+                self._submit(self._close_shard, self._shard)
+                self._shard, rows, nbytes = self._shard + 1, 0, 0
+            self._in_shard = (rows, nbytes)
+        rest = len(sizes) - start
+        self._buf = [table.slice(start)] if rest else []
+        self._sizes = [sizes[start:]] if rest else []
+        self._pending = rest
+
+    def _submit(self, fn, *args) -> None:
+        self._drain(MAX_QUEUED - 1)
+        self._queued.append(self._pool.submit(fn, *args))
+
+    def _drain(self, keep: int) -> None:
+        while len(self._queued) > keep:
+            self._queued.pop(0).result()  # re-raises the encoder's error here
+
+    # ----------------------------------------------------------------- encoder thread
+
+    def path(self, shard: int) -> Path:
+        return self.directory / f"part-{shard:05d}.parquet"
+
+    def _write_group(self, shard: int, rows: pa.Table) -> None:
+        if self._open is None:
+            self._open = pq.ParquetWriter(self.path(shard), self.schema, **self.options)
+            self._open_rows = 0
+        self._open.write_table(rows, row_group_size=rows.num_rows)
+        self._open_rows += rows.num_rows
+
+    def _close_shard(self, shard: int) -> None:
+        assert self._open is not None
+        self._open.close()
+        self._open = None
+        path = self.path(shard)
+        self.shards.append({"path": path.name, "rows": self._open_rows, "bytes": path.stat().st_size,
+                            "sha256": sha256_file(path)})
