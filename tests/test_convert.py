@@ -106,6 +106,34 @@ def test_every_reason_is_quarantined_with_file_and_line(tmp_path):
     assert [(r["text"], r["source_line"]) for r in kept] == [("good one", 1), ("good two", 20)]
 
 
+def test_duplicates_across_batches_and_a_shared_hash_prefix(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(png())
+    texts = ["t0", "t1", "t2", "t3", "t4", "t1", "t6", "t6", "t8", "t0"]  # lines 6, 8 and 10 repeat earlier rows
+    cap = tmp_path / "c.jsonl"
+    cap.write_text("".join(json.dumps({"image": "a.png", "text": t}) + "\n" for t in texts), encoding="utf-8")
+    monkeypatch.setattr(convert_mod, "CHUNK_ROWS", 4)  # batches: lines 1-4 (all new), 5-8, 9-10
+    cfg, lake = jsonl_cfg(cap), tmp_path / "lake"
+    curated = convert(download(cfg, lake), cfg, lake)
+    bad = [json.loads(x) for x in Path(curated.quarantine_path).read_text().splitlines()]
+    assert [(b["line"], b["reason"], b["detail"].split(":")[-1]) for b in bad] == [
+        (6, "duplicate", "2"), (8, "duplicate", "7"), (10, "duplicate", "1")]
+    assert [r["source_line"] for r in read_rows(curated)] == [1, 2, 3, 4, 5, 7, 9]
+
+    # two different contents whose hashes share their first 8 bytes are both kept
+    real = convert_mod._digests
+
+    def prefix_clash(kind, cand, shas):
+        d = real(kind, cand, shas).copy()
+        d[:, :8] = 7
+        return d
+
+    monkeypatch.setattr(convert_mod, "_digests", prefix_clash)
+    cap.write_text("".join(json.dumps({"image": "a.png", "text": t}) + "\n" for t in ["x", "y", "z", "x"]),
+                   encoding="utf-8")
+    curated = convert(download(cfg, lake), cfg, lake)
+    assert (curated.rows_kept, curated.quarantine_by_reason) == (3, {"duplicate": 1})
+
+
 def test_fully_bad_input_raises_data_error(tmp_path):
     cap = tmp_path / "c.jsonl"
     cap.write_text('{"image": "nope.png", "text": "a"}\nnot json\n', encoding="utf-8")

@@ -135,7 +135,7 @@ class Tally:
     bad: list[tuple[int, int, dict]] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)  # first 8 bytes of each content hash kept so far
     history: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (file, hashes, lines)
-    where: dict[bytes, str] | None = None  # whole hash -> "file:line", built on the first repeat
+    where: dict[bytes, int] | None = None  # whole hash -> file order << 40 | line, built on the first repeat
 
     def quarantine(self, f: _File, line: int, problem: Problem, text: str) -> None:
         self.bad.append((f.order, line, {"file": f.shown, "line": line, "reason": problem.reason,
@@ -159,20 +159,20 @@ class Tally:
                 return None
             self.where = {}
             for order, ds, ls in self.history:
-                self.where.update(zip(_each(ds), (f"{self.files[order].shown}:{ln}" for ln in ls.tolist())))
+                self.where.update(zip(_each(ds), ((order << 40) | ls).tolist()))
             self.history.clear()
             self.seen.clear()
         keep = np.ones(len(digests), dtype=bool)
-        for i, (d, line) in enumerate(zip(_each(digests), lines.tolist())):
-            if d in self.where:
+        for i, (d, at) in enumerate(zip(_each(digests), ((f.order << 40) | lines).tolist())):
+            if self.where.setdefault(d, at) != at:
                 keep[i] = False
-            else:
-                self.where[d] = f"{f.shown}:{line}"
         return None if keep.all() else keep
 
     def first(self, digest: np.ndarray) -> str:
+        """'file:line' where this content was first kept."""
         assert self.where is not None
-        return self.where[digest.tobytes()]
+        at = self.where[digest.tobytes()]
+        return f"{self.files[at >> 40].shown}:{at & ((1 << 40) - 1)}"
 
 
 def _each(digests: np.ndarray) -> list[bytes]:
