@@ -11,7 +11,8 @@ pandas on its first ``pa.array`` call, ~0.4 s, which would otherwise land on whi
 first), then timed ``repeat`` times, alternating; the table shows the best time of each side and
 the notes every run, because the machine is shared and single runs vary by 2x.
 
-Run: ``python bench/bench_convert.py [--quick] [--repeat N]``.
+Run: ``python bench/bench_convert.py [--quick] [--repeat N]``; ``--breakdown`` prints instead the CPU
+time of each part of the text conversion next to the raw baseline's two parts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pyarrow as pa  # noqa: E402
 import pyarrow.json as pa_json  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -123,6 +125,29 @@ def bench_text(rows: int, tmp: Path, repeat: int = 1) -> dict:
                      f"read_json + write_table; best of {repeat}: ours {_spread(ours)} s, raw {_spread(base)} s"}
 
 
+def bench_download_again(rows: int, tmp: Path, repeat: int = 1) -> dict:
+    """A second download of the same JSONL (a no-op) against hashing the file once."""
+    from openmind_core.io import sha256_file
+
+    jsonl = tmp / "text" / "captions.jsonl"  # made by bench_text
+    cfg = DataConfig(source="jsonl", jsonl={"captions": str(jsonl)})
+    first = download(cfg, tmp / "lake-again")
+    base, ours = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        sha256_file(jsonl)
+        base.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        again = download(cfg, tmp / "lake-again")
+        ours.append(time.perf_counter() - t)
+        assert again.reused and again.fingerprint == first.fingerprint
+    b, o = min(base), min(ours)
+    return {"name": f"download again, same {rows:,}-row JSONL", "ours_s": o, "baseline_s": b, "ratio": o / b,
+            "goal": "report (a no-op: hashes the inputs, copies nothing)", "unit": "s",
+            "notes": f"baseline: sha256 of the JSONL alone; best of {repeat}: ours {_spread(ours)} s, "
+                     f"sha256 {_spread(base)} s"}
+
+
 def bench_images(images: int, tmp: Path, repeat: int = 1) -> dict:
     jsonl = make_image_jsonl(tmp / "images", images)
     paths = sorted((tmp / "images" / "img").glob("*.png"))
@@ -144,9 +169,75 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     try:
         _warm_up(tmp)
-        return [bench_text(5_000 if quick else 100_000, tmp, repeat),
+        rows = 5_000 if quick else 100_000
+        return [bench_text(rows, tmp, repeat), bench_download_again(rows, tmp, repeat),
                 bench_images(300 if quick else 2_000, tmp, repeat)]
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
+    """CPU milliseconds (best of ``repeat``, Arrow on one thread) of each part of the text conversion.
+
+    Where the time goes, next to the raw baseline's two parts: what bounds the ratio on few cores.
+    """
+    import importlib
+
+    from openmind_core.data import validate
+
+    cm = importlib.import_module("openmind_core.data.convert")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-convert-breakdown-"))
+    threads = pa.cpu_count()
+    try:
+        jsonl = make_caption_jsonl(tmp / "text", rows)
+        data = jsonl.read_bytes()
+        cfg = DataConfig(source="jsonl", jsonl={"captions": str(jsonl)})
+        curated = convert(download(cfg, tmp / "lake"), cfg, tmp / "lake")
+        lake = pa.concat_tables([pq.read_table(s) for s in curated.shards])
+        blocks = list(cm._blocks(data, cm.BLOCK_BYTES))
+        batches = [lake.slice(i, cm.CHUNK_ROWS) for i in range(0, rows, cm.CHUNK_ROWS)]
+        digests = [cm._digests("caption", b, b["image_sha256"]) for b in batches]
+        lines = [b["source_line"].to_numpy() for b in batches]
+        raw_table = pa_json.read_json(pa.BufferReader(data))
+        one_file = type("F", (), {"order": 0, "shown": "c"})()
+
+        def dedup() -> None:
+            tally = cm.Tally()
+            for d, ln in zip(digests, lines):
+                tally.keep_new(one_file, d, ln)
+
+        def write_ours() -> None:
+            w = cm.shard_writer(tmp / f"w{time.perf_counter_ns()}", cfg)
+            for b in batches:
+                w.write(b)
+            w.close()
+
+        parts = [
+            ("raw: read_json", lambda: pa_json.read_json(pa.BufferReader(data))),
+            ("raw: write_table (2 columns)", lambda: pq.write_table(raw_table, tmp / "raw.parquet", compression="zstd")),
+            ("ours: parse + text checks (parse_block)", lambda: [validate.parse_block(b, f, "caption", 4000)
+                                                                for f, b in blocks]),
+            ("ours: content hashes (xxh3-128)", lambda: [cm._digests("caption", b, b["image_sha256"]) for b in batches]),
+            ("ours: duplicate check", dedup),
+            ("ours: ids + splits", lambda: [(cm._hex_ids(d), cm._splits(d, 0.1)) for d in digests]),
+            ("ours: write shards (14 columns)", write_ours),
+            ("ours: whole convert (threads on)", lambda: shutil.rmtree(
+                Path(convert(download(cfg, tmp / "lake"), cfg, tmp / f"l{time.perf_counter_ns()}").root).parent.parent)),
+        ]
+        out = []
+        pa.set_cpu_count(1)
+        for name, fn in parts:
+            if name.endswith("(threads on)"):
+                pa.set_cpu_count(threads)
+            best = float("inf")
+            for _ in range(repeat):
+                t = time.process_time()
+                fn()
+                best = min(best, time.process_time() - t)
+            out.append((name, best * 1000))
+        return out
+    finally:
+        pa.set_cpu_count(threads)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -159,5 +250,10 @@ def print_table(results: list[dict]) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
+    if "--breakdown" in sys.argv:
+        print(f"CPU time per part, {100_000:,} caption rows (best of 7; Arrow on one thread except the last row)")
+        for name, ms in breakdown():
+            print(f"  {name:45s} {ms:7.1f} ms")
+        sys.exit(0)
     n = sys.argv.index("--repeat") + 1 if "--repeat" in sys.argv else 0
     print_table(run(quick="--quick" in sys.argv, repeat=int(sys.argv[n]) if n else None))

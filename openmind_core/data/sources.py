@@ -31,6 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
 from schemas.artifacts import RawDataset, RawFile
 from schemas.config import DataConfig
 
@@ -87,8 +91,17 @@ def _count_rows(path: Path) -> int:
 
 
 def _scan_image_refs(jsonl: Path) -> list[str]:
-    """Image path strings a JSONL references (tolerant: bad lines are conversion's business)."""
-    refs: list[str] = []
+    """The distinct image path strings a JSONL references, in first-seen order (tolerant: bad
+    lines are conversion's business).  A file ``pyarrow.json`` reads with string images is
+    scanned in one call; any other goes line by line."""
+    try:
+        table = pa_json.read_json(jsonl, parse_options=_IMAGE_ONLY)
+        values = pc.unique(table["image"].drop_null()).to_pylist()
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        values = None  # an image given as an object, a malformed line, a BOM, ...: line by line
+    if values is not None:
+        return [v for v in values if v and not looks_inline(v)]
+    refs: dict[str, None] = {}
     with open(jsonl, "rb") as f:
         for raw in f:
             try:
@@ -99,8 +112,12 @@ def _scan_image_refs(jsonl: Path) -> list[str]:
             if isinstance(value, dict):
                 value = value.get("path") if not value.get("bytes") else None
             if isinstance(value, str) and value and not looks_inline(value):
-                refs.append(value)
-    return refs
+                refs[value] = None
+    return list(refs)
+
+
+_IMAGE_ONLY = pa_json.ParseOptions(explicit_schema=pa.schema([("image", pa.string())]),
+                                   unexpected_field_behavior="ignore")
 
 
 def _finish(root: Path, source: str, fingerprint: str, extra: dict[str, Any]) -> dict:
