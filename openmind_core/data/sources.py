@@ -315,12 +315,14 @@ def _coco(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     base = img_root.resolve()
     rows: list[dict] = []
     copies: dict[str, Path] = {}
+    planned: set[str] = set()
     for a in annotations:
         file_name = images.get(a.get("image_id")) if isinstance(a, dict) else None
         rows.append({"image": file_name, "text": a.get("caption") if isinstance(a, dict) else None,
                      "coco_image_id": a.get("image_id") if isinstance(a, dict) else None,
                      "coco_id": a.get("id") if isinstance(a, dict) else None})
-        if isinstance(file_name, str):
+        if isinstance(file_name, str) and file_name not in planned:  # COCO has ~5 captions per image
+            planned.add(file_name)
             target = (base / file_name).resolve()
             if _is_within(target, base) and target.is_file():
                 copies[f"{IMAGE_DIR}/0/{target.relative_to(base).as_posix()}"] = target
