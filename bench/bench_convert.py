@@ -192,7 +192,8 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
         jsonl = make_caption_jsonl(tmp / "text", rows)
         data = jsonl.read_bytes()
         cfg = DataConfig(source="jsonl", jsonl={"captions": str(jsonl)})
-        curated = convert(download(cfg, tmp / "lake"), cfg, tmp / "lake")
+        raw = download(cfg, tmp / "lake")
+        curated = convert(raw, cfg, tmp / "lake")
         lake = pa.concat_tables([pq.read_table(s) for s in curated.shards])
         blocks = list(cm._blocks(data, cm.BLOCK_BYTES))
         batches = [lake.slice(i, cm.CHUNK_ROWS) for i in range(0, rows, cm.CHUNK_ROWS)]
@@ -222,7 +223,7 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
             ("ours: ids + splits", lambda: [(cm._hex_ids(d), cm._splits(d, 0.1)) for d in digests]),
             ("ours: write shards (14 columns)", write_ours),
             ("ours: whole convert (threads on)", lambda: shutil.rmtree(
-                Path(convert(download(cfg, tmp / "lake"), cfg, tmp / f"l{time.perf_counter_ns()}").root).parent.parent)),
+                Path(convert(raw, cfg, tmp / f"l{time.perf_counter_ns()}").root).parent.parent)),
         ]
         out = []
         pa.set_cpu_count(1)
