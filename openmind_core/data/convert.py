@@ -122,6 +122,7 @@ class _File:
     root: Path
     absolute: dict[str, str]
     problems: dict[str, str]
+    images: frozenset[str]  # the download's image files, full paths
     resolved: dict[str, ImageRef | Problem] = field(default_factory=dict)  # rows often share an image path
     constants: dict[str, pa.Array] = field(default_factory=dict)  # constant columns, see _constant
 
@@ -240,6 +241,7 @@ Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their 
 
 def _files(raw_root: Path, manifest: dict, tally: Tally) -> list[_File]:
     inputs = manifest.get("inputs") or {}
+    images = frozenset(os.path.join(str(raw_root), f["path"]) for f in manifest["files"] if f["kind"] == "image")
     out: list[_File] = []
     for name, kind in ((CAPTIONS, "caption"), (VQA, "vqa")):
         if not manifest.get("captions" if kind == "caption" else "vqa"):
@@ -249,7 +251,7 @@ def _files(raw_root: Path, manifest: dict, tally: Tally) -> list[_File]:
             shown=inputs.get(name) or f"raw/{manifest['source']}/{manifest['fingerprint']}/{name}",
             root=raw_root / (manifest.get("image_roots") or {}).get(name, "files"),
             absolute=(manifest.get("absolute_images") or {}).get(name, {}),
-            problems=(manifest.get("image_problems") or {}).get(name, {})))
+            problems=(manifest.get("image_problems") or {}).get(name, {}), images=images))
     tally.files = out
     return out
 
@@ -258,7 +260,7 @@ def _resolve(f: _File, value: Any, raw_root: Path) -> ImageRef | Problem:
     ref = f.resolved.get(value) if isinstance(value, str) else None
     if ref is None:
         try:
-            ref = resolve_image(value, f.root, f.absolute, f.problems, raw_root)
+            ref = resolve_image(value, f.root, f.absolute, f.problems, raw_root, f.images)
         except Problem as p:
             ref = p
         if isinstance(value, str) and len(f.resolved) < 1_000_000 and not (

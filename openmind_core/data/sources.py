@@ -48,6 +48,7 @@ from openmind_core.data.lake import (
     stable_hash,
     staged_dir,
 )
+from openmind_core.data.validate import looks_inline
 from openmind_core.io import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,6 @@ def _require(path: str | Path, what: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"{what}: file not found: {p.resolve() if not p.is_absolute() else p}")
     return p
-
-
-def looks_inline(value: str) -> bool:
-    """True for an image given in the text itself: a data URI or a long base64 string."""
-    return value.startswith("data:") or (len(value) > 256 and "/" not in value[:64] and "." not in value[-8:])
 
 
 def _is_within(path: Path, root: Path) -> bool:

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,16 +259,20 @@ def _decode_base64(text: str) -> bytes:
         raise Problem("image_unreadable", f"inline image is not valid base64 ({e})") from None
 
 
+def looks_inline(value: str) -> bool:
+    """True for an image given in the text itself: a data URI or a long base64 string."""
+    return value.startswith("data:") or (len(value) > 256 and "/" not in value[:64] and "." not in value[-8:])
+
+
 def resolve_image(value: Any, root: Path, absolute: dict[str, str], problems: dict[str, str],
-                  raw_root: Path) -> ImageRef:
+                  raw_root: Path, files: Collection[str] | None = None) -> ImageRef:
     """Turn a row's ``image`` value into an ``ImageRef`` inside the raw directory.
 
     ``value``: a path relative to the JSONL's folder (copied under ``root``), an absolute path
     (copied, listed in ``absolute``), a data URI / base64 string, or ``{"bytes": base64 or list of
     ints, "path": ...}``.  ``problems``: what the download found for a path (e.g. a symlink out).
+    ``files``: the download's image files (full paths), which spares a ``stat`` per path.
     """
-    from openmind_core.data.sources import looks_inline  # avoid an import cycle at module load
-
     if isinstance(value, dict):
         data = value.get("bytes")
         if isinstance(data, str) and data:
@@ -296,7 +301,7 @@ def resolve_image(value: Any, root: Path, absolute: dict[str, str], problems: di
         raise Problem("path_escape", f"{value!r} escapes the JSONL's folder")
     p = str(root) if norm == "." else os.path.join(str(root), norm)
     try:
-        found = os.path.isfile(p)
+        found = p in files if files is not None else os.path.isfile(p)
     except ValueError:  # an embedded NUL or a lone surrogate
         found = False
     if not found:
