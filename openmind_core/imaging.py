@@ -22,16 +22,28 @@ def load_image(data: bytes | Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def preprocess_image(img: bytes | Image.Image, size: int) -> torch.Tensor:
-    """One image -> float32 tensor [3, size, size], SigLIP-normalised."""
+# (x / 255 - mean) / std as (x - 255 mean) / (255 std): two in-place ops, exact at 0 and 255
+_MEAN255 = torch.tensor([255 * m for m in SIGLIP_MEAN]).view(3, 1, 1)
+_STD255 = torch.tensor([255 * s for s in SIGLIP_STD]).view(3, 1, 1)
+
+
+def resized_pixels(img: bytes | Image.Image, size: int) -> np.ndarray:
+    """One image -> uint8 array [size, size, 3]: decoded, RGB, resized (bicubic); not normalised."""
     img = load_image(img)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1)
-    mean = torch.tensor(SIGLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(SIGLIP_STD).view(3, 1, 1)
-    return (t - mean) / std
+    return np.array(img)
+
+
+def normalise(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [size, size, 3] -> float32 [3, size, size], SigLIP-normalised."""
+    t = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
+    return t.sub_(_MEAN255).div_(_STD255)
+
+
+def preprocess_image(img: bytes | Image.Image, size: int) -> torch.Tensor:
+    """One image -> float32 tensor [3, size, size], SigLIP-normalised."""
+    return normalise(resized_pixels(img, size))
 
 
 def preprocess_images(images: list[bytes | Image.Image], size: int) -> torch.Tensor:

@@ -243,8 +243,8 @@ def test_cpu_benchmark_quick_produces_rows(name):
     _check_rows(rows)
     if name == "loader":
         wait = [r for r in rows if "wait fraction" in r["name"]]
-        assert [w["name"] for w in wait] == ["loader wait fraction, 2 workers (tiny train step)",
-                                             "loader wait fraction, main process (tiny train step)"]
+        assert [w["name"] for w in wait] == ["loader wait fraction, main process (tiny train step)",
+                                             "loader wait fraction, 2 workers (tiny train step)"]
         for w in wait:
             assert 0 <= w["ratio"] <= 1
             assert w["ratio"] == pytest.approx(w["ours_s"] / w["baseline_s"])

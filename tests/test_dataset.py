@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -169,3 +171,38 @@ def test_images_come_from_a_memory_mapped_cache(curated, tokenizer, monkeypatch,
     fallback = make(curated, tokenizer, split="validation")
     assert [fallback.image_bytes(i) for i in range(len(fallback))] == [r["image"] for r in rows]
     assert any("image cache" in r.getMessage() for r in caplog.records)
+
+
+def test_pixel_cache_gives_the_same_tensors_as_decoding(curated, tokenizer, monkeypatch, caplog):
+    import numpy as np
+
+    from openmind_core.data import dataset as dataset_mod
+
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    cached = make(curated, tokenizer)
+    path = dataset_mod._cache_path(curated, "train", None, f"pixels-{{key}}-{SIZE}px-v{dataset_mod.PIXELS_VERSION}.npy")
+    assert cached.pixels is not None and path.is_file() and isinstance(cached.pixels, np.memmap)
+    built = path.stat().st_mtime_ns
+    decoded = VLMDataset(curated, "train", tokenizer, SIZE, N_IMG, image_id, 32, pixel_cache_bytes=0)
+    assert decoded.pixels is None
+    for i in range(len(cached)):
+        assert torch.equal(cached[i]["pixel_values"], decoded[i]["pixel_values"])
+    again = make(curated, tokenizer)  # reuses the file
+    assert path.stat().st_mtime_ns == built and torch.equal(again[0]["pixel_values"], decoded[0]["pixel_values"])
+    # a cache that cannot be written: decoded per sample, with a warning
+    monkeypatch.setattr(dataset_mod.np.lib.format, "open_memmap",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("read-only file system")))
+    path.unlink()
+    fallback = make(curated, tokenizer)
+    assert fallback.pixels is None and torch.equal(fallback[0]["pixel_values"], decoded[0]["pixel_values"])
+    assert any("pixel cache" in r.getMessage() for r in caplog.records)
+
+
+def test_dataset_pickles_its_pixel_cache_by_path(curated, tokenizer):
+    import pickle
+
+    ds = make(curated, tokenizer)
+    blob = pickle.dumps(ds)
+    assert len(blob) < ds.pixels.nbytes  # the mapped array is not copied into the pickle
+    back = pickle.loads(blob)
+    assert torch.equal(back[3]["pixel_values"], ds[3]["pixel_values"])

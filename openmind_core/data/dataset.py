@@ -3,8 +3,11 @@
 ``VLMDataset`` reads the text columns once as Python lists, maps the image column from an
 uncompressed Arrow copy under ``<lake>/cache/`` (no Python object per image, nothing on the heap,
 pages shared with forked loader workers), and tokenises every prompt and target up front in two
-batched tokenizer calls (``openmind_core.prompting.encode_many``).  ``__getitem__`` decodes, resizes and
-SigLIP-normalises the image, so that work runs in the loader workers.
+batched tokenizer calls (``openmind_core.prompting.encode_many``).  When the decoded, resized
+images fit ``pixel_cache_bytes`` (default 2 GiB), they are written once to a memory-mapped uint8
+array beside it, and ``__getitem__`` only normalises; otherwise ``__getitem__`` decodes, resizes
+and SigLIP-normalises the image, so that work runs in the loader workers.  Both give the same
+tensors.
 ``Collator`` pads to the longest sample on the right (labels with -100).
 """
 
@@ -17,16 +20,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from schemas.artifacts import CuratedDataset
 
 from openmind_core.data.lake import CURATED_MANIFEST, read_json
-from openmind_core.imaging import preprocess_image
+from openmind_core.imaging import normalise, preprocess_image, resized_pixels
 from openmind_core.prompting import IGNORE_INDEX, encode_many, instruction_for
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "answer",
                 "image_width", "image_height", "source_file", "source_line"]
 SPLITS = ("train", "validation")
+PIXEL_CACHE_BYTES = 2 << 30  # decoded images up to this size are cached; above it, decoded per sample
+PIXELS_VERSION = 1  # bump when resized_pixels changes: old caches are then ignored
 
 
 def shard_paths(curated: CuratedDataset | str | Path) -> list[Path]:
@@ -81,9 +88,7 @@ def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None, rows
     where it cannot be written (a read-only lake) the column is read into memory instead.
     """
     kinds = sorted(kinds) if kinds is not None else None
-    root = Path(getattr(curated, "root", curated))
-    key = hashlib.sha256(f"{split}|{kinds}".encode()).hexdigest()[:12]
-    path = root.parent.parent / "cache" / root.name / f"images-{key}.arrow"
+    path = _cache_path(curated, split, kinds, "images-{key}.arrow")
     schema = pa.schema([("image", pa.binary())])
     try:
         if not path.exists():
@@ -104,6 +109,47 @@ def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None, rows
     return read_table(curated, split, kinds, with_images=True)["image"]
 
 
+def _cache_path(curated, split: str | None, kinds: Iterable[str] | None, name: str) -> Path:
+    kinds = sorted(kinds) if kinds is not None else None
+    root = Path(getattr(curated, "root", curated))
+    key = hashlib.sha256(f"{split}|{kinds}".encode()).hexdigest()[:12]
+    return root.parent.parent / "cache" / root.name / name.format(key=key)
+
+
+def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, images: pa.ChunkedArray,
+                   size: int, limit: int) -> np.ndarray | None:
+    """Every image decoded and resized once, as a memory-mapped uint8 array [rows, size, size, 3].
+
+    Written under ``<lake>/cache/<version>/`` (temporary name, then renamed) when it fits
+    ``limit`` bytes; forked loader workers share its pages.  None when it does not fit or cannot
+    be written: the dataset then decodes per sample.
+    """
+    rows = len(images)
+    if rows * size * size * 3 > limit:
+        return None
+    kinds = sorted(kinds) if kinds is not None else None
+    path = _cache_path(curated, split, kinds, f"pixels-{{key}}-{size}px-v{PIXELS_VERSION}.npy")
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3))
+            for i in tqdm(range(rows), desc=f"caching {size} px images", unit="img", disable=rows < 5000):
+                out[i] = resized_pixels(images[i].as_py(), size)
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        pixels = np.load(path, mmap_mode="r")
+        if pixels.shape == (rows, size, size, 3) and pixels.dtype == np.uint8:
+            return pixels
+        log.warning("pixel cache %s has shape %s, not %s; rebuilding it next time", path, pixels.shape,
+                    (rows, size, size, 3))
+        path.unlink(missing_ok=True)
+    except (OSError, ValueError) as e:
+        log.warning("pixel cache %s not usable (%s); decoding images per sample", path, e)
+    return None
+
+
 class VLMDataset(Dataset):
     """Map-style dataset of ``{sample_id, input_ids, labels, pixel_values}`` over curated shards."""
 
@@ -117,6 +163,7 @@ class VLMDataset(Dataset):
         image_token_id: int,
         max_length: int,
         kinds: Iterable[str] | None = None,
+        pixel_cache_bytes: int = PIXEL_CACHE_BYTES,
     ) -> None:
         table = read_table(curated, split, kinds)
         if table.num_rows == 0:
@@ -130,6 +177,7 @@ class VLMDataset(Dataset):
         self.max_length = max_length
         self.rows: list[dict[str, Any]] = table.to_pylist()
         self.images = _mapped_images(curated, split, kinds, table.num_rows)
+        self.pixels = _cached_pixels(curated, split, kinds, self.images, image_size, pixel_cache_bytes)
         self.sample_ids: list[str] = [r["sample_id"] for r in self.rows]
         # tokenise every row once, in two batched calls: loader workers then only decode images
         pairs = [instruction_for(r) for r in self.rows]
@@ -138,6 +186,18 @@ class VLMDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        # a spawned loader worker re-maps the pixel cache instead of receiving a pickled copy
+        state = dict(self.__dict__)
+        if isinstance(self.pixels, np.memmap):
+            state["pixels"] = str(self.pixels.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("pixels"), str):
+            state["pixels"] = np.load(state["pixels"], mmap_mode="r")
+        self.__dict__.update(state)
 
     def row(self, index: int) -> dict[str, Any]:
         return self.rows[index]
@@ -155,7 +215,8 @@ class VLMDataset(Dataset):
             "sample_id": self.sample_ids[index],
             "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
             "labels": torch.tensor(enc.labels, dtype=torch.long),
-            "pixel_values": preprocess_image(self.image_bytes(index), self.image_size),
+            "pixel_values": (normalise(np.array(self.pixels[index])) if self.pixels is not None
+                             else preprocess_image(self.image_bytes(index), self.image_size)),
         }
 
 
