@@ -183,7 +183,7 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
     """
     import importlib
 
-    from openmind_core.data import validate
+    from openmind_core.data import content, validate
 
     cm = importlib.import_module("openmind_core.data.convert")
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-breakdown-"))
@@ -197,15 +197,14 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
         lake = pa.concat_tables([pq.read_table(s) for s in curated.shards])
         blocks = list(cm._blocks(data, cm.BLOCK_BYTES))
         batches = [lake.slice(i, cm.CHUNK_ROWS) for i in range(0, rows, cm.CHUNK_ROWS)]
-        digests = [cm._digests("caption", b, b["image_sha256"]) for b in batches]
+        digests = [content.digests_of("caption", b, b["image_sha256"]) for b in batches]
         lines = [b["source_line"].to_numpy() for b in batches]
         raw_table = pa_json.read_json(pa.BufferReader(data))
-        one_file = type("F", (), {"order": 0, "shown": "c"})()
 
         def dedup() -> None:
-            tally = cm.Tally()
+            seen = content.SeenContent()
             for d, ln in zip(digests, lines):
-                tally.keep_new(one_file, d, ln)
+                seen.keep_new(0, d, ln)
 
         def write_ours() -> None:
             w = cm.shard_writer(tmp / f"w{time.perf_counter_ns()}", cfg)
@@ -218,9 +217,10 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
             ("raw: write_table (2 columns)", lambda: pq.write_table(raw_table, tmp / "raw.parquet", compression="zstd")),
             ("ours: parse + text checks (parse_block)", lambda: [validate.parse_block(b, f, "caption", 4000)
                                                                 for f, b in blocks]),
-            ("ours: content hashes (xxh3-128)", lambda: [cm._digests("caption", b, b["image_sha256"]) for b in batches]),
+            ("ours: content hashes (xxh3-128)", lambda: [content.digests_of("caption", b, b["image_sha256"])
+                                                        for b in batches]),
             ("ours: duplicate check", dedup),
-            ("ours: ids + splits", lambda: [(cm._hex_ids(d), cm._splits(d, 0.1)) for d in digests]),
+            ("ours: ids + splits", lambda: [(content.hex_ids(d), content.splits_of(d, 0.1)) for d in digests]),
             ("ours: write shards (14 columns)", write_ours),
             ("ours: whole convert (threads on)", lambda: shutil.rmtree(
                 Path(convert(raw, cfg, tmp / f"l{time.perf_counter_ns()}").root).parent.parent)),

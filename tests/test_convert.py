@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from openmind_core.data import REASONS, SCHEMA_VERSION, DataError, convert, download, read_rows
+from openmind_core.data import content
 from openmind_core.data.shards import ShardWriter
 from openmind_core.data.synthetic import generate
 from schemas.config import DataConfig
@@ -120,14 +121,14 @@ def test_duplicates_across_batches_and_a_shared_hash_prefix(tmp_path, monkeypatc
     assert [r["source_line"] for r in read_rows(curated)] == [1, 2, 3, 4, 5, 7, 9]
 
     # two different contents whose hashes share their first 8 bytes are both kept
-    real = convert_mod._digests
+    real = convert_mod.digests_of
 
     def prefix_clash(kind, cand, shas):
         d = real(kind, cand, shas).copy()
         d[:, :8] = 7
         return d
 
-    monkeypatch.setattr(convert_mod, "_digests", prefix_clash)
+    monkeypatch.setattr(convert_mod, "digests_of", prefix_clash)
     cap.write_text("".join(json.dumps({"image": "a.png", "text": t}) + "\n" for t in ["x", "y", "z", "x"]),
                    encoding="utf-8")
     curated = convert(download(cfg, lake), cfg, lake)
@@ -361,9 +362,9 @@ def test_vectorised_ids_and_splits_match_sample_id_and_split_of():
                      "answer": [None, "2", None, None]})
     shas = pa.array(["ab" * 32, "cd" * 32, "ef" * 32, "01" * 32])
     for kind in ("caption", "vqa"):
-        digests = convert_mod._digests(kind, rows, shas)
-        ids = convert_mod._hex_ids(digests).to_pylist()
-        assert ids == [convert_mod.sample_id(kind, r, s) for r, s in zip(rows.to_pylist(), shas.to_pylist())]
+        digests = content.digests_of(kind, rows, shas)
+        ids = content.hex_ids(digests).to_pylist()
+        assert ids == [content.sample_id(kind, r, s) for r, s in zip(rows.to_pylist(), shas.to_pylist())]
         assert all(len(i) == 32 for i in ids) and len(set(ids)) == 4
 
     rng = np.random.default_rng(0)
@@ -372,5 +373,5 @@ def test_vectorised_ids_and_splits_match_sample_id_and_split_of():
     digests = np.concatenate([digests, np.frombuffer(b"".join(edges), np.uint8).reshape(-1, 16)])
     sids = [bytes(d).hex() for d in digests]
     for fraction in (0.0, 0.1, 0.5, 0.999, 1 - 2**-40):
-        got = convert_mod._splits(digests, fraction).to_pylist()
-        assert got == [convert_mod.split_of(s, fraction) for s in sids], fraction
+        got = content.splits_of(digests, fraction).to_pylist()
+        assert got == [content.split_of(s, fraction) for s in sids], fraction

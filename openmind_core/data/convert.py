@@ -10,9 +10,9 @@ and ``_manifest.json`` last, with the bad rows (file, line, reason, detail, the 
   file: the same input gives the same version and byte-identical files (a rerun that finds a
   complete manifest reuses it); a changed input gives a new version beside the old one.
 - ``rows_in == rows_kept + rows_quarantined`` always; a fully bad input raises ``DataError``.
-- ``sample_id`` is the row's content hash (xxh3-128 of kind, texts and image sha256); a repeated
-  one is quarantined as ``duplicate``.  ``split`` comes from it, so a row keeps its split when
-  others are added.
+- ``sample_id`` is the row's content hash (xxh3-128 of kind, texts and image sha256; see
+  ``content.py``); a repeated one is quarantined as ``duplicate``.  ``split`` comes from it, so a
+  row keeps its split when others are added.
 - Images are embedded as bytes with their sha256, width, height and format; decoding them for
   validation runs in ``cfg.num_workers`` processes (default: all cores) when there are many.
 
@@ -28,23 +28,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from itertools import islice
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from schemas.artifacts import CuratedDataset, RawDataset
 from schemas.config import DataConfig
@@ -58,6 +56,7 @@ from openmind_core.data.lake import (
     stable_hash,
     staged_dir,
 )
+from openmind_core.data.content import SeenContent, digests_of, hex_ids, splits_of
 from openmind_core.data.shards import ShardWriter
 from openmind_core.data.sources import CAPTIONS, VQA, load_raw
 from openmind_core.data.validate import (
@@ -134,9 +133,7 @@ class Tally:
     files: list[_File] = field(default_factory=list)
     rows_in: int = 0
     bad: list[tuple[int, int, dict]] = field(default_factory=list)
-    seen: set[int] = field(default_factory=set)  # first 8 bytes of each content hash kept so far
-    history: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (file, hashes, lines)
-    where: dict[bytes, int] | None = None  # whole hash -> file order << 40 | line, built on the first repeat
+    seen: SeenContent = field(default_factory=SeenContent)  # content hashes of the rows kept so far
 
     def quarantine(self, f: _File, line: int, problem: Problem, text: str) -> None:
         self.bad.append((f.order, line, {"file": f.shown, "line": line, "reason": problem.reason,
@@ -145,81 +142,10 @@ class Tally:
     def sorted_bad(self) -> list[dict]:
         return [b for _, _, b in sorted(self.bad, key=lambda t: (t[0], t[1]))]
 
-    def keep_new(self, f: _File, digests: np.ndarray, lines: np.ndarray) -> np.ndarray | None:
-        """Record a batch's content hashes (rows of 16 bytes); None when all are new, else the mask
-        of first sightings.  ``first(digest)`` then names where a dropped row's content was first seen.
-
-        While no 8-byte prefix repeats, a set of prefixes proves every row new; from the first
-        repeat on (a duplicate, or rarely two contents sharing a prefix) whole hashes are compared.
-        """
-        if self.where is None:
-            before = len(self.seen)
-            self.seen.update(np.ascontiguousarray(digests[:, :8]).view("<u8").ravel().tolist())
-            if len(self.seen) - before == len(digests):
-                self.history.append((f.order, digests, lines))
-                return None
-            self.where = {}
-            for order, ds, ls in self.history:
-                self.where.update(zip(_each(ds), ((order << 40) | ls).tolist()))
-            self.history.clear()
-            self.seen.clear()
-        keep = np.ones(len(digests), dtype=bool)
-        for i, (d, at) in enumerate(zip(_each(digests), ((f.order << 40) | lines).tolist())):
-            if self.where.setdefault(d, at) != at:
-                keep[i] = False
-        return None if keep.all() else keep
-
     def first(self, digest: np.ndarray) -> str:
         """'file:line' where this content was first kept."""
-        assert self.where is not None
-        at = self.where[digest.tobytes()]
-        return f"{self.files[at >> 40].shown}:{at & ((1 << 40) - 1)}"
-
-
-def _each(digests: np.ndarray) -> list[bytes]:
-    blob = digests.tobytes()
-    return [blob[i:i + 16] for i in range(0, len(blob), 16)]
-
-
-def sample_id(kind: str, fields: dict[str, Any], image_sha256: str) -> str:
-    """Content hash of a row: xxh3-128 of its kind, texts and image sha256 (not its file or line).
-
-    32 hex digits.  ``_digests`` computes the same hash for a whole batch.
-    """
-    parts = [kind, fields.get("text") or "", fields.get("question") or "", fields.get("answer") or "", image_sha256]
-    return xxhash.xxh3_128_hexdigest("\x1f".join(parts).encode("utf-8"))
-
-
-def _digests(kind: str, cand: pa.Table, image_sha256: pa.Array) -> np.ndarray:
-    """The ``sample_id`` hash of every row of a batch, as rows of 16 bytes."""
-    joined = pc.binary_join_element_wise(pa.scalar(kind), cand["text"], cand["question"], cand["answer"],
-                                         image_sha256, "\x1f", null_handling="replace", null_replacement="")
-    blob = b"".join(map(xxhash.xxh3_128_digest, joined.cast(pa.binary()).to_pylist()))
-    return np.frombuffer(blob, dtype=np.uint8).reshape(-1, 16)
-
-
-# byte -> its two hex digits, as one little-endian uint16 (first digit in the low byte)
-_HEX2 = np.array([ord(f"{b:02x}"[0]) | ord(f"{b:02x}"[1]) << 8 for b in range(256)], dtype="<u2")
-
-
-def _hex_ids(digests: np.ndarray) -> pa.Array:
-    """Rows of 16 bytes -> their 32-digit lowercase hex strings, built as one Arrow buffer."""
-    n = len(digests)
-    data = np.ascontiguousarray(_HEX2[digests]).view(np.uint8)
-    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-def split_of(sid: str, val_fraction: float) -> str:
-    """'validation' for a fixed ``val_fraction`` of content hashes, else 'train' (stable under growth)."""
-    return "validation" if int(sid[:8], 16) / 0x1_0000_0000 < val_fraction else "train"
-
-
-def _splits(digests: np.ndarray, val_fraction: float) -> pa.Array:
-    """``split_of`` vectorised over digest rows: their first 4 bytes, big-endian, below f * 2**32."""
-    bound = math.ceil(val_fraction * 0x1_0000_0000)  # exact: scaling by a power of two
-    first = np.ascontiguousarray(digests[:, :4]).view(">u4").ravel().astype(np.int64)
-    return pc.if_else(pa.array(first < bound), "validation", "train")
+        order, line = self.seen.first(digest)
+        return f"{self.files[order].shown}:{line}"
 
 
 def version_of(raw_manifest: dict, cfg: DataConfig) -> str:
@@ -495,9 +421,9 @@ def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, 
     info = [r[1] if not isinstance(r, Problem) else ImageInfo("", 0, 0, "") for r in results]
     take = pa.array(idx)
     shas = pa.array([i.sha256 for i in info], pa.string()).take(take)
-    digests = _digests(f.kind, cand, shas)
+    digests = digests_of(f.kind, cand, shas)
     lines = cand["line"].to_numpy()
-    keep = tally.keep_new(f, digests, lines)
+    keep = tally.seen.keep_new(f.order, digests, lines)
     if keep is not None:
         for i in np.flatnonzero(~keep):
             tally.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {tally.first(digests[i])}"),
@@ -511,9 +437,9 @@ def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, 
     data_u = [r[0] if not isinstance(r, Problem) else b"" for r in results]
     consts = f.constants
     rows = pa.Table.from_arrays([
-        _hex_ids(digests),
+        hex_ids(digests),
         _constant(f.kind, n, consts),
-        _splits(digests, cfg.val_fraction),
+        splits_of(digests, cfg.val_fraction),
         cand["language"], cand["text"], cand["question"], cand["answer"],
         _image_column(data_u, idx),
         shas,
