@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,19 @@ def test_dataset_pickles_its_pixel_cache_by_path(curated, tokenizer):
     assert len(blob) < ds.pixels.nbytes  # the mapped array is not copied into the pickle
     back = pickle.loads(blob)
     assert torch.equal(back[3]["pixel_values"], ds[3]["pixel_values"])
+
+
+def test_cache_builds_left_by_dead_processes_are_removed(tmp_path):
+    import subprocess
+
+    from openmind_core.data.dataset import _staging
+
+    path = tmp_path / "pixels.npy"
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    left = tmp_path / f".pixels.npy.{proc.pid}.tmp"
+    left.write_bytes(b"partial")
+    alive = tmp_path / f".pixels.npy.{os.getppid()}.tmp"  # a live builder's file is kept
+    alive.write_bytes(b"in progress")
+    mine = _staging(path)
+    assert not left.exists() and alive.exists() and mine.name == f".pixels.npy.{os.getpid()}.tmp"

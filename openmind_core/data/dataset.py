@@ -79,6 +79,19 @@ def _filtered(table: pa.Table, split: str | None, kinds: Iterable[str] | None) -
     return table
 
 
+def _staging(path: Path) -> Path:
+    """A temporary name for building ``path`` in this process; removes what dead builders left."""
+    for old in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(old.name[len(path.name) + 2:-4])
+            os.kill(pid, 0)  # raises when no such process: its file is a leftover
+        except ProcessLookupError:
+            old.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None, rows: int) -> pa.ChunkedArray:
     """The image column backed by a memory-mapped Arrow file, so image bytes live in the page cache.
 
@@ -93,7 +106,7 @@ def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None, rows
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = _staging(path)
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
                 for shard in shard_paths(curated):
                     part = _filtered(pq.read_table(shard, columns=["image", "split", "kind"]), split, kinds)
@@ -132,7 +145,7 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = _staging(path)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3))
             for i in tqdm(range(rows), desc=f"caching {size} px images", unit="img", disable=rows < 5000):
                 out[i] = resized_pixels(images[i].as_py(), size)
