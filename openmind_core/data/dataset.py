@@ -273,11 +273,12 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
         raise ValueError(f"the tokenizer has no {image_token!r} token (model.tokenizer.image_token)")
     n_img = tokens_for_config(model_cfg)
     split = "train"
-    try:
-        ds = VLMDataset(curated, split, tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
+    args = (tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
+    try:  # a few samples: decode them, build no pixel cache
+        ds = VLMDataset(curated, split, *args, pixel_cache_bytes=0)
     except ValueError:
         split = None
-        ds = VLMDataset(curated, None, tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
+        ds = VLMDataset(curated, None, *args, pixel_cache_bytes=0)
     # a mix of kinds when there are several
     picks: list[int] = []
     by_kind: dict[str, list[int]] = {}
