@@ -223,3 +223,17 @@ def test_cache_builds_left_by_dead_processes_are_removed(tmp_path):
     alive.write_bytes(b"in progress")
     mine = _staging(path)
     assert not left.exists() and alive.exists() and mine.name == f".pixels.npy.{os.getpid()}.tmp"
+
+
+def test_pixel_cache_built_by_worker_processes_is_the_same(curated, tokenizer, monkeypatch):
+    from openmind_core.data import dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "PARALLEL_PIXELS", 0)  # always the worker processes
+    monkeypatch.setattr(dataset_mod, "PIXEL_CHUNK", 8)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    size = SIZE + 4  # a cache of its own
+    parallel = VLMDataset(curated, "train", tokenizer, size, N_IMG, image_id, 32)
+    decoded = VLMDataset(curated, "train", tokenizer, size, N_IMG, image_id, 32, pixel_cache_bytes=0)
+    assert parallel.pixels is not None and len(parallel) > 2 * dataset_mod.PIXEL_CHUNK
+    for i in range(len(parallel)):
+        assert torch.equal(parallel[i]["pixel_values"], decoded[i]["pixel_values"])

@@ -4,8 +4,8 @@
 uncompressed Arrow copy under ``<lake>/cache/`` (no Python object per image, nothing on the heap,
 pages shared with forked loader workers), and tokenises every prompt and target up front in two
 batched tokenizer calls (``openmind_core.prompting.encode_many``).  When the decoded, resized
-images fit ``pixel_cache_bytes`` (default 2 GiB), they are written once to a memory-mapped uint8
-array beside it, and ``__getitem__`` only normalises; otherwise ``__getitem__`` decodes, resizes
+images fit ``pixel_cache_bytes`` (default 2 GiB), they are written once (by worker processes when
+there are many) to a memory-mapped uint8 array beside it, and ``__getitem__`` only normalises; otherwise ``__getitem__`` decodes, resizes
 and SigLIP-normalises the image, so that work runs in the loader workers.  Both give the same
 tensors.
 ``Collator`` pads to the longest sample on the right (labels with -100).
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing as mp
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "a
 SPLITS = ("train", "validation")
 PIXEL_CACHE_BYTES = 2 << 30  # decoded images up to this size are cached; above it, decoded per sample
 PIXELS_VERSION = 1  # bump when resized_pixels changes: old caches are then ignored
+PIXEL_CHUNK = 256  # images a cache-building worker decodes per task
+PARALLEL_PIXELS = 20_000_000  # output pixels from which building the cache uses worker processes
 
 
 def shard_paths(curated: CuratedDataset | str | Path) -> list[Path]:
@@ -146,11 +150,8 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = _staging(path)
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3))
-            for i in tqdm(range(rows), desc=f"caching {size} px images", unit="img", disable=rows < 5000):
-                out[i] = resized_pixels(images[i].as_py(), size)
-            out.flush()
-            del out
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3)).flush()
+            _fill_pixels(images, tmp, size)
             os.replace(tmp, path)
         pixels = np.load(path, mmap_mode="r")
         if pixels.shape == (rows, size, size, 3) and pixels.dtype == np.uint8:
@@ -161,6 +162,41 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
     except (OSError, ValueError) as e:
         log.warning("pixel cache %s not usable (%s); decoding images per sample", path, e)
     return None
+
+
+def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int) -> None:
+    """Decode and resize every image into the .npy at ``path``: in worker processes when the work
+    is large and processes can be forked (they inherit the mapped images and write their own rows
+    of the file), else here."""
+    rows = len(images)
+    chunks = [(start, min(start + PIXEL_CHUNK, rows)) for start in range(0, rows, PIXEL_CHUNK)]
+    workers = min(os.cpu_count() or 1, 8, len(chunks))
+    bar = tqdm(total=rows, desc=f"caching {size} px images", unit="img", disable=rows < 2000)
+    global _FILLING
+    _FILLING = (images, str(path), size)
+    try:
+        if workers > 1 and rows * size * size >= PARALLEL_PIXELS and "fork" in mp.get_all_start_methods():
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                for n in pool.map(_fill_range, chunks):
+                    bar.update(n)
+        else:
+            for chunk in chunks:
+                bar.update(_fill_range(chunk))
+    finally:
+        _FILLING = None
+        bar.close()
+
+
+_FILLING: tuple[pa.ChunkedArray, str, int] | None = None  # what _fill_range works on (inherited by forked workers)
+
+
+def _fill_range(bounds: tuple[int, int]) -> int:
+    images, path, size = _FILLING
+    out = np.load(path, mmap_mode="r+")
+    for i in range(*bounds):
+        out[i] = resized_pixels(images[i].as_py(), size)
+    out.flush()
+    return bounds[1] - bounds[0]
 
 
 class VLMDataset(Dataset):
