@@ -197,6 +197,7 @@ def test_pixel_cache_gives_the_same_tensors_as_decoding(curated, tokenizer, monk
     fallback = make(curated, tokenizer)
     assert fallback.pixels is None and torch.equal(fallback[0]["pixel_values"], decoded[0]["pixel_values"])
     assert any("pixel cache" in r.getMessage() for r in caplog.records)
+    assert not list(path.parent.glob(".pixels-*.tmp"))  # nothing half-built is left
 
 
 def test_dataset_pickles_its_pixel_cache_by_path(curated, tokenizer):
@@ -237,3 +238,17 @@ def test_pixel_cache_built_by_worker_processes_is_the_same(curated, tokenizer, m
     assert parallel.pixels is not None and len(parallel) > 2 * dataset_mod.PIXEL_CHUNK
     for i in range(len(parallel)):
         assert torch.equal(parallel[i]["pixel_values"], decoded[i]["pixel_values"])
+
+
+def test_a_failed_pixel_cache_build_leaves_nothing_and_falls_back(curated, tokenizer, monkeypatch):
+    from openmind_core.data import dataset as dataset_mod
+
+    def broken(bounds):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dataset_mod, "_fill_range", broken)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    ds = VLMDataset(curated, "validation", tokenizer, SIZE + 8, N_IMG, image_id, 32)
+    assert ds.pixels is None and ds[0]["pixel_values"].shape == (3, SIZE + 8, SIZE + 8)
+    cache = Path(curated.root).parent.parent / "cache" / Path(curated.root).name
+    assert not list(cache.glob(f"*{SIZE + 8}px*")) and not list(cache.glob(".*.tmp"))

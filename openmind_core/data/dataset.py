@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -150,16 +151,19 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = _staging(path)
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3)).flush()
-            _fill_pixels(images, tmp, size)
-            os.replace(tmp, path)
+            try:
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3)).flush()
+                _fill_pixels(images, tmp, size)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         pixels = np.load(path, mmap_mode="r")
         if pixels.shape == (rows, size, size, 3) and pixels.dtype == np.uint8:
             return pixels
         log.warning("pixel cache %s has shape %s, not %s; rebuilding it next time", path, pixels.shape,
                     (rows, size, size, 3))
         path.unlink(missing_ok=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, BrokenProcessPool) as e:
         log.warning("pixel cache %s not usable (%s); decoding images per sample", path, e)
     return None
 
