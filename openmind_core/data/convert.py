@@ -81,7 +81,6 @@ LAYOUT_SETTINGS = {"val_fraction", "shard_rows", "shard_bytes", "row_group_rows"
 QUARANTINE_FILE = "quarantine.jsonl"
 PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up costs more than it saves
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
-ROW_OVERHEAD_BYTES = 128  # a row's bytes besides its image and texts (ids, hashes, sizes), for sizing shards
 DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
                       "image_format", "source_file")  # often repeated; ids, texts and lines are not
 BLOCK_BYTES = 1 << 20  # JSONL bytes parsed by one pyarrow.json call
@@ -396,11 +395,9 @@ def _constant(value: str, n: int, cache: dict[str, pa.Array]) -> pa.Array:
 
 
 def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, tally: Tally,
-          cache: _ImageCache, pool: _Pool) -> tuple[pa.Table, np.ndarray] | None:
-    """Inspect the images of a batch of candidates, hash and de-duplicate: the lake's rows.
-
-    Returns the rows and each row's content bytes (for sizing shards), or None when none is kept.
-    """
+          cache: _ImageCache, pool: _Pool) -> pa.Table | None:
+    """Inspect the images of a batch of candidates, hash and de-duplicate: the lake's rows (None
+    when none is kept)."""
     keys = cand["key"]
     ukeys = pc.unique(keys)
     ulist = ukeys.to_pylist()
@@ -436,7 +433,7 @@ def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, 
     n = len(idx)
     data_u = [r[0] if not isinstance(r, Problem) else b"" for r in results]
     consts = f.constants
-    rows = pa.Table.from_arrays([
+    return pa.Table.from_arrays([
         hex_ids(digests),
         _constant(f.kind, n, consts),
         splits_of(digests, cfg.val_fraction),
@@ -449,15 +446,6 @@ def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, 
         _constant(f.shown, n, consts),
         cand["line"],
     ], schema=SCHEMA)
-    sizes = np.array([len(d) for d in data_u], dtype=np.int64)[idx] + _text_bytes(cand)
-    return rows, sizes
-
-
-def _text_bytes(cand: pa.Table) -> np.ndarray:
-    total = np.full(cand.num_rows, ROW_OVERHEAD_BYTES, dtype=np.int64)
-    for name in ("text", "question", "answer"):
-        total += pc.fill_null(pc.binary_length(cand[name]), 0).to_numpy()
-    return total
 
 
 def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> pa.ChunkedArray:
@@ -477,7 +465,7 @@ def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> p
 
 
 def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally,
-               pool: _Pool) -> Iterator[tuple[pa.Table, np.ndarray]]:
+               pool: _Pool) -> Iterator[pa.Table]:
     cache = _ImageCache()
     for f in _files(raw_root, manifest, tally):
         for cand, refs in _candidates(f, cfg, tally, raw_root):
@@ -546,10 +534,10 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
         with staged_dir(final) as tmp:
             writer = shard_writer(tmp, cfg)  # encodes in a background thread while rows are validated
             try:
-                for rows, sizes in _lake_rows(raw_root, manifest, cfg, tally, pool):
+                for rows in _lake_rows(raw_root, manifest, cfg, tally, pool):
                     splits.update({d["values"]: d["counts"] for d in pc.value_counts(rows["split"]).to_pylist()})
                     kinds[rows["kind"][0].as_py()] += rows.num_rows
-                    writer.write(rows, sizes)
+                    writer.write(rows)
                 shards = writer.close()
             finally:
                 writer.abort()
