@@ -110,7 +110,6 @@ def wait_fraction(lake: Path, quick: bool = False, workers: int | None = None) -
             waits.append(t1 - t0)
             totals.append(t2 - t0)
     del it, loader
-    if "--waits" in sys.argv: print("waits ms", [round(w * 1000, 1) for w in waits])
     wait, total = sum(waits) / steps, sum(totals) / steps
     where = f"{workers} workers" if workers else "main process"
     return {"name": f"loader wait fraction, {where} (tiny train step)", "ours_s": wait, "baseline_s": total,

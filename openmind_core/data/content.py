@@ -9,6 +9,7 @@ takes the id's first 32 bits, so a row keeps its split when others are added.  `
 
 from __future__ import annotations
 
+import binascii
 import math
 from typing import Any
 
@@ -35,14 +36,10 @@ def digests_of(kind: str, cand: pa.Table, image_sha256: pa.Array) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.uint8).reshape(-1, 16)
 
 
-# byte -> its two hex digits, as one little-endian uint16 (first digit in the low byte)
-_HEX2 = np.array([ord(f"{b:02x}"[0]) | ord(f"{b:02x}"[1]) << 8 for b in range(256)], dtype="<u2")
-
-
 def hex_ids(digests: np.ndarray) -> pa.Array:
     """Rows of 16 bytes -> their 32-digit lowercase hex strings, built as one Arrow buffer."""
     n = len(digests)
-    data = np.ascontiguousarray(_HEX2[digests]).view(np.uint8)
+    data = binascii.hexlify(digests.tobytes())  # 32 digits per row, back to back
     offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 

@@ -105,7 +105,6 @@ def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None, rows
     written once per (version, split, kinds), one shard at a time (memory: one shard's images);
     where it cannot be written (a read-only lake) the column is read into memory instead.
     """
-    kinds = sorted(kinds) if kinds is not None else None
     path = _cache_path(curated, split, kinds, "images-{key}.arrow")
     schema = pa.schema([("image", pa.binary())])
     try:
@@ -145,7 +144,6 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
     rows = len(images)
     if rows * size * size * 3 > limit:
         return None
-    kinds = sorted(kinds) if kinds is not None else None
     path = _cache_path(curated, split, kinds, f"pixels-{{key}}-{size}px-v{PIXELS_VERSION}.npy")
     try:
         if not path.exists():
@@ -218,6 +216,7 @@ class VLMDataset(Dataset):
         kinds: Iterable[str] | None = None,
         pixel_cache_bytes: int = PIXEL_CACHE_BYTES,
     ) -> None:
+        kinds = sorted(kinds) if kinds is not None else None  # read more than once below
         table = read_table(curated, split, kinds)
         if table.num_rows == 0:
             raise ValueError(f"no rows in split {split!r} of {getattr(curated, 'root', curated)}")

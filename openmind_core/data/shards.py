@@ -38,19 +38,10 @@ def content_bytes(table: pa.Table) -> np.ndarray:
     for col in table.columns:
         if pa.types.is_binary(col.type) or pa.types.is_string(col.type) \
                 or pa.types.is_large_binary(col.type) or pa.types.is_large_string(col.type):
-            for chunk, start in _chunks(col):
-                lengths = pc.fill_null(pc.binary_length(chunk), 0)
-                sizes[start:start + len(chunk)] += lengths.to_numpy(zero_copy_only=False)
+            sizes += pc.fill_null(pc.binary_length(col), 0).to_numpy()
         else:
             sizes += 8
     return sizes
-
-
-def _chunks(col: pa.ChunkedArray):
-    start = 0
-    for chunk in col.chunks:
-        yield chunk, start
-        start += len(chunk)
 
 
 class ShardWriter:

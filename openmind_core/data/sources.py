@@ -93,7 +93,7 @@ def _scan_image_refs(jsonl: Path) -> list[str]:
     try:
         table = pa_json.read_json(jsonl, parse_options=_IMAGE_ONLY)
         values = pc.unique(table["image"].drop_null()).to_pylist()
-    except (pa.ArrowInvalid, UnicodeDecodeError):
+    except pa.ArrowInvalid:
         values = None  # an image given as an object, a malformed line, a BOM, ...: line by line
     if values is not None:
         return [v for v in values if v and not looks_inline(v)]

@@ -98,11 +98,6 @@ class ImageInfo:
 # --------------------------------------------------------------------------- lines
 
 
-def split_lines(data: bytes) -> list[tuple[int, bytes]]:
-    """(1-based line number, raw bytes without the ``\\n``) for every non-blank line."""
-    return [(i, line) for i, line in enumerate(data.split(b"\n"), 1) if line.strip()]
-
-
 def check_encoding(raw: bytes) -> str:
     """The decoded line, or ``Problem`` for a BOM, a CRLF ending or invalid UTF-8."""
     if raw.startswith(BOM):
