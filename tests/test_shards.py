@@ -84,3 +84,16 @@ def test_a_failed_write_is_raised(tmp_path, monkeypatch):
             w.write(rows(2, start=2 * i))
         w.close()
     w.abort()
+
+
+def test_statistics_and_encodings_only_where_asked(tmp_path):
+    w = ShardWriter(tmp_path, SCHEMA, shard_rows=100, shard_bytes=1 << 30, row_group_rows=100, row_group_bytes=1 << 30,
+                    statistics=["id"], encodings={"id": "DELTA_BINARY_PACKED"})
+    w.write(rows(20))
+    (shard,) = w.close()
+    group = pq.ParquetFile(tmp_path / shard["path"]).metadata.row_group(0)
+    ids, blobs = group.column(0), group.column(1)
+    assert ids.is_stats_set and (ids.statistics.min, ids.statistics.max) == (0, 19)
+    assert not blobs.is_stats_set  # min/max of free bytes prune nothing
+    assert "DELTA_BINARY_PACKED" in ids.encodings
+    assert pq.read_table(tmp_path / shard["path"]).equals(rows(20))

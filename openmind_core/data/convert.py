@@ -74,7 +74,7 @@ from openmind_core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 2  # 2: xxh3-128 sample ids, shards and row groups sized by bytes
+CONVERTER_VERSION = 3  # 2: xxh3-128 sample ids, shards and row groups sized by bytes; 3: statistics, line encoding
 # the settings that change a curated version's content
 LAYOUT_SETTINGS = {"val_fraction", "shard_rows", "shard_bytes", "row_group_rows", "row_group_bytes",
                    "max_text_chars", "max_image_bytes", "max_image_pixels"}
@@ -83,6 +83,9 @@ PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up c
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
 DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
                       "image_format", "source_file")  # often repeated; ids, texts and lines are not
+STATISTICS_COLUMNS = ("kind", "split", "language", "image_width", "image_height", "image_format", "source_file",
+                      "source_line")  # min/max worth keeping: not on hashes, free text or image bytes
+ENCODINGS = {"source_line": "DELTA_BINARY_PACKED"}  # ascending line numbers: a few bytes per page
 BLOCK_BYTES = 1 << 20  # JSONL bytes parsed by one pyarrow.json call
 PARSE_AHEAD = 2  # blocks parsed ahead of the one being checked
 SUB_BLOCK_LINES = 1024  # a block that fails to parse is retried in pieces of this many lines
@@ -482,7 +485,7 @@ def shard_writer(directory: Path, cfg: DataConfig) -> ShardWriter:
     """Shards of ``SCHEMA`` sized by the config, zstd, dictionary-encoded where values repeat."""
     return ShardWriter(directory, SCHEMA, shard_rows=cfg.shard_rows, shard_bytes=cfg.shard_bytes,
                        row_group_rows=cfg.row_group_rows, row_group_bytes=cfg.row_group_bytes,
-                       dictionary=DICTIONARY_COLUMNS)
+                       dictionary=DICTIONARY_COLUMNS, statistics=STATISTICS_COLUMNS, encodings=ENCODINGS)
 
 
 def _artifact(final: Path, m: dict, lake: Path, reused: bool) -> CuratedDataset:

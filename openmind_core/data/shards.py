@@ -14,6 +14,9 @@
 
 Dictionary encoding is used only for the columns named in ``dictionary``: on a column whose values
 are all distinct (ids, free text) it costs a hash per value and is then dropped by the encoder.
+Likewise min/max statistics are written only for the columns named in ``statistics`` (default:
+all): on hashes, free text and image bytes they cost a comparison per value and prune nothing.
+``encodings`` sets a column's encoding, e.g. ``DELTA_BINARY_PACKED`` for line numbers.
 """
 
 from __future__ import annotations
@@ -47,13 +50,18 @@ def content_bytes(table: pa.Table) -> np.ndarray:
 class ShardWriter:
     def __init__(self, directory: Path, schema: pa.Schema, *, shard_rows: int, shard_bytes: int,
                  row_group_rows: int, row_group_bytes: int, dictionary: Sequence[str] = (),
+                 statistics: Sequence[str] | None = None, encodings: dict[str, str] | None = None,
                  compression: str = "zstd") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.shard_rows, self.shard_bytes = shard_rows, shard_bytes
         self.group_rows, self.group_bytes = row_group_rows, row_group_bytes
-        self.options = {"compression": compression, "use_dictionary": list(dictionary) or False}
+        self.options: dict = {"compression": compression, "use_dictionary": list(dictionary) or False}
+        if statistics is not None:
+            self.options["write_statistics"] = list(statistics) or False
+        if encodings:
+            self.options["column_encoding"] = dict(encodings)
         self.shards: list[dict] = []
         self._buf: list[pa.Table] = []
         self._sizes: list[np.ndarray] = []
