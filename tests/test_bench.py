@@ -250,6 +250,14 @@ def test_cpu_benchmark_quick_produces_rows(name):
             assert w["ratio"] == pytest.approx(w["ours_s"] / w["baseline_s"])
 
 
+def test_convert_critical_path_runs_with_parsing_and_encoding_taken_away():
+    """The diagnostic of ``bench_convert.py --breakdown`` still swaps the converter's real parts."""
+    rows = dict(_load("convert").critical_path(rows=3000, repeat=1))
+    assert list(rows) == ["raw: read_json + write_table", "ours: whole convert", "ours: blocks already parsed",
+                          "ours: blocks already parsed, nothing encoded"]
+    assert all(ms > 0 for ms in rows.values())
+
+
 def test_flow_benchmark_builds_rows_from_task_runs(monkeypatch):
     """bench_flow without running the flow: a fake flow state and fake task runs from the API."""
     import prefect.client.orchestration as orchestration
