@@ -375,3 +375,23 @@ def test_vectorised_ids_and_splits_match_sample_id_and_split_of():
     for fraction in (0.0, 0.1, 0.5, 0.999, 1 - 2**-40):
         got = content.splits_of(digests, fraction).to_pylist()
         assert got == [content.split_of(s, fraction) for s in sids], fraction
+
+
+def test_long_work_shows_progress_bars(tmp_path, monkeypatch, capsys):
+    """Download and conversion report files and rows done (shown at once here; normally after 2 s)."""
+    import openmind_core.progress
+
+    monkeypatch.setattr(openmind_core.progress, "DELAY", 0)
+    (tmp_path / "a.png").write_bytes(png())
+    rows = [json.dumps({"image": "a.png", "text": f"caption {i}"}) for i in range(30)] + ["not json"]
+    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = jsonl_cfg(tmp_path / "c.jsonl")
+    curated = convert(download(cfg, tmp_path / "lake"), cfg, tmp_path / "lake")
+    assert (curated.rows_in, curated.rows_kept) == (31, 30)
+    err = capsys.readouterr().err
+    for bar in ("download: hashing inputs: 100%", "1/1", "download: checksums: 100%", "2/2",
+                "converting: 100%", "31/31"):
+        assert bar in err, bar
+    monkeypatch.setattr(openmind_core.progress, "DELAY", 2.0)
+    convert(download(jsonl_cfg(tmp_path / "c.jsonl"), tmp_path / "lake2"), cfg, tmp_path / "lake2")
+    assert "converting" not in capsys.readouterr().err  # quick work prints no bar

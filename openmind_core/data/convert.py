@@ -71,6 +71,7 @@ from openmind_core.data.validate import (
     resolve_image,
 )
 from openmind_core.io import atomic_write_text
+from openmind_core.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -470,12 +471,22 @@ def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> p
 def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally,
                pool: _Pool) -> Iterator[pa.Table]:
     cache = _ImageCache()
-    for f in _files(raw_root, manifest, tally):
-        for cand, refs in _candidates(f, cfg, tally, raw_root):
-            for start in range(0, cand.num_rows, CHUNK_ROWS):
-                rows = _rows(f, cand.slice(start, CHUNK_ROWS), refs, cfg, tally, cache, pool)
-                if rows is not None:
-                    yield rows
+    total = int(manifest.get("caption_rows") or 0) + int(manifest.get("vqa_rows") or 0)
+    with progress(total, "converting", unit="row") as bar:
+        done = 0  # rows on the bar
+        for f in _files(raw_root, manifest, tally):
+            for cand, refs in _candidates(f, cfg, tally, raw_root):
+                before = tally.rows_in - cand.num_rows  # rows of earlier batches, and the text checks' rejects
+                bar.update(before - done)
+                done = before
+                for start in range(0, cand.num_rows, CHUNK_ROWS):
+                    rows = _rows(f, cand.slice(start, CHUNK_ROWS), refs, cfg, tally, cache, pool)
+                    n = min(CHUNK_ROWS, cand.num_rows - start)
+                    bar.update(n)
+                    done += n
+                    if rows is not None:
+                        yield rows
+        bar.update(tally.rows_in - done)
 
 
 # --------------------------------------------------------------------------- writing

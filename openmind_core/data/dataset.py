@@ -29,12 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from schemas.artifacts import CuratedDataset
 
 from openmind_core.data.lake import CURATED_MANIFEST, read_json
 from openmind_core.imaging import normalise, preprocess_image, resized_pixels
+from openmind_core.progress import progress
 from openmind_core.prompting import IGNORE_INDEX, encode_many, instruction_for
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int) -> None:
     rows = len(images)
     chunks = [(start, min(start + PIXEL_CHUNK, rows)) for start in range(0, rows, PIXEL_CHUNK)]
     workers = min(os.cpu_count() or 1, 8, len(chunks))
-    bar = tqdm(total=rows, desc=f"caching {size} px images", unit="img", disable=rows < 2000)
+    bar = progress(rows, f"caching {size} px images", unit="img")
     global _FILLING
     _FILLING = (images, str(path), size)
     try:

@@ -50,6 +50,7 @@ from openmind_core.data.lake import (
 )
 from openmind_core.data.validate import looks_inline
 from openmind_core.io import atomic_write_json, sha256_file
+from openmind_core.progress import progress, tracked
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,8 @@ def _finish(root: Path, source: str, fingerprint: str, extra: dict[str, Any]) ->
     """Hash every file under ``root``, write the manifest last, return it."""
     files = []
     images = 0
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name == RAW_MANIFEST:
-            continue
+    paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != RAW_MANIFEST]
+    for p in tracked(paths, "download: checksums", unit="file"):
         rel = p.relative_to(root).as_posix()
         kind = "caption" if rel == CAPTIONS else "vqa" if rel == VQA else "image" if rel.startswith(IMAGE_DIR + "/") else "other"
         images += kind == "image"
@@ -273,7 +273,7 @@ def _jsonl(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     for name in sorted(paths):
         h.update(name.encode())
         _hash_file_into(h, paths[name])
-    for dest in sorted(copies):
+    for dest in tracked(sorted(copies), "download: hashing inputs", unit="file"):
         h.update(dest.encode())
         _hash_file_into(h, copies[dest])
     fingerprint = h.hexdigest()[:16]
@@ -281,7 +281,7 @@ def _jsonl(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     def build(tmp: Path) -> dict:
         for name, p in paths.items():
             shutil.copyfile(p, tmp / name)  # byte for byte
-        for dest, src in copies.items():
+        for dest, src in tracked(list(copies.items()), "download: copying images", unit="file"):
             (tmp / dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / dest)
         return {"image_roots": roots, "absolute_images": abs_map, "image_problems": problems,
@@ -325,7 +325,7 @@ def _coco(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     h = hashlib.sha256()
     h.update(stable_hash({"source": "coco", "limit": c.limit}).encode())
     _hash_file_into(h, ann_path)
-    for dest in sorted(copies):
+    for dest in tracked(sorted(copies), "download: hashing inputs", unit="file"):
         h.update(dest.encode())
         _hash_file_into(h, copies[dest])
     fingerprint = h.hexdigest()[:16]
@@ -334,7 +334,7 @@ def _coco(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
         with open(tmp / CAPTIONS, "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        for dest, src in copies.items():
+        for dest, src in tracked(list(copies.items()), "download: copying images", unit="file"):
             (tmp / dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / dest)
         return {"image_roots": {CAPTIONS: f"{IMAGE_DIR}/0"},
@@ -464,7 +464,7 @@ def _hf(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     ds = None
     if p.exists():
         h = hashlib.sha256(stable_hash(params).encode())
-        for f in _local_files(p):
+        for f in tracked(_local_files(p), "download: hashing inputs", unit="file"):
             h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else f.name.encode())
             _hash_file_into(h, f)
         fingerprint = h.hexdigest()[:16]
@@ -486,8 +486,10 @@ def _hf(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     def build(tmp: Path) -> dict:
         img_dir = tmp / IMAGE_DIR / "0"
         img_dir.mkdir(parents=True)
-        with open(tmp / out_name, "w", encoding="utf-8") as f:
+        with open(tmp / out_name, "w", encoding="utf-8") as f, \
+                progress(len(ds), "download: writing rows", unit="row") as bar:
             for i, row in enumerate(_rows(ds, mapping)):
+                bar.update()
                 data, suffix = _image_bytes(row.get("image"), base)
                 out = {k: v for k, v in row.items() if k != "image"}
                 out["image"] = None
