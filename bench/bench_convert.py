@@ -197,7 +197,7 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
         raw = download(cfg, tmp / "lake")
         curated = convert(raw, cfg, tmp / "lake")
         lake = pa.concat_tables([pq.read_table(s) for s in curated.shards])
-        blocks = list(cm._blocks(data, cm.BLOCK_BYTES))
+        blocks = list(cm._blocks(jsonl, cm.BLOCK_BYTES))
         batches = [lake.slice(i, cm.CHUNK_ROWS) for i in range(0, rows, cm.CHUNK_ROWS)]
         digests = [content.digests_of("caption", b, b["image_sha256"]) for b in batches]
         lines = [b["source_line"].to_numpy() for b in batches]

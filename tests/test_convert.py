@@ -100,6 +100,8 @@ def test_every_reason_is_quarantined_with_file_and_line(tmp_path):
     assert set(expected.values()) == set(REASONS)
     bad = [json.loads(line) for line in Path(curated.quarantine_path).read_text(encoding="utf-8").splitlines()]
     assert {b["line"]: b["reason"] for b in bad} == expected
+    assert [b["line"] for b in bad] == sorted(expected)  # in file order
+    assert sorted(p.name for p in Path(curated.root).iterdir()) == ["_manifest.json", "part-00000.parquet"]
     assert all(b["file"] == str(cap.resolve()) and b["detail"] for b in bad)
     assert "caps.jsonl:1" in next(b["detail"] for b in bad if b["reason"] == "duplicate")
     assert curated.quarantine_by_reason["path_escape"] == 2 and curated.quarantine_by_reason["image_too_large"] == 2
@@ -316,6 +318,9 @@ def test_fast_path_agrees_with_line_by_line_path(tmp_path, monkeypatch):
     got = {b["line"]: b["reason"] for b in map(json.loads, quarantine.splitlines())}
     assert got == {6: "empty_text", 7: "text_too_long", 8: "missing_field", 9: "missing_field", 10: "path_escape",
                    11: "image_missing", 12: "image_truncated", 13: "duplicate"}
+    monkeypatch.setattr(convert_mod, "BLOCK_BYTES", 150)  # a few lines a block: the same lake and quarantine
+    assert _convert_both(monkeypatch, tmp_path / "small-blocks", cap) == [fast, slow]
+    monkeypatch.setattr(convert_mod, "BLOCK_BYTES", 1 << 20)
     monkeypatch.setattr(convert_mod, "FAST_PATH", True)
     cfg = jsonl_cfg(cap, max_text_chars=100)
     rows = {r["source_line"]: r for r in read_rows(convert(download(cfg, tmp_path / "lake-True"), cfg, tmp_path / "lake-True"))}
@@ -395,3 +400,16 @@ def test_long_work_shows_progress_bars(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(openmind_core.progress, "DELAY", 2.0)
     convert(download(jsonl_cfg(tmp_path / "c.jsonl"), tmp_path / "lake2"), cfg, tmp_path / "lake2")
     assert "converting" not in capsys.readouterr().err  # quick work prints no bar
+
+
+def test_jsonl_is_read_in_blocks_that_end_at_line_breaks(tmp_path):
+    lines = [b"a" * n for n in (3, 0, 40, 1, 17, 5, 0, 2)]
+    for tail in (b"\n", b""):  # with and without a final line break
+        path = tmp_path / "f.jsonl"
+        path.write_bytes(b"\n".join(lines) + tail)
+        blocks = list(convert_mod._blocks(path, 8))  # the 40-byte line spans several reads
+        assert b"".join(b for _, b in blocks) == path.read_bytes()
+        assert all(b.endswith(b"\n") for _, b in blocks[:-1])
+        assert all(len(b) <= 2 * 8 or max(map(len, b.split(b"\n"))) > 8 for _, b in blocks)  # bounded but by a long line
+        starts = [first for first, _ in blocks]
+        assert starts == [1 + sum(b.count(b"\n") for _, b in blocks[:i]) for i in range(len(blocks))]

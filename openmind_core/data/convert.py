@@ -22,6 +22,10 @@ blocks it cannot parse, retried in pieces) go line by line, so a bad row costs i
 its file.  Rows are then handled in columnar batches: each distinct image is read, hashed and
 decoded once, content hashes and splits are computed per batch, and a background thread encodes
 the Parquet row groups meanwhile.
+
+Memory does not grow with the input's size but for the content hashes kept (about 115 bytes a
+row): the JSONL is read a block at a time, bad rows are spooled to disk a block at a time (in
+file and line order), and at most ``MAX_QUEUED`` row groups wait for the encoder.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +84,7 @@ CONVERTER_VERSION = 3  # 2: xxh3-128 sample ids, shards and row groups sized by 
 LAYOUT_SETTINGS = {"val_fraction", "shard_rows", "shard_bytes", "row_group_rows", "row_group_bytes",
                    "max_text_chars", "max_image_bytes", "max_image_pixels"}
 QUARANTINE_FILE = "quarantine.jsonl"
+SPOOL_FILE = ".quarantine.jsonl"  # the bad rows while converting, inside the staged curated directory
 PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up costs more than it saves
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
 DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
@@ -131,19 +136,33 @@ class _File:
 
 @dataclass
 class Tally:
-    """Rows in, rows quarantined (sorted by file and line at the end), and content hashes seen."""
+    """Rows in, rows quarantined (by reason, and spooled to a file in file and line order), and
+    content hashes seen."""
 
     files: list[_File] = field(default_factory=list)
     rows_in: int = 0
-    bad: list[tuple[int, int, dict]] = field(default_factory=list)
+    rows_bad: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    pending: list[tuple[int, int, dict]] = field(default_factory=list)  # the current block's bad rows
+    spool: IO[str] | None = None  # where ``flush`` writes them
     seen: SeenContent = field(default_factory=SeenContent)  # content hashes of the rows kept so far
 
     def quarantine(self, f: _File, line: int, problem: Problem, text: str) -> None:
-        self.bad.append((f.order, line, {"file": f.shown, "line": line, "reason": problem.reason,
-                                         "detail": problem.detail, "text": text[:2000]}))
+        self.pending.append((f.order, line, {"file": f.shown, "line": line, "reason": problem.reason,
+                                             "detail": problem.detail, "text": text[:2000]}))
+        self.reasons[problem.reason] += 1
+        self.rows_bad += 1
 
-    def sorted_bad(self) -> list[dict]:
-        return [b for _, _, b in sorted(self.bad, key=lambda t: (t[0], t[1]))]
+    def flush(self) -> None:
+        """Write the bad rows gathered so far to ``spool``, sorted: files are read in order and
+        blocks in line order, so every later bad row has a later (file, line).  Memory holds one
+        block's bad rows, not the whole input's."""
+        if self.pending:
+            self.pending.sort(key=lambda t: (t[0], t[1]))
+            assert self.spool is not None
+            self.spool.write("".join(json.dumps(b, ensure_ascii=False, sort_keys=True) + "\n"
+                                     for _, _, b in self.pending))
+            self.pending.clear()
 
     def first(self, digest: np.ndarray) -> str:
         """'file:line' where this content was first kept."""
@@ -267,16 +286,22 @@ def _fast_block(f: _File, block: bytes, first_line: int, cfg: DataConfig, tally:
     return both.take(pc.sort_indices(both["line"])), refs
 
 
-def _blocks(data: bytes, size: int) -> Iterator[tuple[int, bytes]]:
-    """(first line number, bytes) of pieces of about ``size`` bytes that end at a line break."""
-    start, line = 0, 1
-    while start < len(data):
-        end = data.find(b"\n", min(start + size, len(data)) - 1)
-        end = len(data) if end < 0 else end + 1
-        block = data[start:end]
-        yield line, block
-        line += block.count(b"\n")
-        start = end
+def _blocks(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, bytes) of pieces of ``size`` to ``2 * size`` bytes that end at a line
+    break (longer where a line is longer), read from the file as they are asked for."""
+    line, pending = 1, []  # pending: the start of a line not yet ended
+    with open(path, "rb") as fh:
+        while chunk := fh.read(size):
+            end = chunk.rfind(b"\n") + 1
+            if not end:
+                pending.append(chunk)
+                continue
+            block = b"".join([*pending, chunk[:end]]) if pending else chunk[:end]
+            pending = [chunk[end:]] if end < len(chunk) else []
+            yield line, block
+            line += block.count(b"\n")
+    if pending:
+        yield line, b"".join(pending)
 
 
 def _candidates(f: _File, cfg: DataConfig, tally: Tally, raw_root: Path) -> Iterator[Batch]:
@@ -285,7 +310,7 @@ def _candidates(f: _File, cfg: DataConfig, tally: Tally, raw_root: Path) -> Iter
     The next block is parsed in a background thread (``pyarrow.json`` releases the GIL) while
     this one's rows are checked, hashed and written.
     """
-    blocks = _blocks(f.path.read_bytes(), BLOCK_BYTES)
+    blocks = _blocks(f.path, BLOCK_BYTES)
     if not FAST_PATH:
         for first, block in blocks:
             yield from _block_batches(f, block, first, None, cfg, tally, raw_root)
@@ -486,6 +511,7 @@ def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally,
                     done += n
                     if rows is not None:
                         yield rows
+                tally.flush()
         bar.update(tally.rows_in - done)
 
 
@@ -546,20 +572,23 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
     pool = _Pool(cfg.num_workers or os.cpu_count() or 1)
     try:
         with staged_dir(final) as tmp:
+            spool = tmp / SPOOL_FILE  # the bad rows as they come; moved to the quarantine below
             writer = shard_writer(tmp, cfg)  # encodes in a background thread while rows are validated
             try:
-                for rows in _lake_rows(raw_root, manifest, cfg, tally, pool):
-                    splits.update({d["values"]: d["counts"] for d in pc.value_counts(rows["split"]).to_pylist()})
-                    kinds[rows["kind"][0].as_py()] += rows.num_rows
-                    writer.write(rows)
+                with open(spool, "w", encoding="utf-8") as tally.spool:
+                    for rows in _lake_rows(raw_root, manifest, cfg, tally, pool):
+                        splits.update({d["values"]: d["counts"] for d in pc.value_counts(rows["split"]).to_pylist()})
+                        kinds[rows["kind"][0].as_py()] += rows.num_rows
+                        writer.write(rows)
+                    tally.flush()
                 shards = writer.close()
             finally:
                 writer.abort()
             kept = sum(s["rows"] for s in shards)
-            bad = tally.sorted_bad()
-            by_reason = dict(sorted(Counter(b["reason"] for b in bad).items()))
-            assert tally.rows_in == kept + len(tally.bad), (tally.rows_in, kept, len(tally.bad))
-            qpath = _write_quarantine(lake, version, bad) if bad else None
+            by_reason = dict(sorted(tally.reasons.items()))
+            assert tally.rows_in == kept + tally.rows_bad, (tally.rows_in, kept, tally.rows_bad)
+            qpath = _write_quarantine(lake, version, spool) if tally.rows_bad else None
+            spool.unlink(missing_ok=True)
             if kept == 0:
                 raise DataError(
                     f"no usable rows in {raw_root}: all {tally.rows_in} rows were quarantined "
@@ -574,7 +603,7 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
                 "columns": SCHEMA.names,
                 "rows_in": tally.rows_in,
                 "rows_kept": kept,
-                "rows_quarantined": len(tally.bad),
+                "rows_quarantined": tally.rows_bad,
                 "quarantine_by_reason": by_reason,
                 "quarantine_path": qpath,
                 "splits": dict(sorted(splits.items())),
@@ -584,20 +613,20 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
             atomic_write_text(tmp / CURATED_MANIFEST, json.dumps(m, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     finally:
         pool.shutdown()
-    if tally.bad:
-        log.warning("quarantined %d of %d rows (%s); see %s", len(tally.bad), tally.rows_in,
+    if tally.rows_bad:
+        log.warning("quarantined %d of %d rows (%s); see %s", tally.rows_bad, tally.rows_in,
                     ", ".join(f"{k}: {v}" for k, v in m["quarantine_by_reason"].items()), lake / m["quarantine_path"])
     log.info("curated version %s: %d rows kept in %d shards (%s)", version, m["rows_kept"], len(shards), m["splits"])
     return _artifact(final, read_json(final / CURATED_MANIFEST) or m, lake, reused=False)
 
 
-def _write_quarantine(lake: Path, version: str, bad: list[dict]) -> str:
-    """Write the bad rows (atomic directory); returns the path relative to the lake."""
+def _write_quarantine(lake: Path, version: str, spool: Path) -> str:
+    """Move the spooled bad rows into ``<lake>/quarantine/<version>/`` (atomic directory); returns
+    the path relative to the lake."""
     final = lake / "quarantine" / version
     clean_stale_tmp(final.parent, final.name)
     if final.exists():
         shutil.rmtree(final)
     with staged_dir(final) as tmp:
-        text = "".join(json.dumps(b, ensure_ascii=False, sort_keys=True) + "\n" for b in bad)
-        atomic_write_text(tmp / QUARANTINE_FILE, text)
+        shutil.move(spool, tmp / QUARANTINE_FILE)  # a rename within the lake's file system
     return f"quarantine/{version}/{QUARANTINE_FILE}"

@@ -90,15 +90,14 @@ def _count_rows(path: Path) -> int:
 def _scan_image_refs(jsonl: Path) -> list[str]:
     """The distinct image path strings a JSONL references, in first-seen order (tolerant: bad
     lines are conversion's business).  A file ``pyarrow.json`` reads with string images is
-    scanned in one call; any other goes line by line."""
-    try:
-        table = pa_json.read_json(jsonl, parse_options=_IMAGE_ONLY)
-        values = pc.unique(table["image"].drop_null()).to_pylist()
-    except pa.ArrowInvalid:
-        values = None  # an image given as an object, a malformed line, a BOM, ...: line by line
-    if values is not None:
-        return [v for v in values if v and not looks_inline(v)]
+    scanned a block at a time; any other goes line by line."""
     refs: dict[str, None] = {}
+    try:
+        for batch in pa_json.open_json(jsonl, parse_options=_IMAGE_ONLY):  # a block at a time
+            refs.update(dict.fromkeys(pc.unique(batch.column("image").drop_null()).to_pylist()))
+        return [v for v in refs if v and not looks_inline(v)]
+    except pa.ArrowInvalid:
+        refs.clear()  # an image given as an object, a malformed line, a BOM, ...: line by line
     with open(jsonl, "rb") as f:
         for raw in f:
             try:
