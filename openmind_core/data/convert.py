@@ -23,7 +23,7 @@ its file.  Rows are then handled in columnar batches: each distinct image is rea
 decoded once, content hashes and splits are computed per batch, and a background thread encodes
 the Parquet row groups meanwhile.
 
-Memory does not grow with the input's size but for the content hashes kept (about 115 bytes a
+Memory does not grow with the input's size but for the content hashes kept (about 140 bytes a
 row): the JSONL is read a block at a time, bad rows are spooled to disk a block at a time (in
 file and line order), and at most ``MAX_QUEUED`` row groups wait for the encoder.
 """
