@@ -413,3 +413,30 @@ def test_jsonl_is_read_in_blocks_that_end_at_line_breaks(tmp_path):
         assert all(len(b) <= 2 * 8 or max(map(len, b.split(b"\n"))) > 8 for _, b in blocks)  # bounded but by a long line
         starts = [first for first, _ in blocks]
         assert starts == [1 + sum(b.count(b"\n") for _, b in blocks[:i]) for i in range(len(blocks))]
+
+
+def test_batches_hold_a_bounded_size_of_images(tmp_path, monkeypatch):
+    """Large images are inspected in batches of about IMAGE_BATCH_BYTES; the lake is the same."""
+    sizes = {}
+    rows = []
+    for i in range(12):
+        data = png(size=(24 + i, 24), noise=True)  # ~2 KB each, incompressible
+        (tmp_path / f"{i}.png").write_bytes(data)
+        sizes[f"{i}.png"] = len(data)
+        rows += [json.dumps({"image": f"{i}.png", "text": f"t{i}"}), json.dumps({"image": f"{i}.png", "text": f"u{i}"})]
+    cap = tmp_path / "c.jsonl"
+    cap.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = jsonl_cfg(cap)
+    whole = convert(download(cfg, tmp_path / "lake-whole"), cfg, tmp_path / "lake-whole")
+
+    limit = 3 * min(sizes.values())
+    monkeypatch.setattr(convert_mod, "IMAGE_BATCH_BYTES", limit)
+    seen = []
+    real = convert_mod._rows
+    monkeypatch.setattr(convert_mod, "_rows", lambda f, cand, *a: seen.append(cand["line"].to_pylist()) or real(f, cand, *a))
+    sliced = convert(download(cfg, tmp_path / "lake-sliced"), cfg, tmp_path / "lake-sliced")
+    assert files_of(Path(sliced.root)) == files_of(Path(whole.root))
+    assert sorted(sum(seen, [])) == list(range(1, 25)) and len(seen) > 4
+    for lines in seen:
+        images = {rows[i - 1].split('"image": "')[1].split('"')[0] for i in lines}
+        assert len(images) == 1 or sum(sizes[k] for k in images) <= limit, (lines, images)

@@ -25,7 +25,9 @@ the Parquet row groups meanwhile.
 
 Memory does not grow with the input's size but for the content hashes kept (about 140 bytes a
 row): the JSONL is read a block at a time, bad rows are spooled to disk a block at a time (in
-file and line order), and at most ``MAX_QUEUED`` row groups wait for the encoder.
+file and line order), a batch holds at most ``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES``
+of images, inspected images are kept for reuse up to 256 MiB, and at most ``MAX_QUEUED`` row
+groups wait for the encoder.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ QUARANTINE_FILE = "quarantine.jsonl"
 SPOOL_FILE = ".quarantine.jsonl"  # the bad rows while converting, inside the staged curated directory
 PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up costs more than it saves
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
+IMAGE_BATCH_BYTES = 64 << 20  # and the image bytes they may hold (about): memory stays bounded with large images
 DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
                       "image_format", "source_file")  # often repeated; ids, texts and lines are not
 STATISTICS_COLUMNS = ("kind", "split", "language", "image_width", "image_height", "image_format", "source_file",
@@ -129,7 +132,7 @@ class _File:
     root: Path
     absolute: dict[str, str]
     problems: dict[str, str]
-    images: frozenset[str]  # the download's image files, full paths
+    images: dict[str, int]  # the download's image files: full path -> bytes
     resolved: dict[str, ImageRef | Problem] = field(default_factory=dict)  # rows often share an image path
     constants: dict[str, pa.Array] = field(default_factory=dict)  # constant columns, see _constant
 
@@ -189,7 +192,7 @@ Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their 
 
 def _files(raw_root: Path, manifest: dict, tally: Tally) -> list[_File]:
     inputs = manifest.get("inputs") or {}
-    images = frozenset(os.path.join(str(raw_root), f["path"]) for f in manifest["files"] if f["kind"] == "image")
+    images = {os.path.join(str(raw_root), f["path"]): int(f["bytes"]) for f in manifest["files"] if f["kind"] == "image"}
     out: list[_File] = []
     for name, kind in ((CAPTIONS, "caption"), (VQA, "vqa")):
         if not manifest.get("captions" if kind == "caption" else "vqa"):
@@ -493,6 +496,31 @@ def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> p
     return pa.chunked_array(chunks, pa.binary())
 
 
+def _slices(f: _File, cand: pa.Table, refs: dict[str, ImageRef]) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of a candidate batch that hold at most ``CHUNK_ROWS`` rows and
+    about ``IMAGE_BATCH_BYTES`` of images (each image counted at its first row; a larger image
+    gets a range of its own)."""
+    n = cand.num_rows
+    uniq = pc.unique(cand["key"])
+    sizes = np.array([len(r.data) if r.data is not None else f.images.get(r.path or "", 0)
+                      for r in map(refs.__getitem__, uniq.to_pylist())], dtype=np.int64)
+    if int(sizes.sum()) <= IMAGE_BATCH_BYTES:
+        yield from ((start, min(start + CHUNK_ROWS, n)) for start in range(0, n, CHUNK_ROWS))
+        return
+    pos = pc.index_in(cand["key"], value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64)
+    row_bytes = np.zeros(n, dtype=np.int64)
+    first = np.unique(pos, return_index=True)[1]
+    row_bytes[first] = sizes[pos[first]]
+    cum = np.cumsum(row_bytes)
+    start = 0
+    while start < n:
+        before = int(cum[start - 1]) if start else 0
+        stop = int(np.searchsorted(cum, before + IMAGE_BATCH_BYTES, side="right"))
+        stop = min(max(stop, start + 1), start + CHUNK_ROWS, n)
+        yield start, stop
+        start = stop
+
+
 def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally,
                pool: _Pool) -> Iterator[pa.Table]:
     cache = _ImageCache()
@@ -504,11 +532,10 @@ def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally,
                 before = tally.rows_in - cand.num_rows  # rows of earlier batches, and the text checks' rejects
                 bar.update(before - done)
                 done = before
-                for start in range(0, cand.num_rows, CHUNK_ROWS):
-                    rows = _rows(f, cand.slice(start, CHUNK_ROWS), refs, cfg, tally, cache, pool)
-                    n = min(CHUNK_ROWS, cand.num_rows - start)
-                    bar.update(n)
-                    done += n
+                for start, stop in _slices(f, cand, refs):
+                    rows = _rows(f, cand.slice(start, stop - start), refs, cfg, tally, cache, pool)
+                    bar.update(stop - start)
+                    done += stop - start
                     if rows is not None:
                         yield rows
                 tally.flush()
