@@ -440,3 +440,33 @@ def test_batches_hold_a_bounded_size_of_images(tmp_path, monkeypatch):
     for lines in seen:
         images = {rows[i - 1].split('"image": "')[1].split('"')[0] for i in lines}
         assert len(images) == 1 or sum(sizes[k] for k in images) <= limit, (lines, images)
+
+
+def test_an_image_shared_by_far_apart_rows_is_decoded_once(tmp_path, monkeypatch):
+    """With no bytes kept, a known image is read again and its sha256 checked, not decoded again."""
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(png((80 * i, 0, 0)))
+    rows = [json.dumps({"image": f"{i % 3}.png", "text": f"row {i}"}) for i in range(12)]
+    cap = tmp_path / "c.jsonl"
+    cap.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = jsonl_cfg(cap)
+    whole = convert(download(cfg, tmp_path / "lake-whole"), cfg, tmp_path / "lake-whole")
+
+    monkeypatch.setattr(convert_mod, "CHUNK_ROWS", 2)  # every image again in later batches
+    monkeypatch.setattr(convert_mod, "IMAGE_CACHE_BYTES", 0)
+    inspected = []
+    real = convert_mod.load_and_inspect
+    monkeypatch.setattr(convert_mod, "load_and_inspect", lambda job: inspected.append(job[0].path) or real(job))
+    lake = tmp_path / "lake-reread"
+    raw = download(cfg, lake)
+    again = convert(raw, cfg, lake)
+    assert files_of(Path(again.root)) == files_of(Path(whole.root))
+    assert sorted(Path(p).name for p in inspected) == ["0.png", "1.png", "2.png"]
+
+    # an image changed behind the converter's back is inspected afresh, not trusted
+    cache = convert_mod._ImageCache()
+    ref = convert_mod.ImageRef(path=inspected[0])
+    cache.put(ref.key, real((ref, 1 << 20, 1 << 24)))
+    assert cache.get(ref.key, ref)[1].width == 16
+    Path(inspected[0]).write_bytes(png((1, 2, 3)))
+    assert cache.get(ref.key, ref) is None

@@ -26,12 +26,14 @@ the Parquet row groups meanwhile.
 Memory does not grow with the input's size but for the content hashes kept (about 140 bytes a
 row): the JSONL is read a block at a time, bad rows are spooled to disk a block at a time (in
 file and line order), a batch holds at most ``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES``
-of images, inspected images are kept for reuse up to 256 MiB, and at most ``MAX_QUEUED`` row
-groups wait for the encoder.
+of images, inspected images' bytes are kept for later rows up to 256 MiB (beyond, a known image
+is read again and its sha256 checked, not decoded again), and at most ``MAX_QUEUED`` row groups
+wait for the encoder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -90,6 +92,8 @@ SPOOL_FILE = ".quarantine.jsonl"  # the bad rows while converting, inside the st
 PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up costs more than it saves
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
 IMAGE_BATCH_BYTES = 64 << 20  # and the image bytes they may hold (about): memory stays bounded with large images
+IMAGE_CACHE_KEYS = 1_000_000  # inspected images whose verdict is remembered (a few hundred bytes each)
+IMAGE_CACHE_BYTES = 256 << 20  # and whose bytes are kept for later rows
 DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
                       "image_format", "source_file")  # often repeated; ids, texts and lines are not
 STATISTICS_COLUMNS = ("kind", "split", "language", "image_width", "image_height", "image_format", "source_file",
@@ -354,21 +358,41 @@ def _block_batches(f: _File, block: bytes, first: int, pb: ParsedBlock | None, c
 
 
 class _ImageCache:
-    """Inspected images by key, bytes kept up to a memory bound (rows often share images)."""
+    """What inspecting each image found, by key: rows often share images, near or far apart.
 
-    def __init__(self, limit_bytes: int = 256 << 20) -> None:
-        self.items: dict[str, tuple[bytes, ImageInfo] | Problem] = {}
+    The verdict (``ImageInfo`` or ``Problem``) is kept for up to ``IMAGE_CACHE_KEYS`` images, the
+    bytes only up to ``IMAGE_CACHE_BYTES``.  A known image whose bytes were not kept is read again
+    and its sha256 checked: a read and a hash instead of a decode (COCO's five captions of an
+    image lie far apart in its file).
+    """
+
+    def __init__(self) -> None:
+        self.found: dict[str, ImageInfo | Problem] = {}
+        self.data: dict[str, bytes] = {}
         self.size = 0
-        self.limit = limit_bytes
 
-    def get(self, key: str):
-        return self.items.get(key)
+    def get(self, key: str, ref: ImageRef) -> tuple[bytes, ImageInfo] | Problem | None:
+        """A known image's (bytes, info) or Problem; None when it must be inspected."""
+        found = self.found.get(key)
+        if found is None or isinstance(found, Problem):
+            return found
+        data = self.data.get(key, ref.data)
+        if data is None:
+            try:
+                with open(ref.path or "", "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                return None
+            if hashlib.sha256(data).hexdigest() != found.sha256:
+                return None
+        return data, found
 
-    def put(self, key: str, value) -> None:
-        n = len(value[0]) if isinstance(value, tuple) else 0
-        if self.size + n <= self.limit:
-            self.items[key] = value
-            self.size += n
+    def put(self, key: str, value: tuple[bytes, ImageInfo] | Problem) -> None:
+        if len(self.found) < IMAGE_CACHE_KEYS:
+            self.found[key] = value[1] if isinstance(value, tuple) else value
+        if isinstance(value, tuple) and key in self.found and self.size + len(value[0]) <= IMAGE_CACHE_BYTES:
+            self.data[key] = value[0]
+            self.size += len(value[0])
 
 
 class _Pool:
@@ -433,11 +457,12 @@ def _rows(f: _File, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, 
     keys = cand["key"]
     ukeys = pc.unique(keys)
     ulist = ukeys.to_pylist()
-    todo = [k for k in ulist if cache.get(k) is None]
-    local = dict(zip(todo, _inspect_all([refs[k] for k in todo], cfg, pool)))
-    for k, result in local.items():
+    known = {k: cache.get(k, refs[k]) for k in ulist}
+    todo = [k for k, r in known.items() if r is None]
+    for k, result in zip(todo, _inspect_all([refs[k] for k in todo], cfg, pool)):
         cache.put(k, result)
-    results = [local.get(k) or cache.get(k) for k in ulist]
+        known[k] = result
+    results = [known[k] for k in ulist]
     idx = pc.index_in(keys, value_set=ukeys).to_numpy(zero_copy_only=False).astype(np.int64)
     ok = np.array([not isinstance(r, Problem) for r in results], dtype=bool)[idx]
     if not ok.all():
