@@ -26,7 +26,7 @@ the Parquet row groups meanwhile.
 Memory does not grow with the input's size but for the content hashes kept (about 140 bytes a
 row): the JSONL is read a block at a time, bad rows are spooled to disk a block at a time (in
 file and line order), a batch holds at most ``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES``
-of images, inspected images' bytes are kept for later rows up to 256 MiB (beyond, a known image
+of images, inspected images' bytes are kept for later rows up to 32 MiB (beyond, a known image
 is read again and its sha256 checked, not decoded again), and at most ``MAX_QUEUED`` row groups
 wait for the encoder.
 """
@@ -93,7 +93,7 @@ PARALLEL_MIN_IMAGES = 256  # new images in a batch below which worker start-up c
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
 IMAGE_BATCH_BYTES = 64 << 20  # and the image bytes they may hold (about): memory stays bounded with large images
 IMAGE_CACHE_KEYS = 1_000_000  # inspected images whose verdict is remembered (a few hundred bytes each)
-IMAGE_CACHE_BYTES = 256 << 20  # and whose bytes are kept for later rows
+IMAGE_CACHE_BYTES = 32 << 20  # and whose bytes are kept for later rows (others are read again: no decode)
 DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
                       "image_format", "source_file")  # often repeated; ids, texts and lines are not
 STATISTICS_COLUMNS = ("kind", "split", "language", "image_width", "image_height", "image_format", "source_file",
