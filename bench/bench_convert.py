@@ -173,20 +173,23 @@ def bench_images(images: int, tmp: Path, repeat: int = 1) -> dict:
 _PEAK_CHILD = r"""
 import json, os, resource, sys
 sys.path.insert(0, sys.argv[5])
-import pyarrow.json as pa_json, pyarrow.parquet as pq
+import pyarrow as pa, pyarrow.json as pa_json, pyarrow.parquet as pq
 from openmind_core.data import convert
 from schemas.artifacts import RawDataset
 from schemas.config import DataConfig
-import pyarrow as pa
 mode, jsonl, raw, out = sys.argv[1:5]
 pq.write_table(pa_json.read_json(pa.BufferReader(b'{"a": "b"}\n')), out + ".warm.parquet")  # first-use costs
 pa.array(["x"]).to_pylist()
-before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident now
+unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+try:  # resident now (Linux); elsewhere the peak so far, imports and warm-up
+    before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+except OSError:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 if mode == "ours":
     convert(RawDataset.model_validate_json(raw), DataConfig(source="jsonl", jsonl={"captions": jsonl}), out)
 else:
     pq.write_table(pa_json.read_json(jsonl), out + ".parquet", compression="zstd")
-print(json.dumps({"before": before, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"before": before, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit}))
 """
 
 
@@ -204,7 +207,7 @@ def bench_memory(rows: int, tmp: Path) -> dict:
         extra[mode] = (m["peak"] - m["before"]) / 1e6
     size = jsonl.stat().st_size / 1e6
     return {"name": f"peak memory converting {rows:,} caption rows", "ours_s": extra["ours"],
-            "baseline_s": extra["raw"], "ratio": extra["ours"] / extra["raw"], "unit": "MB",
+            "baseline_s": extra["raw"], "ratio": extra["ours"] / extra["raw"] if extra["raw"] > 0 else None, "unit": "MB",
             "goal": "report (MB above the process's start; raw holds the whole table)",
             "notes": f"{size:.0f} MB of JSONL; ours reads it a block at a time and keeps about 140 bytes a row "
                      f"of content hashes; raw read_json + write_table holds the whole table"}
@@ -356,7 +359,8 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         ours, base = (f"{r[k]:8.3f}{r['unit']:>2s}" if r["unit"] == "s" else f"{r[k]:7.1f}{r['unit']:>3s}"
                       for k in ("ours_s", "baseline_s"))
-        print(f"{r['name']:42s} {ours} {base} {r['ratio']:7.2f}  {r['goal']}")
+        ratio = f"{r['ratio']:7.2f}" if r["ratio"] is not None else f"{'-':>7s}"
+        print(f"{r['name']:42s} {ours} {base} {ratio}  {r['goal']}")
         print(f"{'':42s} {r['notes']}")
 
 
