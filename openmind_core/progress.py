@@ -7,7 +7,7 @@ cache shows rows or files done, rate and time left.  ``TQDM_DISABLE=1`` turns ev
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -17,15 +17,13 @@ T = TypeVar("T")
 DELAY = 2.0  # seconds of work before a bar appears
 
 
-def progress(total: int | None, desc: str, unit: str = "it") -> tqdm:
-    """A bar over ``total`` steps of ``unit``; use as a context manager or ``close()`` it."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=(total or 0) >= 10_000, file=sys.stderr,
+def progress(total: int | None, desc: str, unit: str = "it", items: Iterable[T] | None = None) -> tqdm:
+    """A bar over ``total`` steps of ``unit`` (use as a context manager or ``close()`` it), or, given
+    ``items``, an iterator over them that advances the bar and closes it at the end."""
+    return tqdm(items, total=total, desc=desc, unit=unit, unit_scale=(total or 0) >= 10_000, file=sys.stderr,
                 delay=DELAY, dynamic_ncols=True)
 
 
-def tracked(items: Sequence[T], desc: str, unit: str = "it") -> Iterator[T]:
-    """``items`` one by one, with a bar over them (closed when the loop ends or breaks)."""
-    with progress(len(items), desc, unit) as bar:
-        for item in items:
-            yield item
-            bar.update()
+def tracked(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterator[T]:
+    """``items`` one by one with a bar over them (``total``: their number, default ``len(items)``)."""
+    return iter(progress(len(items) if total is None else total, desc, unit, items))  # type: ignore[arg-type]

@@ -33,7 +33,6 @@ wait for the encoder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -65,7 +64,7 @@ from openmind_core.data.lake import (
     staged_dir,
 )
 from openmind_core.data.content import SeenContent, digests_of, hex_ids, splits_of
-from openmind_core.data.shards import ShardWriter
+from openmind_core.data.shards import ShardWriter, rows_that_fit
 from openmind_core.data.sources import CAPTIONS, VQA, load_raw
 from openmind_core.data.validate import (
     ImageInfo,
@@ -78,7 +77,7 @@ from openmind_core.data.validate import (
     parse_row,
     resolve_image,
 )
-from openmind_core.io import atomic_write_text
+from openmind_core.io import atomic_write_text, sha256_bytes
 from openmind_core.progress import progress
 
 log = logging.getLogger(__name__)
@@ -148,8 +147,7 @@ class Tally:
 
     files: list[_File] = field(default_factory=list)
     rows_in: int = 0
-    rows_bad: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # rows quarantined, by reason
     pending: list[tuple[int, int, dict]] = field(default_factory=list)  # the current block's bad rows
     spool: IO[str] | None = None  # where ``flush`` writes them
     seen: SeenContent = field(default_factory=SeenContent)  # content hashes of the rows kept so far
@@ -158,7 +156,10 @@ class Tally:
         self.pending.append((f.order, line, {"file": f.shown, "line": line, "reason": problem.reason,
                                              "detail": problem.detail, "text": text[:2000]}))
         self.reasons[problem.reason] += 1
-        self.rows_bad += 1
+
+    @property
+    def rows_bad(self) -> int:
+        return sum(self.reasons.values())
 
     def flush(self) -> None:
         """Write the bad rows gathered so far to ``spool``, sorted: files are read in order and
@@ -383,7 +384,7 @@ class _ImageCache:
                     data = fh.read()
             except OSError:
                 return None
-            if hashlib.sha256(data).hexdigest() != found.sha256:
+            if sha256_bytes(data) != found.sha256:
                 return None
         return data, found
 
@@ -536,12 +537,9 @@ def _slices(f: _File, cand: pa.Table, refs: dict[str, ImageRef]) -> Iterator[tup
     row_bytes = np.zeros(n, dtype=np.int64)
     first = np.unique(pos, return_index=True)[1]
     row_bytes[first] = sizes[pos[first]]
-    cum = np.cumsum(row_bytes)
     start = 0
     while start < n:
-        before = int(cum[start - 1]) if start else 0
-        stop = int(np.searchsorted(cum, before + IMAGE_BATCH_BYTES, side="right"))
-        stop = min(max(stop, start + 1), start + CHUNK_ROWS, n)
+        stop = start + rows_that_fit(row_bytes[start:start + CHUNK_ROWS], IMAGE_BATCH_BYTES)
         yield start, stop
         start = stop
 

@@ -47,6 +47,11 @@ def content_bytes(table: pa.Table) -> np.ndarray:
     return sizes
 
 
+def rows_that_fit(sizes: np.ndarray, limit: int) -> int:
+    """How many of ``sizes``, from the first, fit in ``limit`` together: at least one."""
+    return max(1, int(np.searchsorted(np.cumsum(sizes), limit, side="right")))
+
+
 class ShardWriter:
     def __init__(self, directory: Path, schema: pa.Schema, *, shard_rows: int, shard_bytes: int,
                  row_group_rows: int, row_group_bytes: int, dictionary: Sequence[str] = (),
@@ -113,12 +118,12 @@ class ShardWriter:
         start = 0
         while start < len(sizes):
             rows_left = self.shard_rows - self._in_shard[0]
-            cum = np.cumsum(sizes[start:start + min(self.group_rows, rows_left)])
-            n = max(1, int(np.searchsorted(cum, self.group_bytes, side="right")))  # fits, at least one row
-            if n == len(cum) and start + n == len(sizes) and not final \
-                    and n < min(self.group_rows, rows_left) and int(cum[-1]) < self.group_bytes:
+            window = sizes[start:start + min(self.group_rows, rows_left)]
+            n = rows_that_fit(window, self.group_bytes)
+            group_bytes = int(window[:n].sum())
+            if n == len(window) and start + n == len(sizes) and not final \
+                    and n < min(self.group_rows, rows_left) and group_bytes < self.group_bytes:
                 break  # the group could still grow: wait for more rows
-            group_bytes = int(cum[n - 1])
             self._submit(self._write_group, self._shard, table.slice(start, n))
             start += n
             rows, nbytes = self._in_shard[0] + n, self._in_shard[1] + group_bytes

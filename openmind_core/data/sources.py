@@ -50,7 +50,7 @@ from openmind_core.data.lake import (
 )
 from openmind_core.data.validate import looks_inline
 from openmind_core.io import atomic_write_json, sha256_file
-from openmind_core.progress import progress, tracked
+from openmind_core.progress import tracked
 
 log = logging.getLogger(__name__)
 
@@ -485,10 +485,8 @@ def _hf(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     def build(tmp: Path) -> dict:
         img_dir = tmp / IMAGE_DIR / "0"
         img_dir.mkdir(parents=True)
-        with open(tmp / out_name, "w", encoding="utf-8") as f, \
-                progress(len(ds), "download: writing rows", unit="row") as bar:
-            for i, row in enumerate(_rows(ds, mapping)):
-                bar.update()
+        with open(tmp / out_name, "w", encoding="utf-8") as f:
+            for i, row in enumerate(tracked(_rows(ds, mapping), "download: writing rows", "row", total=len(ds))):
                 data, suffix = _image_bytes(row.get("image"), base)
                 out = {k: v for k, v in row.items() if k != "image"}
                 out["image"] = None
