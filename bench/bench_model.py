@@ -41,7 +41,7 @@ def _build(quick: bool):
                                         "model.vision.use_flash_attn=false"])
     tok = build_tokenizer(cfg.model.tokenizer.model_copy(update={"vocab_size": 400}), CORPUS)
     torch.manual_seed(0)
-    ours = MultimodalReasoningModel(cfg.model, tok)
+    ours = MultimodalReasoningModel.from_config(cfg.model, tok)
     v = ours.vision_encoder.siglip.config
     lcfg = ours.language_model.config
     llava_cfg = LlavaConfig(

@@ -198,7 +198,7 @@ def build(cfg, device: str):
     tok = train_bpe_tokenizer(corpus, vocab_size=300, image_token=cfg.model.tokenizer.image_token)
     torch.manual_seed(cfg.run.seed)
     with torch.device(device):  # initialise directly on the GPU (fp32 init, then the model casts itself)
-        model = MultimodalReasoningModel(cfg.model, tok)
+        model = MultimodalReasoningModel.from_config(cfg.model, tok)
     model.train()
     gc.collect()
     if device.startswith("cuda"):

@@ -87,6 +87,18 @@ def check_inputs(cfg) -> None:
             raise UsageError(f"{key}: input not found: {value}")
 
 
+def check_model_parts(cfg) -> None:
+    """A pretrained LM and its tokenizer must load and fit each other (imports transformers: only then)."""
+    if not cfg.model.lm.name_or_path:
+        return
+    from openmind_core.model.language import preflight
+
+    try:
+        preflight(cfg.model)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"model: {str(e).splitlines()[0]}") from None
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -98,6 +110,7 @@ def cmd_run(args) -> int:
     lake = resolve_lake(args.lake)
     check_lake(lake)
     check_inputs(cfg)
+    check_model_parts(cfg)
     if args.run_name or cfg.run.name:
         try:
             check_resumable(cfg, lake / "runs" / (args.run_name or cfg.run.name))

@@ -65,12 +65,15 @@ def prepare_tokenizer(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: Pat
     return tok, tok_dir
 
 
-def build_model(cfg: OpenMindConfig, tokenizer):
-    """The configured model, initialised from ``run.seed`` (a rebuild has identical frozen weights)."""
+def build_model(cfg: OpenMindConfig, tokenizer, device=None):
+    """The configured model, initialised from ``run.seed`` (a rebuild has identical frozen weights).
+
+    ``device``: where the towers are created or loaded (default CPU; the trainer moves or shards it).
+    """
     from openmind_core.model import MultimodalReasoningModel
 
     seed_everything(cfg.run.seed)
-    return MultimodalReasoningModel.from_config(cfg.model, tokenizer)  # applies stage, dtype, checkpointing
+    return MultimodalReasoningModel.from_config(cfg.model, tokenizer, device=device)  # stage, dtype, checkpointing
 
 
 def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
@@ -82,6 +85,9 @@ def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
         num_image_tokens=model.num_image_tokens,
         image_token_id=model.image_token_id,
         max_length=cfg.model.max_length,
+        image_mean=model.config.image_mean,
+        image_std=model.config.image_std,
+        image_resample=model.config.image_resample,
     )
     if not curated.splits.get("train"):
         raise PipelineError(f"the curated data set {curated.root} has no training rows")
@@ -130,25 +136,38 @@ def train_from_config(
 
 @torch.no_grad()
 def check_reload(model, model_dir: Path, dataset, collate, reload: bool = True) -> bool | None:
-    """Reload ``model_dir`` with from_pretrained; True when its logits equal the in-memory model's.
+    """Reload ``model_dir`` with from_pretrained (on the CPU); True when it equals the in-memory model.
 
-    ``reload=False`` (ranks other than 0) only runs the in-memory model's forward, which a sharded
-    model needs every rank for; it returns None.
+    On a CPU both models answer one batch and their logits must be equal.  On a GPU the reloaded copy
+    stays on the CPU (never a second copy on the device) and every tensor must equal the trained
+    model's, brought over one at a time (gathered from the shards under FSDP).  ``reload=False``
+    (ranks other than 0) only takes part in the collectives a sharded model needs; it returns None.
     """
     from openmind_core.model import MultimodalReasoningModel
+    from openmind_core.training import distributed as D
 
-    batch = collate([dataset[i] for i in range(min(2, len(dataset)))])
-    batch.pop("sample_ids", None)
-    batch.pop("labels", None)
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    model.eval()
-    a = model(**batch).logits
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+    if device.type == "cpu" and not sharded:
+        batch = collate([dataset[i] for i in range(min(2, len(dataset)))])
+        batch.pop("sample_ids", None)
+        batch.pop("labels", None)
+        model.eval()
+        a = model(**batch).logits
+        if not reload:
+            return None
+        reloaded = MultimodalReasoningModel.from_pretrained(model_dir).eval()
+        b = reloaded(**batch).logits
+        equal = bool(torch.equal(a, b))
+        if not equal:
+            log.warning("final/ reloaded gives different logits (max |diff| %.3g)", (a - b).abs().max().item())
+        return equal
+    full = D.full_model_state_dict(model) if sharded else None  # a collective: every rank
     if not reload:
         return None
-    reloaded = MultimodalReasoningModel.from_pretrained(model_dir).to(device).eval()
-    b = reloaded(**batch).logits
-    equal = bool(torch.equal(a, b))
-    if not equal:
-        log.warning("final/ reloaded gives different logits (max |diff| %.3g)", (a - b).abs().max().item())
-    return equal
+    reloaded = MultimodalReasoningModel.from_pretrained(model_dir).state_dict()
+    own = full if full is not None else model.state_dict()
+    diff = [k for k, v in own.items() if k not in reloaded or not torch.equal(v.detach().cpu(), reloaded[k])]
+    if diff:
+        log.warning("final/ reloaded differs from the trained model in %d tensor(s), e.g. %s", len(diff), diff[:3])
+    return not diff

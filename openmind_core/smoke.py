@@ -3,6 +3,10 @@
 Encoder output shape, projector output shape and token count, one loader batch (placeholders
 match features, labels present), and one forward + backward pass (finite loss; gradients on
 trainable parameters only).  Every check runs; the report says which failed and why.
+
+They run as training will: on the training device (CUDA when there is one), with the model in its
+configured dtypes (frozen towers in bf16/fp16, trainable modules in fp32) and under the training
+autocast (``train.amp``), so a dtype or device mismatch fails here, before training starts.
 """
 
 from __future__ import annotations
@@ -34,12 +38,18 @@ def _run(name: str, fn: Callable[[], str]) -> Check:
     return check
 
 
-def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path) -> SmokeReport:
+def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path,
+              device: str | torch.device | None = None) -> SmokeReport:
     from openmind_core.model.tokens import tokens_for_config
     from openmind_core.pipeline import build_datasets, build_model, prepare_tokenizer
 
+    from openmind_core.training.precision import autocast, resolve_amp
+
     tokenizer, tok_dir = prepare_tokenizer(cfg, curated, Path(run_dir))
-    model = build_model(cfg, tokenizer)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_model(cfg, tokenizer, device=device)
+    model.to(device)
+    amp = resolve_amp(cfg.train.amp, device)
     v = cfg.model.vision
     grid = v.grid
     expected_tokens = tokens_for_config(cfg.model)
@@ -47,9 +57,10 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path)
     state: dict = {}
 
     def encoder() -> str:
-        pixels = torch.randn(2, 3, v.img_size, v.img_size)
-        with torch.no_grad():
-            feats = model.vision_encoder(pixels)
+        pixels = torch.randn(2, 3, v.img_size, v.img_size, device=device)
+        vision_dtype = next(model.vision_encoder.parameters()).dtype
+        with torch.no_grad(), autocast(amp):
+            feats = model.vision_encoder(pixels.to(vision_dtype))
         want = (2, grid * grid, v.embed_dim)
         if tuple(feats.shape) != want:
             raise AssertionError(f"vision encoder gave {tuple(feats.shape)}, expected {want}")
@@ -62,12 +73,13 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path)
         feats = state.get("feats")
         if feats is None:
             raise AssertionError("no encoder output to project (encoder check failed)")
-        with torch.no_grad():
-            out = model.projector(feats)
+        with torch.no_grad(), autocast(amp):
+            out = model.projector(feats.to(model.projector.linear_1.weight.dtype))
         want = (2, expected_tokens, lm_width)
         if tuple(out.shape) != want:
             raise AssertionError(f"projector gave {tuple(out.shape)}, expected {want}")
-        return f"{list(feats.shape)} -> {list(out.shape)} ({cfg.model.projector.type}, k={cfg.model.projector.pooling_kernel})"
+        return (f"{list(feats.shape)} {str(feats.dtype).replace('torch.', '')} -> {list(out.shape)} "
+                f"({cfg.model.projector.type}, k={cfg.model.projector.pooling_kernel}) on {device.type}, amp {amp.name}")
 
     def loader() -> str:
         train, _, collate = build_datasets(cfg, curated, model)
@@ -86,10 +98,11 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path)
         batch = state.get("batch")
         if batch is None:
             raise AssertionError("no loader batch (loader check failed)")
-        inputs = {k: t for k, t in batch.items() if isinstance(t, torch.Tensor)}
+        inputs = {k: t.to(device) for k, t in batch.items() if isinstance(t, torch.Tensor)}
         model.train()
         model.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
+        with autocast(amp):
+            loss = model(**inputs).loss
         if not torch.isfinite(loss):
             raise AssertionError(f"loss is {loss.item()}")
         loss.backward()
@@ -112,6 +125,9 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path)
     ]
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model, state  # training builds its own; free the device for it
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return SmokeReport(
         checks=checks,
         passed=all(c.passed for c in checks),

@@ -175,7 +175,8 @@ class LMConfig(Strict):
 
 
 class TokenizerConfig(Strict):
-    name_or_path: str | None = Field(None, description="None: train a BPE tokenizer on the curated corpus")
+    name_or_path: str | None = Field(None, description="None: the LM's own (lm.name_or_path) when that is set, "
+                                     "else a BPE trained on the curated corpus")
     vocab_size: int = Field(1000, ge=64, description="size of a trained tokenizer")
     image_token: str = "<image>"
 
@@ -189,6 +190,14 @@ class ModelConfig(Strict):
     gradient_checkpointing: bool = False
     max_length: int = Field(2048, ge=8, description="text tokens per sample, image tokens not counted")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _tokenizer_follows_lm(self) -> "ModelConfig":
+        """A pretrained LM brings its own tokenizer: ``tokenizer.name_or_path`` defaults to ``lm.name_or_path``
+        (a BPE trained here would index the LM's embeddings with meaningless ids)."""
+        if self.lm.name_or_path and self.tokenizer.name_or_path is None:
+            self.tokenizer.name_or_path = self.lm.name_or_path
+        return self
 
 
 # --------------------------------------------------------------------------- train

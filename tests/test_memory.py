@@ -32,7 +32,7 @@ def test_exact_parts_match_real_tensors(tok, stage, dtype):
     cfg = tiny(stage, dtype=dtype)
     est = estimate_memory(cfg, device="cpu", tokenizer=tok)
     torch.manual_seed(0)
-    m = MultimodalReasoningModel(cfg.model, tok)
+    m = MultimodalReasoningModel.from_config(cfg.model, tok)
     assert est.weights == nbytes(m.parameters())  # parameters() lists tied weights once
     trainable = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
@@ -68,7 +68,7 @@ def test_activation_term_within_10_percent(tok, stage, checkpointing):
     cfg = tiny(stage, checkpointing)
     est = estimate_memory(cfg, device="cpu", tokenizer=tok)
     torch.manual_seed(0)
-    m = MultimodalReasoningModel(cfg.model, tok).train()
+    m = MultimodalReasoningModel.from_config(cfg.model, tok).train()
     b, s = cfg.train.micro_batch_size, est.seq_len
     ids = torch.randint(5, len(tok), (b, s))
     ids[:, 0] = tok.bos_token_id

@@ -33,9 +33,9 @@ from torch.utils.data import Dataset
 from schemas.artifacts import CuratedDataset
 
 from openmind_core.data.lake import CURATED_MANIFEST, read_json
-from openmind_core.imaging import normalise, preprocess_image, resized_pixels
+from openmind_core.imaging import BICUBIC, normalise, preprocess_image, resized_pixels
 from openmind_core.progress import progress
-from openmind_core.prompting import IGNORE_INDEX, encode_many, instruction_for
+from openmind_core.prompting import IGNORE_INDEX, encode_many, has_chat_template, instruction_for
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _cache_path(curated, split: str | None, kinds: Iterable[str] | None, name: s
 
 
 def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, images: pa.ChunkedArray,
-                   size: int, limit: int) -> np.ndarray | None:
+                   size: int, limit: int, resample: int = BICUBIC) -> np.ndarray | None:
     """Every image decoded and resized once, as a memory-mapped uint8 array [rows, size, size, 3].
 
     Written under ``<lake>/cache/<version>/`` (temporary name, then renamed) when it fits
@@ -144,14 +144,15 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
     rows = len(images)
     if rows * size * size * 3 > limit:
         return None
-    path = _cache_path(curated, split, kinds, f"pixels-{{key}}-{size}px-v{PIXELS_VERSION}.npy")
+    filt = "" if resample == BICUBIC else f"-r{resample}"
+    path = _cache_path(curated, split, kinds, f"pixels-{{key}}-{size}px{filt}-v{PIXELS_VERSION}.npy")
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = _staging(path)
             try:
                 np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3)).flush()
-                _fill_pixels(images, tmp, size)
+                _fill_pixels(images, tmp, size, resample)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -166,7 +167,7 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
     return None
 
 
-def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int) -> None:
+def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int, resample: int = BICUBIC) -> None:
     """Decode and resize every image into the .npy at ``path``: in worker processes when the work
     is large and processes can be forked (they inherit the mapped images and write their own rows
     of the file), else here."""
@@ -175,7 +176,7 @@ def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int) -> None:
     workers = min(os.cpu_count() or 1, 8, len(chunks))
     bar = progress(rows, f"caching {size} px images", unit="img")
     global _FILLING
-    _FILLING = (images, str(path), size)
+    _FILLING = (images, str(path), size, resample)
     try:
         if workers > 1 and rows * size * size >= PARALLEL_PIXELS and "fork" in mp.get_all_start_methods():
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
@@ -189,14 +190,14 @@ def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int) -> None:
         bar.close()
 
 
-_FILLING: tuple[pa.ChunkedArray, str, int] | None = None  # what _fill_range works on (inherited by forked workers)
+_FILLING: tuple[pa.ChunkedArray, str, int, int] | None = None  # what _fill_range works on (inherited by forked workers)
 
 
 def _fill_range(bounds: tuple[int, int]) -> int:
-    images, path, size = _FILLING
+    images, path, size, resample = _FILLING
     out = np.load(path, mmap_mode="r+")
     for i in range(*bounds):
-        out[i] = resized_pixels(images[i].as_py(), size)
+        out[i] = resized_pixels(images[i].as_py(), size, resample)
     out.flush()
     return bounds[1] - bounds[0]
 
@@ -215,6 +216,9 @@ class VLMDataset(Dataset):
         max_length: int,
         kinds: Iterable[str] | None = None,
         pixel_cache_bytes: int = PIXEL_CACHE_BYTES,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        image_resample: int = BICUBIC,
     ) -> None:
         kinds = sorted(kinds) if kinds is not None else None  # read more than once below
         table = read_table(curated, split, kinds)
@@ -227,9 +231,10 @@ class VLMDataset(Dataset):
         self.num_image_tokens = num_image_tokens
         self.image_token_id = image_token_id
         self.max_length = max_length
+        self.image_mean, self.image_std, self.image_resample = image_mean, image_std, image_resample
         self.rows: list[dict[str, Any]] = table.to_pylist()
         self.images = _mapped_images(curated, split, kinds, table.num_rows)
-        self.pixels = _cached_pixels(curated, split, kinds, self.images, image_size, pixel_cache_bytes)
+        self.pixels = _cached_pixels(curated, split, kinds, self.images, image_size, pixel_cache_bytes, image_resample)
         self.sample_ids: list[str] = [r["sample_id"] for r in self.rows]
         # tokenise every row once, in two batched calls: loader workers then only decode images
         pairs = [instruction_for(r) for r in self.rows]
@@ -267,8 +272,10 @@ class VLMDataset(Dataset):
             "sample_id": self.sample_ids[index],
             "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
             "labels": torch.tensor(enc.labels, dtype=torch.long),
-            "pixel_values": (normalise(np.array(self.pixels[index])) if self.pixels is not None
-                             else preprocess_image(self.image_bytes(index), self.image_size)),
+            "pixel_values": (normalise(np.array(self.pixels[index]), self.image_mean, self.image_std)
+                             if self.pixels is not None
+                             else preprocess_image(self.image_bytes(index), self.image_size, self.image_mean,
+                                                   self.image_std, self.image_resample)),
         }
 
 
@@ -313,11 +320,15 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
     n_img = tokens_for_config(model_cfg)
     split = "train"
     args = (tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
+    from openmind_core.model.builder import image_processor_settings
+
+    mean, std, resample, _ = image_processor_settings(model_cfg.vision.pretrained)
+    kw = dict(pixel_cache_bytes=0, image_mean=mean, image_std=std, image_resample=resample)
     try:  # a few samples: decode them, build no pixel cache
-        ds = VLMDataset(curated, split, *args, pixel_cache_bytes=0)
+        ds = VLMDataset(curated, split, *args, **kw)
     except ValueError:
         split = None
-        ds = VLMDataset(curated, None, *args, pixel_cache_bytes=0)
+        ds = VLMDataset(curated, None, *args, **kw)
     # a mix of kinds when there are several
     picks: list[int] = []
     by_kind: dict[str, list[int]] = {}
@@ -327,7 +338,9 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
         for idx in by_kind.values():
             if idx and len(picks) < n:
                 picks.append(idx.pop(0))
+    template = "the tokenizer's chat template" if has_chat_template(tokenizer) else "the fixed USER/ASSISTANT template"
     lines = [f"curated lake: {getattr(curated, 'root', curated)}  split: {split or 'all'}  rows: {len(ds)}",
+             f"prompts: {template}",
              f"image: {model_cfg.vision.img_size} px -> {n_img} image tokens ({image_token!r} id {image_token_id}); "
              f"max_length {model_cfg.max_length} text tokens", ""]
     items = []
@@ -337,13 +350,17 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
         start, end = enc.image_positions
         prompt_ids = [t for t, lab in zip(enc.input_ids[end:], enc.labels[end:]) if lab == IGNORE_INDEX]
         target_ids = [t for t in enc.labels if t != IGNORE_INDEX]
+        # the whole prompt as the model sees it (chat template included), image tokens shown once
+        before = [t for t, lab in zip(enc.input_ids[:start], enc.labels[:start]) if lab == IGNORE_INDEX]
+        shown = tokenizer.decode(before) + f"<image x{end - start}>" + tokenizer.decode(prompt_ids)
         lines += [
             f"[{k}] {row['kind']} {row['sample_id']} ({row['source_file']}:{row['source_line']}, {row['language']})",
             f"    image     {row['image_width']}x{row['image_height']} -> pixel_values {tuple(item['pixel_values'].shape)} "
             f"range [{item['pixel_values'].min():.2f}, {item['pixel_values'].max():.2f}]",
-            f"    prompt    {tokenizer.decode(prompt_ids)!r}",
+            f"    prompt    {shown!r}",
             f"    target    {tokenizer.decode(target_ids)!r}",
-            f"    tokens    {len(enc.input_ids)} total = {start} bos + {end - start} image + {len(prompt_ids)} prompt "
+            f"    tokens    {len(enc.input_ids)} total = {start} before the image + {end - start} image + "
+            f"{len(enc.input_ids) - end - len(target_ids)} prompt "
             f"+ {len(target_ids)} target{' (truncated)' if enc.truncated else ''}",
         ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

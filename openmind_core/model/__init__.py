@@ -1,6 +1,7 @@
 """The OpenMind vision-language model: SigLIP encoder, projector, causal LM, tokenizer, memory estimate."""
 
 from openmind_core.model.attention import flash_attn_available, select_backend
+from openmind_core.model.configuration import MultimodalReasoningConfig
 from openmind_core.model.language import build_language_model, inline_llama_config
 from openmind_core.model.memory import MemoryEstimate, estimate_memory
 from openmind_core.model.projector import ImprovedProjector
@@ -9,10 +10,22 @@ from openmind_core.model.tokens import num_image_tokens, tokens_for_config
 from openmind_core.model.vision import ImprovedVisionEncoder
 from openmind_core.model.vlm import MultimodalReasoningModel
 
+
+def _register_auto_classes() -> None:
+    """``AutoConfig`` / ``AutoModelForImageTextToText`` know ``model_type: openmind`` after this import."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    AutoConfig.register(MultimodalReasoningConfig.model_type, MultimodalReasoningConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(MultimodalReasoningConfig, MultimodalReasoningModel, exist_ok=True)
+
+
+_register_auto_classes()
+
 __all__ = [
     "ImprovedProjector",
     "ImprovedVisionEncoder",
     "MemoryEstimate",
+    "MultimodalReasoningConfig",
     "MultimodalReasoningModel",
     "build_language_model",
     "build_tokenizer",

@@ -1,13 +1,15 @@
 """The language model: any ``AutoModelForCausalLM`` (hub id or local path) or an inline Llama config.
 
-``build_language_model`` returns the causal LM with SDPA attention, its embedding matrix sized to
-hold every token of the tokenizer (the image placeholder and pad token included).  With
+``build_language_model`` returns the causal LM (SDPA attention, or flash-attn 2 where the caller
+chose it), created or loaded once in its target dtype on its target device, its embedding matrix
+sized to hold every token of the tokenizer (the image placeholder and pad token included).  With
 ``lm.name_or_path`` unset, a Llama-shaped model is built from the ``lm.*`` fields (random init):
 the tiny CPU default and the full-size 8 B shape both come from this path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -51,8 +53,27 @@ def language_model_config(lm_cfg, tokenizer) -> PretrainedConfig:
         raise _hub_error(lm_cfg.name_or_path, "a model config", e) from e
 
 
+def check_tokenizer_fits(tokenizer, lm_config: PretrainedConfig, model_cfg) -> None:
+    """Refuse a tokenizer with ids past the LM's embedding table other than the tokens OpenMind adds
+    (the image placeholder, a ``<pad>``): those ids would index rows the LM never learned."""
+    from openmind_core.model.tokenizer import PAD
+
+    vocab = getattr(lm_config, "vocab_size", None)
+    if vocab is None or len(tokenizer) <= vocab:
+        return
+    ours = {model_cfg.tokenizer.image_token, PAD}
+    foreign = [t for t in tokenizer.convert_ids_to_tokens(list(range(vocab, len(tokenizer)))) if t not in ours]
+    if foreign:
+        raise ValueError(
+            f"the tokenizer {model_cfg.tokenizer.name_or_path or '(a BPE trained here)'} has {len(tokenizer)} ids "
+            f"but the language model {model_cfg.lm.name_or_path} has an embedding table of {vocab} "
+            f"({len(foreign)} ids past it, e.g. {foreign[:3]}): use the LM's own tokenizer "
+            f"(leave model.tokenizer.name_or_path unset to get it)"
+        )
+
+
 def fit_embeddings(lm: PreTrainedModel, tokenizer) -> None:
-    """Grow the LM's vocabulary to the tokenizer's size (added image / pad tokens)."""
+    """Grow the LM's vocabulary to the tokenizer's size (added image / pad tokens); new rows only are initialised."""
     have = lm.get_input_embeddings().weight.shape[0]
     if have < len(tokenizer):
         logger.info("resizing the LM embeddings from %d to %d tokens to fit the tokenizer", have, len(tokenizer))
@@ -64,20 +85,41 @@ def build_language_model(
     tokenizer,
     hf_config: PretrainedConfig | None = None,
     load_weights: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
-    """The causal LM for an ``lm`` section; ``hf_config`` (a saved config) skips every download."""
-    if hf_config is not None:
-        hf_config._attn_implementation = "sdpa"
-        lm = AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa")
-    elif lm_cfg.name_or_path is None:
-        lm = AutoModelForCausalLM.from_config(inline_llama_config(lm_cfg, tokenizer), attn_implementation="sdpa")
-    elif lm_cfg.pretrained_weights and load_weights:
+    """The causal LM for an ``lm`` section, created or loaded once in ``dtype`` on ``device``.
+
+    ``hf_config`` (a saved config) skips every download.  Pretrained weights load through
+    ``from_pretrained(dtype=..., device_map=...)``: meta device first, the checkpoint's tensors
+    straight into place.
+    """
+    kw = {"attn_implementation": attn_implementation, "dtype": dtype}
+    place = torch.device(device) if device is not None else contextlib.nullcontext()
+    if hf_config is None and lm_cfg.name_or_path is not None and lm_cfg.pretrained_weights and load_weights:
+        if device is not None and torch.device(device).type != "cpu":
+            kw["device_map"] = str(device)
         try:
-            lm = AutoModelForCausalLM.from_pretrained(lm_cfg.name_or_path, attn_implementation="sdpa", dtype=torch.float32)
+            lm = AutoModelForCausalLM.from_pretrained(lm_cfg.name_or_path, **kw)
         except (OSError, ValueError) as e:
             raise _hub_error(lm_cfg.name_or_path, "a causal LM", e) from e
     else:
-        cfg = language_model_config(lm_cfg, tokenizer)
-        lm = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+        cfg = hf_config if hf_config is not None else language_model_config(lm_cfg, tokenizer)
+        with place:
+            lm = AutoModelForCausalLM.from_config(cfg, **kw)
     fit_embeddings(lm, tokenizer)
     return lm
+
+
+def preflight(model_cfg) -> None:
+    """Before anything runs: the tokenizer loads and fits the LM's embedding table (reads only small files).
+
+    Raises OSError (unloadable) or ValueError (does not fit) with the config keys named.
+    """
+    from openmind_core.model.tokenizer import build_tokenizer
+
+    if not model_cfg.lm.name_or_path or model_cfg.tokenizer.name_or_path is None:
+        return
+    tokenizer = build_tokenizer(model_cfg.tokenizer)
+    check_tokenizer_fits(tokenizer, language_model_config(model_cfg.lm, tokenizer), model_cfg)

@@ -134,13 +134,21 @@ class ImprovedVisionEncoder(nn.Module):
         use_flash_attn: bool = True,
         attn_implementation: str | None = None,
         dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> "ImprovedVisionEncoder":
-        """Load SigLIP weights from a directory or hub id (full SigLIP or vision-only checkpoint)."""
+        """Load SigLIP weights from a directory or hub id (full SigLIP or vision-only checkpoint).
+
+        Loaded in ``dtype`` (default: the checkpoint's) straight onto ``device`` (default CPU): the
+        weights are never materialised twice.
+        """
         src = str(path_or_hub_id)
+        kw = {"attn_implementation": "sdpa", "dtype": dtype if dtype is not None else "auto"}
+        if device is not None and torch.device(device).type != "cpu":
+            kw["device_map"] = str(device)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a full SigLIP checkpoint lists every text-tower key as unused
         try:
-            siglip = SiglipVisionModel.from_pretrained(src, attn_implementation="sdpa", dtype=dtype)
+            siglip = SiglipVisionModel.from_pretrained(src, **kw)
         except (OSError, ValueError) as e:
             where = "local directory" if Path(src).exists() else "hub id (is the hub reachable? set HF_HUB_OFFLINE=0 or use a local path)"
             raise OSError(f"cannot load a SigLIP vision tower from {src!r} ({where}): {e}") from e
@@ -163,8 +171,8 @@ class ImprovedVisionEncoder(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
         name, reason = select_backend(self.use_flash_attn, x.device, dtype)
         if reason and not self._fallback_logged:
-            # one line per process and reason, not per model instance
-            level = logging.DEBUG if reason in _FALLBACKS_LOGGED else logging.INFO
+            # one line per process and reason, not per model instance; on a CPU the fallback is expected
+            level = logging.DEBUG if reason in _FALLBACKS_LOGGED or x.device.type != "cuda" else logging.INFO
             _FALLBACKS_LOGGED.add(reason)
             logger.log(level, "vision encoder: use_flash_attn=True but %s; using PyTorch SDPA", reason)
             self._fallback_logged = True

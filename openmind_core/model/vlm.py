@@ -1,47 +1,73 @@
-"""MultimodalReasoningModel: SigLIP vision tower -> projector -> causal LM, as one ``nn.Module``.
+"""MultimodalReasoningModel: SigLIP vision tower -> projector -> causal LM, a transformers ``PreTrainedModel``.
 
 Submodules are named ``vision_encoder``, ``projector`` and ``language_model`` (the trainer groups
-learning rates by these prefixes).  A sample's ids hold ``num_image_tokens`` copies of the image
-placeholder (``openmind_core.prompting.encode`` puts them there); ``forward`` embeds the text and
-replaces the placeholder embeddings with projected image features (``masked_scatter``, as
-transformers' LLaVA does) after a hard check that the counts match -- a mismatch raises instead of
-silently misaligning.  Labels (-100 on bos/image/prompt positions) go to the LM, whose loss is
-the standard shifted mean cross-entropy over label tokens.
+learning rates by these prefixes; the safetensors keys are ``vision_encoder.siglip.vision_model.*``,
+``projector.linear_{1,2}.*`` and ``language_model.*``).  A sample's ids hold ``num_image_tokens``
+copies of the image placeholder (``openmind_core.prompting`` puts them there); ``forward`` embeds
+the text and replaces the placeholder embeddings with projected image features
+(``masked_scatter``, as transformers' LLaVA does) after a hard check that the counts match -- a
+mismatch raises instead of silently misaligning.  Labels (-100 where no loss is taken) go to the
+LM, whose loss is the standard shifted mean cross-entropy over label tokens.
 
-``generate`` is batched with left padding, explicit position ids and a KV cache; greedy decoding
-is deterministic and a batch decodes exactly as its rows would alone.  ``save_pretrained`` writes
-``openmind_config.json`` (the ModelConfig, the format version and the towers' transformers
-configs, so reloading never needs the hub), ``model.safetensors`` (tied weights stored once) and
-the tokenizer files; ``from_pretrained`` restores the model bit for bit.
+Hugging Face-native: the config is ``MultimodalReasoningConfig`` (``model_type`` "openmind"),
+registered with ``AutoConfig`` and ``AutoModelForImageTextToText`` by ``openmind_core.model``, so
+``AutoModelForImageTextToText.from_pretrained(final_dir, dtype=..., device_map=...)`` returns this
+class, built on the meta device and loaded straight into place (no random initialisation).
+Frozen towers are held in ``model.dtype`` (bf16/fp16) and trainable modules in fp32 (master
+weights): ``_keep_in_fp32_modules_strict`` names the trainable ones so a reload keeps that split.
+
+Two ways to build one:
+
+* ``MultimodalReasoningModel.from_config(model_cfg, tokenizer, device=...)`` from a
+  ``schemas.config.ModelConfig``: pretrained towers (``model.vision.pretrained``,
+  ``model.lm.name_or_path``) are loaded directly in their target dtype on the target device; only
+  the projector and any new embedding rows are initialised.  Random towers (the tiny default, the
+  full-size shape without checkpoints) are created directly in their target dtype too.
+* ``from_pretrained(dir)``: a directory written by ``save_pretrained`` (config.json,
+  model.safetensors, generation_config.json, the tokenizer and the image processor).  A directory
+  written by OpenMind before format 2 (``openmind_config.json``) is read as well.
+
+Generation is transformers' own (``GenerationMixin``): every stop id of the LM's
+``generation_config``, sampling, beam search, repetition penalty, ``max_new_tokens`` and
+streamers.  ``generate(images, prompts)`` is the guide's convenience form (returns the answers as
+text, prompts built with the tokenizer's chat template when it has one); ``generate(input_ids=...,
+pixel_values=...)`` is transformers' form (returns token ids).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_model
 from torch import nn
-from transformers import AutoConfig, DynamicCache, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from openmind_core import prompting
 from openmind_core.imaging import preprocess_images
-from openmind_core.io import atomic_write_json, fsync_dir
-from openmind_core.model.language import build_language_model
+from openmind_core.model.configuration import MultimodalReasoningConfig
 from openmind_core.model.projector import ImprovedProjector
 from openmind_core.model.tokenizer import load_tokenizer
-from openmind_core.model.tokens import tokens_for_config
 from openmind_core.model.vision import ImprovedVisionEncoder, enable_checkpointing
 
 logger = logging.getLogger(__name__)
 _TABLES_LOGGED: set[tuple[str, str]] = set()
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "openmind_config.json"
+FORMAT_VERSION = 2
+LEGACY_CONFIG_FILE = "openmind_config.json"  # format 1 (before the model was a PreTrainedModel)
 WEIGHTS_FILE = "model.safetensors"
 MODULES = ("vision_encoder", "projector", "language_model")
 STAGES = {
@@ -52,70 +78,113 @@ STAGES = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class MultimodalReasoningModel(nn.Module):
-    """The vision-language model for a ``schemas.config.ModelConfig`` and its tokenizer."""
+def trainable_modules(stage: str) -> tuple[str, ...]:
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {tuple(STAGES)}")
+    return STAGES[stage]
+
+
+def _dtype_of(config: MultimodalReasoningConfig) -> torch.dtype:
+    dt = config.dtype
+    if isinstance(dt, str):
+        dt = getattr(torch, dt)
+    return dt or torch.float32
+
+
+class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
+    """The vision-language model for a ``MultimodalReasoningConfig``."""
+
+    config_class = MultimodalReasoningConfig
+    config: MultimodalReasoningConfig
+    base_model_prefix = "openmind"  # no separate base model: loading never strips a prefix
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
 
     def __init__(
         self,
-        config,
-        tokenizer,
-        *,
-        _vision_config: dict | None = None,
-        _lm_config: dict | None = None,
+        config: MultimodalReasoningConfig,
+        vision_encoder: ImprovedVisionEncoder | None = None,
+        language_model: PreTrainedModel | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.tokenizer = tokenizer
-        image_token_id = tokenizer.convert_tokens_to_ids(config.tokenizer.image_token)
-        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no image token {config.tokenizer.image_token!r}; build it with build_tokenizer")
-        self.image_token_id = int(image_token_id)
-        self.num_image_tokens = tokens_for_config(config)
-        self.img_size = config.vision.img_size
-        self.stage = None
+        super().__init__(config)
+        if config.image_token_id is None:
+            raise ValueError("MultimodalReasoningConfig.image_token_id is not set")
+        self.image_token_id = int(config.image_token_id)
+        self.num_image_tokens = config.num_image_tokens
+        self.img_size = config.img_size
+        self.stage: str | None = None
+        self.tokenizer = None  # attached by from_config / from_pretrained (needed by generate(images, prompts))
 
-        v = config.vision
-        if _vision_config is not None:
-            siglip_cfg = SiglipVisionConfig.from_dict(_vision_config)
-            siglip_cfg._attn_implementation = "sdpa"
-            self.vision_encoder = ImprovedVisionEncoder(
-                feature_layer=v.feature_layer, use_flash_attn=v.use_flash_attn, _siglip=SiglipVisionModel(siglip_cfg)
+        if vision_encoder is None:
+            vision_encoder = ImprovedVisionEncoder(
+                feature_layer=config.vision_feature_layer, use_flash_attn=config.use_flash_attn,
+                _siglip=SiglipVisionModel(config.vision_config),
             )
-        elif v.pretrained:
-            self.vision_encoder = ImprovedVisionEncoder.from_pretrained(v.pretrained, v.feature_layer, v.use_flash_attn)
-            enc = self.vision_encoder
-            got = (enc.img_size, enc.patch_size, enc.embed_dim)
-            if got != (v.img_size, v.patch_size, v.embed_dim):
-                raise ValueError(
-                    f"model.vision.pretrained {v.pretrained!r} has img_size/patch_size/embed_dim {got}, but "
-                    f"model.vision says {(v.img_size, v.patch_size, v.embed_dim)}: make the config match the checkpoint"
-                )
-        else:
-            self.vision_encoder = ImprovedVisionEncoder.from_config(v)
-
-        lm_hf_cfg = AutoConfig.for_model(**_lm_config) if _lm_config is not None else None
-        self.language_model = build_language_model(config.lm, tokenizer, hf_config=lm_hf_cfg)
-        self.projector = ImprovedProjector.from_config(
-            config.projector, self.vision_encoder.embed_dim, self.language_model.config.hidden_size
+        self.vision_encoder = vision_encoder
+        config.vision_config = self.vision_encoder.siglip.config
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = language_model
+        config.text_config = self.language_model.config  # one object: embedding resizes update both
+        self.projector = ImprovedProjector(
+            self.vision_encoder.embed_dim, self.language_model.config.hidden_size,
+            config.projector_type, config.pooling_kernel, config.projector_hidden_dim,
         )
-        self.to(DTYPES[config.dtype])
+        # keep torch's default init for the projector (LLaVA's); transformers' generic init would redo it
+        for m in self.projector.modules():
+            m._is_hf_initialized = True
+        low = _dtype_of(config)
+        self._keep_in_fp32_modules_strict = list(trainable_modules(config.stage)) if low != torch.float32 else []
+        self.post_init()
         self.freeze(config.stage)
-        if config.gradient_checkpointing:
-            self.gradient_checkpointing_enable()
+
+    # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_config(cls, config, tokenizer) -> "MultimodalReasoningModel":
-        return cls(config, tokenizer)
+    def from_config(cls, model_cfg, tokenizer, device: str | torch.device | None = None) -> "MultimodalReasoningModel":
+        """Build from a ``schemas.config.ModelConfig`` and its tokenizer (see the module docstring)."""
+        from openmind_core.model.builder import build_parts
 
-    # ------------------------------------------------------------------ embedding
+        parts = build_parts(model_cfg, tokenizer, device=device)
+        model = cls(parts.config, vision_encoder=parts.vision_encoder, language_model=parts.language_model)
+        model.projector.to(device=torch.device(device) if device is not None else None)
+        model.tokenizer = tokenizer
+        model.generation_config = parts.generation_config
+        if model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
 
     @property
-    def device(self) -> torch.device:
-        return self.projector.linear_1.weight.device
+    def model_config(self):
+        """The ``schemas.config.ModelConfig`` this model was built from."""
+        from schemas.config import ModelConfig
+
+        return ModelConfig.model_validate(self.config.openmind or {})
+
+    # ------------------------------------------------------------------ embeddings (for transformers)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # ------------------------------------------------------------------ forward
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> projected image tokens ``[B, num_image_tokens, lm_hidden]``."""
-        feats = self.vision_encoder(pixel_values.to(self.vision_encoder.siglip.embeddings.patch_embedding.weight.dtype))
+        vision_dtype = self.vision_encoder.siglip.embeddings.patch_embedding.weight.dtype
+        feats = self.vision_encoder(pixel_values.to(vision_dtype))
         return self.projector(feats.to(self.projector.linear_1.weight.dtype))
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
@@ -138,32 +207,56 @@ class MultimodalReasoningModel(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **lm_kwargs,
     ):
         """Returns the LM's ``CausalLMOutputWithPast`` (``.loss``/``["loss"]``, ``.logits``)."""
-        embeds = self.embed_inputs(input_ids, pixel_values)
+        if "past_key_values" in lm_kwargs:  # the name before transformers 5.2x
+            cache = lm_kwargs.pop("past_key_values")
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("forward needs input_ids or inputs_embeds")
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        if use_cache is None:
+            use_cache = cache is not None
+        if cache is not None:
+            lm_kwargs[self._cache_kw()] = cache
         return self.language_model(
-            inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False, **lm_kwargs
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels,
+            use_cache=use_cache, logits_to_keep=logits_to_keep, **lm_kwargs,
         )
 
+    def _cache_kw(self) -> str:
+        params = inspect.signature(self.language_model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
     # ------------------------------------------------------------------ generation
+
+    def stop_token_ids(self) -> list[int]:
+        eos = self.generation_config.eos_token_id
+        if eos is None:
+            return []
+        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
     def _prepare_prompts(self, prompts: str | list[str], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(prompts, str):
             prompts = [prompts] * batch
         if len(prompts) != batch:
             raise ValueError(f"generate: {batch} images but {len(prompts)} prompts")
-        ids = [
-            prompting.encode(self.tokenizer, p, None, self.num_image_tokens, self.image_token_id,
-                             self.config.max_length).input_ids
-            for p in prompts
-        ]
+        max_length = self.model_config.max_length
+        ids = [prompting.encode(self.tokenizer, p, None, self.num_image_tokens, self.image_token_id, max_length).input_ids
+               for p in prompts]
         width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.generation_config.pad_token_id
+        pad = int(pad) if pad is not None else 0
         input_ids = torch.full((batch, width), pad, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
         for i, row in enumerate(ids):  # left padding: the last position is every row's last prompt token
@@ -171,81 +264,61 @@ class MultimodalReasoningModel(nn.Module):
             mask[i, width - len(row):] = 1
         return input_ids, mask
 
-    @staticmethod
-    def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
-              generator: torch.Generator | None) -> torch.Tensor:
-        if not do_sample:
-            return logits.argmax(-1)
-        logits = logits.float() / max(temperature, 1e-5)
-        if top_p < 1.0:
-            sorted_logits, order = logits.sort(-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        images,
-        prompts: str | list[str],
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-    ) -> list[str]:
-        """Answer ``prompts`` (instructions) about ``images`` (PIL / bytes list or ``[B,3,H,W]``).
-
-        ``ignore_eos=True`` always decodes ``max_new_tokens`` tokens (benchmarks).
-        """
+    def pixel_values_for(self, images) -> torch.Tensor:
+        """PIL images / image bytes (or a ready ``[B, 3, H, W]`` tensor) -> normalised pixel values."""
         if isinstance(images, torch.Tensor):
-            pixel_values = images if images.dim() == 4 else images.unsqueeze(0)
-        else:
-            images = list(images) if isinstance(images, (list, tuple)) else [images]
-            pixel_values = preprocess_images(images, self.img_size)
-        device = self.device
+            return images if images.dim() == 4 else images.unsqueeze(0)
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        return preprocess_images(images, self.img_size, self.config.image_mean, self.config.image_std,
+                                 self.config.image_resample)
+
+    def generate(self, images=None, prompts=None, *args, seed: int | None = None, ignore_eos: bool = False,
+                 **kwargs):
+        """Answer ``prompts`` about ``images`` and return the answers as text; or transformers' generate.
+
+        With ``prompts`` (one instruction for all images, or one per image): images are PIL images,
+        image bytes or a ``[B, 3, H, W]`` tensor; the prompts go through the tokenizer's chat template
+        (or the fixed template for tokenizers without one); every keyword of transformers'
+        ``generate`` applies (``max_new_tokens`` (default 32), ``do_sample``, ``temperature``,
+        ``top_p``, ``num_beams``, ``repetition_penalty``, ``streamer``, ...).  ``seed`` makes sampling
+        reproducible; ``ignore_eos=True`` always decodes ``max_new_tokens`` tokens (benchmarks).
+
+        Without ``prompts`` this is ``GenerationMixin.generate`` (``input_ids``, ``pixel_values``,
+        ``attention_mask``, ...), returning token ids.
+        """
+        if prompts is None:
+            if images is not None:
+                args = (images, *args)
+            return super().generate(*args, **kwargs)
+        if self.tokenizer is None:
+            raise ValueError("generate(images, prompts) needs model.tokenizer (from_pretrained attaches it)")
+        pixel_values = self.pixel_values_for(images)
         batch = pixel_values.shape[0]
         input_ids, mask = self._prepare_prompts(prompts, batch)
-        input_ids, mask, pixel_values = input_ids.to(device), mask.to(device), pixel_values.to(device)
-        generator = None
-        if do_sample and seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
-        eos = None if ignore_eos else self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-        lm = self.language_model
-        cache = DynamicCache(config=lm.config)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        embeds = self.embed_inputs(input_ids, pixel_values)
-        cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                 logits_to_keep=1, **{cache_kw: cache})
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        generated: list[torch.Tensor] = []
-        for step in range(max_new_tokens):
-            nxt = self._pick(out.logits[:, -1, :], do_sample, temperature, top_p, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            generated.append(nxt)
-            if eos is not None:
-                finished |= nxt == eos
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            positions = positions[:, -1:] + 1
-            out = lm(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=positions,
-                     use_cache=True, **{cache_kw: cache})
-        if not generated:
-            return [""] * batch
-        tokens = torch.stack(generated, dim=1).tolist()
+        device = self.device
+        if "max_new_tokens" not in kwargs and "max_length" not in kwargs:
+            kwargs["max_new_tokens"] = 32
+        if not kwargs.get("do_sample"):
+            for key in ("temperature", "top_p", "top_k"):  # meaningless for greedy/beam search: no warnings
+                kwargs.pop(key, None)
+        if ignore_eos:
+            kwargs["min_new_tokens"] = kwargs.get("max_new_tokens")
+        rng = contextlib.nullcontext()
+        if kwargs.get("do_sample") and seed is not None:
+            rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with rng:
+            if kwargs.get("do_sample") and seed is not None:
+                torch.manual_seed(seed)
+            out = super().generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                pixel_values=pixel_values.to(device), **kwargs,
+            )
+        new = out[:, input_ids.shape[1]:].tolist()
+        stops = set(self.stop_token_ids())
         texts = []
-        for row in tokens:
-            if eos is not None and eos in row:
-                row = row[: row.index(eos)]
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        for row in new:
+            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
 
     # ------------------------------------------------------------------ training controls
@@ -272,19 +345,20 @@ class MultimodalReasoningModel(nn.Module):
         are excluded from autograd, but activations still flow, so the projector gets gradients
         through a frozen LM.
 
-        Precision: with ``model.dtype`` bfloat16/float16, frozen modules are held in that dtype and
+        Precision: with ``dtype`` bfloat16/float16, frozen modules are held in that dtype and
         trainable ones in float32 (master weights: AdamW's moments and small late-schedule updates
         would be lost in 16 bits); autocast runs their matmuls in 16 bits on the GPU.
         """
-        if stage not in STAGES:
-            raise ValueError(f"stage {stage!r} is not one of {tuple(STAGES)}")
-        low = DTYPES[self.config.dtype]
+        trainable = trainable_modules(stage)
+        low = _dtype_of(self.config)
         for name in MODULES:
-            module, trainable = getattr(self, name), name in STAGES[stage]
-            module.requires_grad_(trainable)
+            module, train = getattr(self, name), name in trainable
+            module.requires_grad_(train)
             if low != torch.float32:
-                module.to(torch.float32 if trainable else low)
+                module.to(torch.float32 if train else low)
         self.stage = stage
+        self.config.stage = stage
+        self._keep_in_fp32_modules_strict = list(trainable) if low != torch.float32 else []
         table = self.parameter_table()
         # the same table for every rebuild of one model (smoke, train, reload, inference): say it once
         level = logging.DEBUG if (stage, table) in _TABLES_LOGGED else logging.INFO
@@ -292,65 +366,106 @@ class MultimodalReasoningModel(nn.Module):
         logger.log(level, "stage %r: trainable parameters per module\n%s", stage, table)
         return table
 
-    def gradient_checkpointing_enable(self) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
         """Recompute activations in backward in both towers (non-reentrant checkpointing)."""
         self.vision_encoder.gradient_checkpointing_enable()
         enable_checkpointing(self.language_model)
 
     # ------------------------------------------------------------------ persistence
 
-    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write config JSON, safetensors weights (tied weights once) and the tokenizer.
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained`` (config.json, model.safetensors, generation_config.json)
+        plus the tokenizer and the image processor, so the directory is complete on its own."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(save_directory))
+            self.image_processor().save_pretrained(str(save_directory))
+        return out
 
-        ``state_dict``: the weights to write instead of this module's own, e.g. the full state dict
-        gathered from an FSDP2-sharded copy of this model (same key names).
-        """
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(d))
-        tmp = d / f".{WEIGHTS_FILE}.tmp"
-        metadata = {"format": "pt", "openmind_format_version": str(FORMAT_VERSION)}
-        if state_dict is None:
-            save_model(self, str(tmp), metadata=metadata)
-        else:
-            # drop the names of tied parameters after the first, as safetensors' save_model does
-            first: dict[int, str] = {}
-            tied = set()
-            for name, p in self.named_parameters(remove_duplicate=False):
-                if id(p) in first:
-                    tied.add(name)
-                first.setdefault(id(p), name)
-            save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k not in tied},
-                      str(tmp), metadata=metadata)
-        os.replace(tmp, d / WEIGHTS_FILE)
-        atomic_write_json(d / CONFIG_FILE, {
-            "format_version": FORMAT_VERSION,
-            "model": self.config.model_dump(mode="json"),
-            "stage": self.stage,
-            "vision_config": self.vision_encoder.siglip.config.to_dict(),
-            "lm_config": self.language_model.config.to_dict(),
-        })
-        fsync_dir(d)
-        return d
+    def image_processor(self):
+        """A ``SiglipImageProcessor`` that preprocesses images as this model's data pipeline does."""
+        try:  # the PIL backend: the default one needs torchvision
+            from transformers import SiglipImageProcessorPil as Processor
+        except ImportError:
+            from transformers import SiglipImageProcessor as Processor
+
+        return Processor(
+            size={"height": self.img_size, "width": self.img_size}, resample=self.config.image_resample,
+            image_mean=list(self.config.image_mean), image_std=list(self.config.image_std),
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MultimodalReasoningModel":
-        """Restore a ``save_pretrained`` directory (no hub access)."""
-        from schemas.config import ModelConfig
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, map_location=None, **kwargs):
+        """Load a ``save_pretrained`` directory (any transformers keyword: ``dtype``, ``device_map``, ...).
 
-        d = Path(directory)
-        cfg_path = d / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{d} is not a saved MultimodalReasoningModel: {CONFIG_FILE} is missing")
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{cfg_path}: format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}")
-        config = ModelConfig.model_validate(meta["model"])
-        tokenizer = load_tokenizer(d)
-        lm_cfg = dict(meta["lm_config"])
-        model = cls(config, tokenizer, _vision_config=meta["vision_config"], _lm_config=lm_cfg)
-        missing, unexpected = load_model(model, str(d / WEIGHTS_FILE), strict=True, device=str(map_location))
-        model.to(map_location)
-        if meta.get("stage") and meta["stage"] != model.stage:
-            model.freeze(meta["stage"])
+        ``map_location`` (older OpenMind name) moves the model to that device after loading.
+        """
+        d = Path(pretrained_model_name_or_path)
+        if d.is_dir() and not (d / "config.json").is_file() and not (d / LEGACY_CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{d} is not a saved MultimodalReasoningModel: config.json is missing")
+        if (d / LEGACY_CONFIG_FILE).is_file() and not (d / "config.json").is_file():
+            model = _load_legacy(cls, d, **kwargs)
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            if d.is_dir() and (d / "tokenizer_config.json").is_file():
+                model.tokenizer = load_tokenizer(d)
+            model.stage = model.config.stage
+            model.freeze(model.config.stage)
+        if map_location is not None:
+            model.to(map_location)
         return model
+
+
+def _load_legacy(cls, d: Path, **kwargs) -> MultimodalReasoningModel:
+    """Read a format-1 directory (``openmind_config.json`` + ``model.safetensors`` + tokenizer)."""
+    from openmind_core.model.builder import generation_config_for
+    from schemas.config import ModelConfig
+
+    meta = json.loads((d / LEGACY_CONFIG_FILE).read_text(encoding="utf-8"))
+    if meta.get("format_version") != 1:
+        raise ValueError(f"{d / LEGACY_CONFIG_FILE}: format_version {meta.get('format_version')!r} is not one "
+                         f"this code reads (1, or a config.json directory)")
+    model_cfg = ModelConfig.model_validate(meta["model"])
+    tokenizer = load_tokenizer(d)
+    vision_cfg = SiglipVisionConfig.from_dict(meta["vision_config"])
+    lm_cfg = AutoConfig.for_model(**meta["lm_config"])
+    config = config_for(model_cfg, tokenizer, vision_cfg, lm_cfg)
+    config.stage = meta.get("stage") or model_cfg.stage
+    dtype = kwargs.get("dtype")
+    if dtype is not None and dtype != "auto":
+        config.dtype = dtype
+    model = cls(config)
+    load_model(model, str(d / WEIGHTS_FILE), strict=True)
+    model.freeze(config.stage)
+    model.tokenizer = tokenizer
+    model.generation_config = generation_config_for(tokenizer, lm_cfg, None)
+    logger.info("%s is an OpenMind format-1 directory: loaded; save_pretrained writes the current format", d)
+    return model
+
+
+def config_for(model_cfg, tokenizer, vision_config, text_config, image_mean=None, image_std=None,
+               image_resample: int = 3) -> MultimodalReasoningConfig:
+    """The ``MultimodalReasoningConfig`` for a ``ModelConfig``, its tokenizer and the towers' configs."""
+    image_token = model_cfg.tokenizer.image_token
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no image token {image_token!r}; build it with build_tokenizer")
+    # copies: building the composite config resets its sub-configs' attention implementation, and the
+    # towers' own configs (which the model then adopts) must keep theirs
+    return MultimodalReasoningConfig(
+        vision_config=copy.deepcopy(vision_config),
+        text_config=copy.deepcopy(text_config),
+        image_token_id=int(image_token_id),
+        projector_type=model_cfg.projector.type,
+        pooling_kernel=model_cfg.projector.pooling_kernel,
+        projector_hidden_dim=model_cfg.projector.hidden_dim,
+        vision_feature_layer=model_cfg.vision.feature_layer,
+        use_flash_attn=model_cfg.vision.use_flash_attn,
+        stage=model_cfg.stage,
+        image_mean=list(image_mean) if image_mean is not None else None,
+        image_std=list(image_std) if image_std is not None else None,
+        image_resample=image_resample,
+        openmind=model_cfg.model_dump(mode="json"),
+        dtype=model_cfg.dtype,
+    )
