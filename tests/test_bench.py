@@ -47,7 +47,7 @@ def tiny_model(tokenizer, stage: str, checkpointing: bool = False):
 
     cfg = load_config(None, [f"model.stage={stage}", f"model.gradient_checkpointing={str(checkpointing).lower()}"])
     torch.manual_seed(0)
-    model = MultimodalReasoningModel(cfg.model, tokenizer)
+    model = MultimodalReasoningModel.from_config(cfg.model, tokenizer)
     model.train()
     return model, cfg
 
@@ -313,3 +313,26 @@ def test_harness_table_exit_codes_and_ratio_direction(tmp_path, monkeypatch):
     assert any(r["name"] == "bad FAILED" for r in rows) and any(r["name"] == "speed" for r in rows)
     with pytest.raises(SystemExit, match="unknown benchmark"):
         harness.main(["nope", "--out", str(out)])
+
+
+def test_build_benchmark_quick_measures_build_and_load():
+    """bench_build --quick: tiny pretrained parts, both scenarios measured against the raw safetensors read.
+
+    Only well-formedness: the 1.3x memory goal is the full benchmark's to check, not a unit test's.
+    """
+    import math
+
+    bench = _load("build")
+    m = bench.measure(quick=True)
+    rows = bench.rows(m)
+    _check_rows(rows)
+    assert [r["name"] for r in rows] == ["build from pretrained parts: peak RSS", "build from pretrained parts: time",
+                                         "load final/: peak RSS", "load final/: time"]
+    for r in rows:
+        for k in ("ours_s", "baseline_s", "ratio"):
+            assert isinstance(r[k], float) and math.isfinite(r[k]) and r[k] > 0, (r["name"], k, r[k])
+    for key in ("build", "final"):
+        assert m[key]["params"] > 1_000_000 and m[key]["weights"] == m[f"{key}_raw"]["weights"] > 0
+        assert m[f"{key}_raw"]["extra"] > 0  # the raw read brought the weights in
+    assert rows[0]["baseline_s"] == pytest.approx(m["build"]["weights"] / 1e6)
+    assert rows[0]["ratio"] == pytest.approx(rows[0]["ours_s"] / rows[0]["baseline_s"])
