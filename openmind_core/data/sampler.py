@@ -8,6 +8,14 @@ valid after it.  The trainer owns the position (epoch, samples this rank already
 prefetching loader workers run ahead of the training loop, so the sampler's own iteration count
 is not the position.  Resume = ``set_epoch(epoch, start=consumed)``.
 
+``offset`` (normally 0): samples at the head of the epoch's global order that were consumed before
+the current world size took over (a resume with a different number of ranks); the ranks shard the
+rest of the epoch, and ``start`` counts this rank's samples from there.  A job that consumed
+``c`` samples per rank on ``W`` ranks after ``offset`` ``o`` has consumed the global prefix
+``o + c * W`` (``global_position``); resuming that with any number of ranks at that offset sees
+every remaining sample of the epoch once (padded to a multiple of the world size at the end, like
+``DistributedSampler``).
+
 Skipping: each skipped id carries the first epoch it applies to.  ``add_skip(ids, epoch, start)``
 (what a rollback calls) makes an id skipped from ``epoch`` on when it still lies at or after the
 restored position in that epoch's order, and from ``epoch + 1`` on when it was already consumed
@@ -42,23 +50,37 @@ class ResumableSampler(Sampler[int]):
         self.world_size = world_size
         self.epoch = 0
         self.start = 0
+        self.offset = 0
         self.skip: dict[str, int] = {}  # sample id -> first epoch it is skipped in
 
     # -- position ------------------------------------------------------------------------
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def set_epoch(self, epoch: int, start: int = 0, offset: int = 0) -> None:
         self.epoch = int(epoch)
         self.start = int(start)
+        self.offset = int(offset)
 
-    def add_skip(self, ids: Iterable[str], epoch: int | None = None, start: int | None = None) -> None:
-        """Skip ``ids`` from now on; see the module docstring for ``epoch``/``start`` (default: here)."""
+    def global_position(self, start: int | None = None, offset: int | None = None,
+                        world_size: int | None = None, epoch: int | None = None) -> int:
+        """Samples of the epoch's global order the whole job consumed when each of its ``world_size``
+        ranks (default: this sampler's) had consumed ``start`` after ``offset``; capped at the epoch's
+        length (its last batch may be padded)."""
+        start = self.start if start is None else int(start)
+        offset = self.offset if offset is None else int(offset)
+        world = self.world_size if world_size is None else int(world_size)
+        return min(offset + start * world, len(self.global_order(epoch)))
+
+    def add_skip(self, ids: Iterable[str], epoch: int | None = None, start: int | None = None,
+                 offset: int | None = None) -> None:
+        """Skip ``ids`` from now on; see the module docstring for ``epoch``/``start``/``offset`` (default: here)."""
         epoch = self.epoch if epoch is None else int(epoch)
         start = self.start if start is None else int(start)
+        offset = self.offset if offset is None else int(offset)
         order = self.global_order(epoch)
         first_pos: dict[str, int] = {}
         for pos, idx in enumerate(order):
             first_pos.setdefault(self.sample_ids[idx], pos)
-        boundary = start * self.world_size
+        boundary = offset + start * self.world_size
         for sid in ids:
             if sid in self.skip:
                 continue
@@ -72,6 +94,7 @@ class ResumableSampler(Sampler[int]):
         return {
             "epoch": self.epoch,
             "start": self.start,
+            "offset": self.offset,
             "seed": self.seed,
             "skip": [[sid, ep] for sid, ep in sorted(self.skip.items())],
         }
@@ -81,6 +104,7 @@ class ResumableSampler(Sampler[int]):
             raise ValueError(f"sampler seed changed: checkpoint {state['seed']}, now {self.seed}")
         self.epoch = int(state["epoch"])
         self.start = int(state["start"])
+        self.offset = int(state.get("offset", 0))
         skip: dict[str, int] = {}
         for item in state.get("skip", []):
             if isinstance(item, str):
@@ -104,8 +128,8 @@ class ResumableSampler(Sampler[int]):
         return order
 
     def epoch_order(self, epoch: int | None = None) -> list[int]:
-        """This rank's dataset indices for the epoch, from its beginning."""
-        keep = self.global_order(epoch)
+        """This rank's dataset indices for the epoch, from its beginning (after ``offset``)."""
+        keep = self.global_order(epoch)[self.offset :]
         if self.world_size > 1 and keep:
             pad = (-len(keep)) % self.world_size
             keep = keep + keep[:pad]

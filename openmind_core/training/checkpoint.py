@@ -8,10 +8,13 @@ Layout of one checkpoint, ``<run>/checkpoints/step-00000020/``::
     scaler.pt            GradScaler state (fp16)  }
     rank-<R>.pt          python/numpy/torch/cuda RNG states and recent sample ids of rank R
     trainer_state.json   step, epoch, loader position, skip ledger, spike window, counters
-    fingerprint.json     what must not change across a resume (model shape, data, batch)
+    fingerprint.json     what must not change across a resume (model shape, data, batch), and the
+                         world size, which may (``check_fingerprint`` -> WorldSizeChange)
     manifest.json        sha256 of every file above; written LAST
 
-A checkpoint is written into ``.tmp-step-...``, every file fsynced, the manifest last, the
+A checkpoint is written into ``.tmp-step-...``, the tensors streamed into their files
+(``safetensors.torch.save_file``, ``torch.save`` into the open file: no serialised copy in RAM),
+each file hashed by reading it back in chunks, every file fsynced, the manifest last, the
 directory fsynced and then renamed; replacing an existing step moves the old one to ``.old-...``
 first.  Pruning (and a rollback's ``delete_after``) first renames a doomed checkpoint to
 ``.del-...`` and only then deletes it, so a crash mid-delete never leaves a half-deleted
@@ -94,7 +97,15 @@ def _write_durable(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync_and_hash(path: Path) -> str:
+    """fsync a file written by a library, then its sha256 read back in chunks (as ``validate`` will)."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    return sha256_file(path)
+
+
 def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` into memory (what a checkpoint's ``.pt`` file holds; ``save`` streams it instead)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -114,10 +125,13 @@ def replace_dir(tmp: Path, dest: Path) -> None:
 
 
 def _accepts_state_dict(fn: Any) -> bool:
+    """``fn`` names a ``state_dict`` parameter, or takes ``**kwargs`` (an override that passes them on
+    to transformers' ``save_pretrained``)."""
     try:
-        return "state_dict" in inspect.signature(fn).parameters
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+    return "state_dict" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _save_pretrained_names(model: torch.nn.Module,
@@ -291,15 +305,21 @@ class CheckpointManager:
             shutil.rmtree(tmp)
         tmp.mkdir()
         digests: dict[str, str] = {}
+        # streamed tensor by tensor into the file (no serialised copy of the checkpoint in RAM);
+        # already-CPU contiguous tensors (FSDP's gathered state, CPU training) are not copied either
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-        blobs: list[tuple[str, bytes]] = [(WEIGHTS, safetensors.torch.save(tensors))]
-        blobs += [(name, torch_bytes(obj)) for name, obj in torch_files.items()]
-        blobs += [(name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()) for name, obj in json_files.items()]
-        for i, (name, data) in enumerate(blobs):
+        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS))
+        del tensors
+        digests[WEIGHTS] = _fsync_and_hash(tmp / WEIGHTS)
+        kill_point("ckpt-write", step)  # test-only: crash with a partial checkpoint
+        for name, obj in torch_files.items():
+            with open(tmp / name, "wb") as f:  # torch.save writes record by record into the file
+                torch.save(obj, f)
+            digests[name] = _fsync_and_hash(tmp / name)
+        for name, obj in json_files.items():
+            data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
             _write_durable(tmp / name, data)
             digests[name] = sha256_bytes(data)
-            if i == 0:
-                kill_point("ckpt-write", step)  # test-only: crash with a partial checkpoint
         manifest = {"format": FORMAT_VERSION, "step": step, "files": digests, "created": time.time()}
         _write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
         fsync_dir(tmp)
@@ -324,10 +344,46 @@ class CheckpointManager:
         return out
 
 
-def check_fingerprint(saved: dict[str, str], current: dict[str, str], where: Path) -> None:
-    """Raise ResumeError naming every key that changed between a checkpoint and this run."""
+@dataclass(frozen=True)
+class WorldSizeChange:
+    """A resume whose only change is the number of processes (and maybe the per-rank batch with it)."""
+
+    saved_world: int
+    world: int
+    saved_batch: str  # micro_batch_size x grad_accum
+    batch: str
+
+    def global_batch(self, saved: bool = False) -> int | None:
+        try:
+            micro, accum = (int(x) for x in (self.saved_batch if saved else self.batch).split("x"))
+        except ValueError:
+            return None
+        return micro * accum * (self.saved_world if saved else self.world)
+
+
+def _split_world_size(fp: dict[str, str]) -> dict[str, str]:
+    """Fingerprints before the world size got a key of its own pinned ``batch`` = micro x accum x world."""
+    fp = dict(fp)
+    m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", str(fp.get("batch", "")))
+    if "world_size" not in fp and m:
+        fp["batch"], fp["world_size"] = f"{m[1]}x{m[2]}", m[3]
+    return fp
+
+
+def check_fingerprint(saved: dict[str, str], current: dict[str, str], where: Path) -> WorldSizeChange | None:
+    """Raise ResumeError naming every key that changed between a checkpoint and this run.
+
+    A different ``world_size`` alone (with or without a different ``batch``, the per-rank
+    micro_batch_size x grad_accum) is not refused: checkpoints hold full state dicts, so it is
+    returned as a WorldSizeChange for the trainer to remap the data position and warn.
+    """
+    saved, current = _split_world_size(saved), _split_world_size(current)
+    a_world, b_world = saved.get("world_size"), current.get("world_size")
+    world_changed = a_world is not None and b_world is not None and a_world != b_world
     changed = []
     for key in sorted(set(saved) | set(current)):
+        if world_changed and key in ("world_size", "batch"):
+            continue
         a, b = saved.get(key), current.get(key)
         if a != b:
             changed.append(f"{key}: checkpoint {a!r}, now {b!r}")
@@ -336,3 +392,6 @@ def check_fingerprint(saved: dict[str, str], current: dict[str, str], where: Pat
             f"cannot resume from {where}: the run changed since it was written ({'; '.join(changed)}). "
             "Use a new run directory, or restore the original model/data/batch settings."
         )
+    if not world_changed:
+        return None
+    return WorldSizeChange(int(str(a_world)), int(str(b_world)), str(saved.get("batch")), str(current.get("batch")))

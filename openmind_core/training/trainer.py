@@ -23,9 +23,15 @@ rebuild the model identically (same seed / pretrained weights) before resuming. 
 writes a step-0 checkpoint so a spike before the first periodic checkpoint can still roll back.
 Under FSDP2 every rank joins the gathers (``distributed.full_model_state_dict`` /
 ``full_optimizer_state_dict``) and rank 0 writes the same files as one process would, so a
-checkpoint resumes under DDP or FSDP alike (the fingerprint pins the world size and batch); loads
-broadcast from rank 0.  ``best/`` and ``final/`` of a sharded model are written from a gathered
-full state dict (``save_model_dir(..., state_dict=...)``).  fp16 + FSDP is refused (use bf16).
+checkpoint resumes under DDP or FSDP alike, and with another number of processes: a changed world
+size (and with it, if wanted, micro_batch_size / grad_accum) is resumed with a warning and a
+``world_size_changed`` metrics event; the job's global position in the epoch is resharded over the
+new ranks (``epoch_offset``), so no sample of that epoch is seen twice or skipped, but the data
+order and the global batch then differ from an uninterrupted run.  Under FSDP loads broadcast from
+rank 0, and the model is sharded before it reaches the device (``distributed.shard_model``: each
+rank materialises only its shards; ``materialise=`` fills parameters built on the meta device).
+``best/`` and ``final/`` of a sharded model are written from a gathered full state dict
+(``save_model_dir(..., state_dict=...)``).  fp16 + FSDP is refused (use bf16).
 
 Rollback: on a spike (or ``max_skipped_in_row`` skipped steps) the newest checkpoint from before
 the onset is restored, every sample id seen since it goes into the persistent skip ledger, the LR
@@ -154,7 +160,8 @@ class ProductionTrainer:
     def __init__(self, model: torch.nn.Module, train_dataset: Any, val_dataset: Any, collate_fn: Callable,
                  cfg: TrainConfig, run_dir: str | Path, *, seed: int = 0,
                  fingerprint: dict[str, str] | None = None, progress: Callable[[dict], None] | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1,
+                 materialise: Callable[[torch.nn.Module], None] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.seed = seed
@@ -168,22 +175,22 @@ class ProductionTrainer:
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         self.device = D.device_for(local_rank)
         self.amp = resolve_amp(cfg.amp, self.device)
-        self.module = model.to(self.device)
-        self.model: torch.nn.Module = self.module
         self.strategy = D.resolve_strategy(cfg.strategy, world_size)
         if cfg.strategy == "fsdp" and world_size == 1:
             log.info("train.strategy=fsdp with one process: nothing to shard, training unsharded")
-        if world_size > 1:
-            if not D.is_distributed():
-                raise TrainingError(f"world_size={world_size} but torch.distributed is not initialised: "
-                                    "call openmind_core.training.distributed.init_from_env() under torchrun")
-            if self.strategy == "fsdp":
-                if self.amp.name == "fp16":
-                    raise TrainingError("train.strategy=fsdp with fp16: GradScaler's overflow check is per rank "
-                                        "and not supported with FSDP2 shards here; set train.amp to bf16 (or off)")
-                D.shard_model(self.module)  # in place: parameters become DTensor shards
-            else:
-                self.model = D.wrap_ddp(self.module, self.device)
+        if world_size > 1 and not D.is_distributed():
+            raise TrainingError(f"world_size={world_size} but torch.distributed is not initialised: "
+                                "call openmind_core.training.distributed.init_from_env() under torchrun")
+        if self.strategy == "fsdp" and self.amp.name == "fp16":
+            raise TrainingError("train.strategy=fsdp with fp16: GradScaler's overflow check is per rank "
+                                "and not supported with FSDP2 shards here; set train.amp to bf16 (or off)")
+        if self.strategy == "fsdp":  # shard first: each rank puts only its shards on the device, never the model
+            self.module = D.shard_model(model, device=self.device, materialise=materialise)
+        else:
+            self.module = D.place_model(model, self.device, materialise=materialise)
+        self.model: torch.nn.Module = self.module
+        if self.strategy == "ddp":
+            self.model = D.wrap_ddp(self.module, self.device)
         self.fsdp = self.strategy == "fsdp"
         self.trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.module, cfg)
@@ -203,7 +210,8 @@ class ProductionTrainer:
         self.fingerprint = {
             "trainable_params": hashlib.sha256(shapes.encode()).hexdigest()[:16],
             "train_samples": str(len(ids)),
-            "batch": f"{cfg.micro_batch_size}x{cfg.grad_accum}x{world_size}",
+            "batch": f"{cfg.micro_batch_size}x{cfg.grad_accum}",
+            "world_size": str(world_size),  # may change on resume (full state dicts); see _restore
             "seed": str(seed),
             **{k: str(v) for k, v in (fingerprint or {}).items()},
         }
@@ -220,8 +228,8 @@ class ProductionTrainer:
     @staticmethod
     def _fresh_state() -> dict[str, Any]:
         return {
-            "step": 0, "epoch": 0, "consumed": 0, "samples_seen": 0, "first_loss": None, "recent_losses": [],
-            "skipped_steps": 0, "skipped_in_row": 0, "skipped_run_start": None, "nan_or_inf": 0,
+            "step": 0, "epoch": 0, "consumed": 0, "epoch_offset": 0, "samples_seen": 0, "first_loss": None,
+            "recent_losses": [], "skipped_steps": 0, "skipped_in_row": 0, "skipped_run_start": None, "nan_or_inf": 0,
             "rollbacks": [], "lr_scale": 1.0, "best_val": None, "best_step": None, "first_val": None,
             "last_val": None, "last_eval_step": None, "last_ckpt_step": None,
         }
@@ -273,7 +281,7 @@ class ProductionTrainer:
         # under FSDP only rank 0 reads the tensors; the others receive their shards by broadcast
         heavy = {"model.safetensors", "optimizer.pt"} if self.fsdp and not self.is_main else set()
         ck = self.ckpt.load(path, skip=heavy)
-        check_fingerprint(ck.json_files.get("fingerprint.json", {}), self.fingerprint, path)
+        change = check_fingerprint(ck.json_files.get("fingerprint.json", {}), self.fingerprint, path)
         if self.fsdp:
             err = D.broadcast_object(self._weights_mismatch(ck.weights, path) if self.is_main else None)
             if err:
@@ -296,13 +304,59 @@ class ProductionTrainer:
         self.sampler.load_state_dict(st.pop("sampler"))
         self.detector.load_state_dict(st.pop("detector"))
         self.rollbacks = [RollbackEvent.model_validate(r) for r in st.pop("rollbacks")]
-        st.pop("total_steps", None)
+        saved_total = st.pop("total_steps", None)
         self.state = {**self._fresh_state(), **st}
         rank_file = ck.torch_files.get(f"rank-{self.rank}.pt")
-        if rank_file is None:
+        if change is not None:
+            self._adopt_world_size(change, ck.torch_files, path, saved_total)
+        elif rank_file is None:
             raise ResumeError(f"cannot resume from {path}: it has no state for rank {self.rank}")
-        restore_rng(rank_file["rng"])
-        self.step_ids = {int(s): list(v) for s, v in rank_file["step_ids"].items()}
+        if rank_file is not None:
+            restore_rng(rank_file["rng"])
+        if change is None:
+            self.step_ids = {int(s): list(v) for s, v in rank_file["step_ids"].items()}
+
+    def _adopt_world_size(self, change: Any, torch_files: dict[str, Any], path: Path, saved_total: Any) -> None:
+        """Resume a checkpoint written by another number of processes (its state dicts are full ones).
+
+        Position: the old ranks had together consumed the global prefix ``epoch_offset + consumed *
+        old_world`` of the epoch's order; that becomes the new offset and the new ranks shard the rest
+        (nothing seen twice, nothing skipped).  RNG: a rank that existed restores its own state, a new
+        one is seeded from (seed, rank, step); the states of ranks that are gone are ignored.  The
+        recent sample ids of all old ranks go to rank 0 (rollbacks take their union over the ranks).
+        """
+        st = self.state
+        old_world = change.saved_world
+        g = self.sampler.global_position(start=st["consumed"], offset=st["epoch_offset"], world_size=old_world,
+                                         epoch=st["epoch"])
+        st["epoch_offset"], st["consumed"] = g, 0
+        if f"rank-{self.rank}.pt" not in torch_files:
+            seed_everything(self.seed + self.rank + 1_000_003 * (st["step"] + 1))
+        merged: dict[int, list[str]] = {}
+        if self.is_main:
+            for r in range(old_world):
+                for s_, v in (torch_files.get(f"rank-{r}.pt") or {}).get("step_ids", {}).items():
+                    merged.setdefault(int(s_), []).extend(v)
+        self.step_ids = dict(sorted(merged.items()))
+        old_gb, new_gb = change.global_batch(saved=True), change.global_batch()
+        left = len(self.sampler.global_order(st["epoch"])) - g
+        if old_gb == new_gb:
+            batch = (f"the global batch stays {new_gb} (micro_batch_size x grad_accum x processes "
+                     f"{change.saved_batch}x{old_world} -> {change.batch}x{self.world})")
+        else:
+            batch = (f"the global batch changes from {old_gb} to {new_gb} samples per optimizer step "
+                     f"({change.saved_batch}x{old_world} -> {change.batch}x{self.world})")
+        sched = (f"; the LR schedule now spans {self.total_steps} optimizer steps (was {saved_total})"
+                 if saved_total is not None and saved_total != self.total_steps else "")
+        if self.is_main:
+            log.warning("resuming %s, written by %d processes, with %d: from step %d on the data order differs "
+                        "from an uninterrupted run with %d (the %d samples left in epoch %d are resharded from "
+                        "position %d); %s%s", path.name, old_world, self.world, st["step"], self.world, left,
+                        st["epoch"], g, batch, sched)
+        self.metrics.event("world_size_changed", st["step"], path=str(path), saved_world_size=old_world,
+                           world_size=self.world, global_batch_before=old_gb, global_batch=new_gb,
+                           epoch=st["epoch"], epoch_position=g, total_steps=self.total_steps,
+                           saved_total_steps=saved_total)
 
     def _setup(self) -> None:
         if self.is_main:
@@ -325,7 +379,7 @@ class ProductionTrainer:
     # ----------------------------------------------------------------------- data
 
     def _loader(self) -> DataLoader:
-        self.sampler.set_epoch(self.state["epoch"], start=self.state["consumed"])
+        self.sampler.set_epoch(self.state["epoch"], start=self.state["consumed"], offset=self.state["epoch_offset"])
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + self.state["epoch"])
         return DataLoader(self.train_dataset, batch_size=self.cfg.micro_batch_size, sampler=self.sampler,
@@ -356,7 +410,7 @@ class ProductionTrainer:
             else:
                 return
             self.state["epoch"] += 1
-            self.state["consumed"] = 0
+            self.state["consumed"] = self.state["epoch_offset"] = 0
             kill_point("epoch-end", self.state["epoch"] - 1)  # test-only
 
     def _train_step(self, micro: list[dict[str, Any]], data_time: float, t0: float) -> None:
@@ -551,7 +605,8 @@ class ProductionTrainer:
         self.state["lr_scale"] = new_scale
         self.sampler.skip = carry_skip
         before = len(self.sampler.skip)
-        self.sampler.add_skip(seen, epoch=self.state["epoch"], start=self.state["consumed"])
+        self.sampler.add_skip(seen, epoch=self.state["epoch"], start=self.state["consumed"],
+                              offset=self.state["epoch_offset"])
         event = RollbackEvent(step=rb.step, restored_step=target_step, reason=rb.reason, loss=rb.loss,
                               skipped_samples=len(self.sampler.skip) - before, lr_scale=new_scale)
         self.rollbacks = carry_rollbacks + [event]
