@@ -27,3 +27,37 @@ def progress(total: int | None, desc: str, unit: str = "it", items: Iterable[T] 
 def tracked(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterator[T]:
     """``items`` one by one with a bar over them (``total``: their number, default ``len(items)``)."""
     return iter(progress(len(items) if total is None else total, desc, unit, items))  # type: ignore[arg-type]
+
+
+HF_BAR_BYTES = 256 << 20  # transformers' own load/save bars only for weights at least this large
+
+
+def hf_bars(nbytes: int):
+    """transformers' "Loading weights" / "Writing model shards" bars for large weights only: a context
+    manager that turns them off around the load or save of ``nbytes`` below ``HF_BAR_BYTES``."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    if nbytes >= HF_BAR_BYTES or not hf_logging.is_progress_bar_enabled():
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def off():
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.enable_progress_bar()
+
+    return off()
+
+
+def weight_bytes(path) -> int:
+    """Bytes of the weight files under a local model directory (0 for a hub id)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in p.iterdir() if f.suffix in (".safetensors", ".bin"))

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
+from openmind_core.progress import hf_bars, weight_bytes
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ def build_language_model(
         if device is not None and torch.device(device).type != "cpu":
             kw["device_map"] = str(device)
         try:
-            lm = AutoModelForCausalLM.from_pretrained(lm_cfg.name_or_path, **kw)
+            with hf_bars(weight_bytes(lm_cfg.name_or_path)):
+                lm = AutoModelForCausalLM.from_pretrained(lm_cfg.name_or_path, **kw)
         except (OSError, ValueError) as e:
             raise _hub_error(lm_cfg.name_or_path, "a causal LM", e) from e
     else:

@@ -28,6 +28,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.utils import logging as hf_logging
 
 from openmind_core.model.attention import check_backend, select_backend
+from openmind_core.progress import hf_bars, weight_bytes
 
 logger = logging.getLogger(__name__)
 _FALLBACKS_LOGGED: set[str] = set()
@@ -148,7 +149,8 @@ class ImprovedVisionEncoder(nn.Module):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a full SigLIP checkpoint lists every text-tower key as unused
         try:
-            siglip = SiglipVisionModel.from_pretrained(src, **kw)
+            with hf_bars(weight_bytes(src)):
+                siglip = SiglipVisionModel.from_pretrained(src, **kw)
         except (OSError, ValueError) as e:
             where = "local directory" if Path(src).exists() else "hub id (is the hub reachable? set HF_HUB_OFFLINE=0 or use a local path)"
             raise OSError(f"cannot load a SigLIP vision tower from {src!r} ({where}): {e}") from e

@@ -62,6 +62,7 @@ from openmind_core.model.configuration import MultimodalReasoningConfig
 from openmind_core.model.projector import ImprovedProjector
 from openmind_core.model.tokenizer import load_tokenizer
 from openmind_core.model.vision import ImprovedVisionEncoder, enable_checkpointing
+from openmind_core.progress import hf_bars, weight_bytes
 
 logger = logging.getLogger(__name__)
 _TABLES_LOGGED: set[tuple[str, str]] = set()
@@ -376,7 +377,9 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained`` (config.json, model.safetensors, generation_config.json)
         plus the tokenizer and the image processor, so the directory is complete on its own."""
-        out = super().save_pretrained(save_directory, *args, **kwargs)
+        nbytes = sum(p.numel() * p.element_size() for p in self.parameters())
+        with hf_bars(nbytes):
+            out = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(save_directory))
@@ -407,7 +410,8 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         if (d / LEGACY_CONFIG_FILE).is_file() and not (d / "config.json").is_file():
             model = _load_legacy(cls, d, **kwargs)
         else:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            with hf_bars(weight_bytes(d)):
+                model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
             if d.is_dir() and (d / "tokenizer_config.json").is_file():
                 model.tokenizer = load_tokenizer(d)
             model.stage = model.config.stage
