@@ -16,6 +16,7 @@ Run directory (``<lake>/runs/<run>/``)::
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -114,9 +115,15 @@ def train_from_config(
     from openmind_core.model import load_tokenizer
     from openmind_core.training import CheckpointManager, ProductionTrainer
 
+    from openmind_core.training import distributed as D
+
     run_dir = Path(run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = build_model(cfg, tokenizer)
+    # one process or DDP: the towers are created / loaded straight on this rank's GPU; FSDP builds on
+    # the CPU and shards before anything reaches the device
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    sharded = D.resolve_strategy(cfg.train.strategy, world_size) == "fsdp"
+    model = build_model(cfg, tokenizer, device=None if sharded else D.device_for(local_rank))
     train, val, collate = build_datasets(cfg, curated, model)
     fingerprint = {"model": cfg.fingerprint("model"), "data": curated.version}
     trainer = ProductionTrainer(

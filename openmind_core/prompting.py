@@ -156,25 +156,16 @@ def _assemble_turns(skel: _Skeleton, contents: list[list[int]], image_ids: list[
                     generation: bool) -> Encoded:
     """Lay out template chunks and content ids; the image goes first in the first user turn."""
     contents = [list(c) for c in contents]
-    fixed = sum(len(c) for c in skel.chunks)
-    assistant = [i for i, r in enumerate(skel.roles) if r == "assistant"]
+    tail_kept = len(skel.chunks[-1]) if generation or not skel.roles else skel.turn_end[-1]
+    fixed = sum(len(c) for c in skel.chunks[:-1]) + tail_kept
     user = [i for i, r in enumerate(skel.roles) if r == "user"]
-    truncated = False
     overflow = fixed + sum(len(c) for c in contents) - max_length
-    for i in reversed(assistant):  # targets first, keeping one token of each
-        if overflow <= 0:
-            break
-        cut = min(overflow, max(len(contents[i]) - 1, 0))
+    truncated = overflow > 0
+    # targets first, then instructions; each keeps one token, template tokens are never cut
+    for i in [k for k, r in reversed(list(enumerate(skel.roles))) if r == "assistant"] + user[::-1]:
+        cut = min(max(overflow, 0), max(len(contents[i]) - 1, 0))
         contents[i] = contents[i][: len(contents[i]) - cut]
         overflow -= cut
-        truncated |= cut > 0
-    for i in reversed(user):  # then instructions
-        if overflow <= 0:
-            break
-        cut = min(overflow, max(len(contents[i]) - 1, 0))
-        contents[i] = contents[i][: len(contents[i]) - cut]
-        overflow -= cut
-        truncated |= cut > 0
     input_ids: list[int] = []
     labels: list[int] = []
     start = end = 0

@@ -150,6 +150,19 @@ class ProjectorConfig(Strict):
     hidden_dim: int | None = Field(None, description="MLP hidden width; default: the LM width")
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Strict):
+    """LoRA adapters on the LM (PEFT), stage finetune only; see openmind_core.model.lora."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0.0, description="scaling numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapters' input")
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1,
+                                      description="LM module names to adapt (default: attention and MLP projections)")
+
+
 class LMConfig(Strict):
     """The causal language model: a hub id / local path, or an inline Llama-shaped config."""
 
@@ -164,6 +177,10 @@ class LMConfig(Strict):
     rope_theta: float = 500000.0
     tie_word_embeddings: bool = False
     pretrained_weights: bool = Field(True, description="with name_or_path: load weights (False: config only)")
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="auto: flash-attn 2 when installed and the LM runs on CUDA in fp16/bf16, else SDPA")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters (PEFT) instead of training the LM; "
+                                    "stage finetune only")
 
     @model_validator(mode="after")
     def _heads(self) -> "LMConfig":
@@ -190,6 +207,15 @@ class ModelConfig(Strict):
     gradient_checkpointing: bool = False
     max_length: int = Field(2048, ge=8, description="text tokens per sample, image tokens not counted")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    init_from: str | None = Field(None, description="a saved model directory (an align run's final/) whose "
+                                  "projector weights initialise this model's projector")
+
+    @model_validator(mode="after")
+    def _lora_needs_finetune(self) -> "ModelConfig":
+        if self.lm.lora is not None and self.stage != "finetune":
+            raise ValueError(f"model.lm.lora is set but model.stage is {self.stage!r}: LoRA adapts the LM, which "
+                             f"only stage 'finetune' trains (set model.stage=finetune or model.lm.lora=null)")
+        return self
 
     @model_validator(mode="after")
     def _tokenizer_follows_lm(self) -> "ModelConfig":

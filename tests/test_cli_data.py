@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from families import llama3_dir, siglip_dir  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +56,15 @@ def test_inspect_shows_samples_and_a_batch(tmp_path):
     out = proc.stdout
     assert "16 image tokens" in out and "collated batch" in out and "pixel_values" in out
     assert "prompt" in out and "target" in out
+
+
+def test_inspect_shows_the_chat_templated_prompt(tmp_path, llama3_dir, siglip_dir):
+    """A local Llama-3-style LM: the prompt shown is the one the model trains on, template and all."""
+    proc = openmind("data", "inspect", "--set", "data.synthetic.num_captions=12", "--set", "data.synthetic.num_vqa=6",
+                    "--set", f"model.lm.name_or_path={llama3_dir}", "--set", f"model.vision.pretrained={siglip_dir}",
+                    "--set", "model.max_length=160", "--lake", str(tmp_path / "lake"), "-n", "2", env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "prompts: the tokenizer's chat template" in out
+    assert "<|begin_of_text|><|start_header_id|>user<|end_header_id|>" in out and "<image x16>" in out
+    assert "<|start_header_id|>assistant<|end_header_id|>" in out and "<|eot_id|>'" in out  # the target ends its turn

@@ -270,3 +270,37 @@ def test_legacy_format_directory_still_loads(tmp_path):
         assert torch.equal(model(ids, mask, pix).logits, back(ids, mask, pix).logits)
     back.save_pretrained(tmp_path / "new")
     assert (tmp_path / "new" / "config.json").is_file()
+
+
+def test_language_model_attention_choice(monkeypatch):
+    """flash-attn 2 for the LM only on CUDA in 16 bits with the package installed; SDPA otherwise, quietly on CPU."""
+    import openmind_core.model.attention as attention
+    from openmind_core.model.builder import lm_attention
+
+    cfg = load_config(overrides=["model.dtype=bfloat16"]).model
+    assert cfg.lm.attn_implementation == "auto" and lm_attention(cfg, torch.device("cpu")) == "sdpa"
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: True)
+    monkeypatch.setattr("openmind_core.model.builder.select_backend", attention.select_backend)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert lm_attention(cfg, torch.device("cuda")) == "flash_attention_2"
+    assert lm_attention(cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"attn_implementation": "sdpa"})}),
+                        torch.device("cuda")) == "sdpa"
+    assert attention.select_backend(True, torch.device("cuda"), torch.bfloat16) == ("flash_attention_2", None)
+    assert attention.select_backend(True, torch.device("cuda"), torch.float32)[0] == "sdpa"
+    assert attention.select_backend(False, torch.device("cuda"), torch.bfloat16) == ("sdpa", None)
+    assert attention.select_backend(True, torch.device("cpu"), torch.bfloat16)[0] == "sdpa"
+
+
+def test_template_truncation_cuts_text_never_images_or_template(qwen2_dir, siglip_dir):
+    model, tok = family_model(qwen2_dir, siglip_dir)
+    n, image_id = model.num_image_tokens, model.image_token_id
+    full = prompting.encode(tok, "What is here? " * 20, "a red circle " * 20, n, image_id, 1000)
+    assert not full.truncated
+    budget = len(full.input_ids) - n - 60
+    cut = prompting.encode(tok, "What is here? " * 20, "a red circle " * 20, n, image_id, budget)
+    assert cut.truncated and len(cut.input_ids) - n == budget
+    assert cut.input_ids.count(image_id) == n
+    text = tok.decode(cut.input_ids)
+    assert text.startswith("<|im_start|>system\n") and "<|im_start|>assistant\n" in text
+    assert text.endswith("<|im_end|>")  # the turn still closes, and is still a target
+    assert tok.decode([t for t in cut.labels if t != IGNORE]).endswith("<|im_end|>")

@@ -107,7 +107,10 @@ def lm_attention(model_cfg, device: torch.device | None) -> str:
     low = DTYPES[model_cfg.dtype]
     if dev.type == "cuda" and low == torch.float32:
         low = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # autocast's dtype
-    name, reason = select_backend(model_cfg.vision.use_flash_attn, dev, low)
+    wanted = model_cfg.lm.attn_implementation
+    if wanted in ("sdpa", "eager"):
+        return wanted
+    name, reason = select_backend(True, dev, low)
     if reason and dev.type == "cuda":
         logger.info("language model: flash-attn unavailable (%s); using PyTorch SDPA", reason)
     return name
@@ -152,6 +155,8 @@ def build_parts(model_cfg, tokenizer, device: str | torch.device | None = None) 
     from openmind_core.model.vlm import config_for
 
     device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cpu":
+        device = None  # the default: no device context, no device_map
     if model_cfg.lm.name_or_path:
         check_tokenizer_fits(tokenizer, language_model_config(model_cfg.lm, tokenizer), model_cfg)
     vision, (mean, std, resample, _) = build_vision(model_cfg, device)
