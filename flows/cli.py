@@ -5,6 +5,7 @@
     openmind data inspect [--config FILE] [--set ...] [--lake DIR] [-n 3]
     openmind estimate-memory [--config FILE] [--set ...] [--budget-gb 40]
     openmind config [--config FILE] [--set ...]
+    openmind export RUN_DIR --merge OUT   (LoRA adapters merged: one self-contained HF directory)
 
 Everything a run needs is checked before Prefect starts (config, lake, input files): a problem is
 one line on stderr and exit code 2, with nothing written.  A failure during the run is exit 1.
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--budget-gb", type=float, help="memory budget (default: memory.budget_gb, 40)")
     c = sub.add_parser("config", help="print the resolved config")
     _common(c, lake=False)
+    e = sub.add_parser("export", help="write a run's final/ as one self-contained HF directory")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its final/) or a saved model directory")
+    e.add_argument("--merge", metavar="OUT", required=True,
+                   help="merge LoRA adapters into the LM and write the merged model here (loads without PEFT)")
     return parser
 
 
@@ -85,6 +90,9 @@ def check_inputs(cfg) -> None:
     for key, value in cfg.data.input_paths():
         if not Path(value).expanduser().exists():
             raise UsageError(f"{key}: input not found: {value}")
+    init = cfg.model.init_from
+    if init and not (Path(init).expanduser() / "model.safetensors").is_file():
+        raise UsageError(f"model.init_from: {init} holds no model.safetensors (point it at an earlier run's final/)")
 
 
 def check_model_parts(cfg) -> None:
@@ -204,6 +212,18 @@ def cmd_estimate_memory(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    src, out = Path(args.run_dir), Path(args.merge)
+    if not ((src / "final" / "config.json").is_file() or (src / "config.json").is_file()):
+        raise UsageError(f"{src}: neither a run directory with final/ nor a saved model directory")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--merge {out}: exists and is not empty")
+    from openmind_core.model.lora import export_merged
+
+    print(f"merged model written to {export_merged(src, out)}")
+    return 0
+
+
 def cmd_config(args) -> int:
     print(load(args).to_yaml(), end="")
     return 0
@@ -213,6 +233,7 @@ COMMANDS = {
     "run": cmd_run,
     "estimate-memory": cmd_estimate_memory,
     "config": cmd_config,
+    "export": cmd_export,
     ("data", "prepare"): cmd_data_prepare,
     ("data", "inspect"): cmd_data_inspect,
 }

@@ -131,6 +131,9 @@ def train_from_config(
         seed=cfg.run.seed, fingerprint=fingerprint, progress=progress, rank=rank, world_size=world_size,
     )
     result = trainer.train()
+    lora = cfg.model.lm.lora
+    result.stage, result.started_from = cfg.model.stage, cfg.model.init_from
+    result.lora = lora.model_dump(mode="json") if lora is not None else None
     if not result.checkpoints:
         manager = CheckpointManager(run_dir / "checkpoints")
         result.checkpoints = [str(manager.path(step)) for step in manager.steps()]

@@ -135,5 +135,10 @@ def checklist_markdown(report: Week1Report) -> str:
     lines = [f"# Week-1 checklist: {report.run_name}", "", "| | criterion | evidence |", "|---|---|---|"]
     for c in report.criteria:
         lines.append(f"| {'✅' if c.passed else '❌'} | {c.name} | {c.evidence} |")
+    t = report.training
+    if t.stage:  # which stage ran and from what
+        lora = f" with LoRA r={t.lora['r']} on {', '.join(t.lora['target_modules'])}" if t.lora else ""
+        origin = f"projector from `{t.started_from}`" if t.started_from else "a fresh projector"
+        lines += ["", f"Stage `{t.stage}`{lora}, starting from {origin}."]
     lines += ["", f"**{'All criteria met' if report.passed else 'Some criteria not met'}.** Run directory: `{report.run_dir}`"]
     return "\n".join(lines)

@@ -119,6 +119,11 @@ class TrainingResult(Artifact):
     reload_equal: bool | None = Field(
         None, description="final/ reloaded with from_pretrained gives logits equal to the trained model"
     )
+    stage: str | None = Field(None, description="model.stage that ran: align, finetune or full")
+    lora: dict | None = Field(None, description="model.lm.lora when the LM trained LoRA adapters (r, alpha, ...)")
+    started_from: str | None = Field(
+        None, description="model.init_from (the earlier run's final/ whose projector this run started from); "
+        "None: a fresh projector")
 
 
 # --------------------------------------------------------------------------- inference

@@ -237,7 +237,7 @@ def _check_rows(rows: list[dict]) -> None:
         assert r["ours_s"] is not None and r["ours_s"] >= 0
 
 
-@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer"])
+@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer", "lora"])
 def test_cpu_benchmark_quick_produces_rows(name):
     rows = _load(name).run(quick=True)
     _check_rows(rows)

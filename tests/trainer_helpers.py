@@ -118,6 +118,35 @@ class ToyVLM(torch.nn.Module):
         return SimpleNamespace(loss=loss, logits=logits)
 
 
+class ToyLoraVLM(torch.nn.Module):
+    """ToyVLM's shape with a tiny Llama LM carrying PEFT LoRA adapters (openmind_core.model.lora): the
+    frozen vision features -> projector -> added to the LM's input embeddings; the LM base is frozen,
+    the adapters (with LoRA dropout) and the projector train."""
+
+    def __init__(self, dropout: float = 0.1) -> None:
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from openmind_core.model.lora import apply_lora, train_adapters
+        from schemas.config import LoraConfig
+
+        self.vision_encoder = torch.nn.Linear(VOCAB, 8)
+        self.vision_encoder.requires_grad_(False)
+        self.projector = torch.nn.Linear(8, DIM)
+        self.language_model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=VOCAB, hidden_size=DIM, intermediate_size=2 * DIM, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=32, attn_implementation="eager"))
+        apply_lora(self.language_model, LoraConfig(r=4, alpha=8, dropout=dropout))
+        train_adapters(self.language_model, torch.float32)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, poison=None, nan=None, pixel_values=None):
+        img = self.projector(self.vision_encoder(F.one_hot(input_ids[:, 0], VOCAB).float()))
+        embeds = self.language_model.get_input_embeddings()(input_ids) + img[:, None, :]
+        logits = self.language_model(inputs_embeds=embeds).logits
+        loss = _toy_loss(logits, labels, poison, nan) if labels is not None else None
+        return SimpleNamespace(loss=loss, logits=logits)
+
+
 class ToyLM(torch.nn.Module):
     def __init__(self, dropout: float = 0.1) -> None:
         super().__init__()
@@ -151,7 +180,7 @@ def make_cfg(**over: Any) -> TrainConfig:
 def build(n: int = 48, poison: dict[str, float] | None = None, nan_ids: set[str] | None = None,
           dropout: float = 0.1, model: str = "toy"):
     torch.manual_seed(1234)
-    model = ToyVLM(dropout) if model == "vlm" else ToyLM(dropout)
+    model = {"vlm": ToyVLM, "lora": ToyLoraVLM}.get(model, ToyLM)(dropout)
     return model, ToyDataset(n, poison=poison, nan_ids=nan_ids), ToyDataset(12, seed=99, prefix="v")
 
 
@@ -249,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poison", default="")
     ap.add_argument("--dump", default=None, help="write the TrainingResult JSON here")
     ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--model", choices=("toy", "vlm"), default="toy")
+    ap.add_argument("--model", choices=("toy", "vlm", "lora"), default="toy")
     ap.add_argument("--fsdp-check", action="store_true", help="after training, check FSDP2 against a replica")
     args = ap.parse_args(argv)
     over = {}

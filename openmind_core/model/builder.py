@@ -48,6 +48,8 @@ def tower_dtype(model_cfg, tower: str) -> torch.dtype:
     from openmind_core.model.vlm import trainable_modules
 
     low = DTYPES[model_cfg.dtype]
+    if tower == "language_model" and getattr(model_cfg.lm, "lora", None) is not None:
+        return low  # LoRA: the LM base stays frozen; only its adapters (fp32) train
     return torch.float32 if tower in trainable_modules(model_cfg.stage) else low
 
 

@@ -17,6 +17,12 @@ allocated).  Per component:
   activations) but not the inputs of its linear layers.  With activation checkpointing each layer
   keeps only its input, plus one layer's activations recomputed during backward;
 * logits: b*s*vocab in the model dtype plus the fp32 upcast and log-softmax the loss keeps.
+* LoRA (``model.lm.lora``, stage finetune): the adapters are counted exactly (PEFT's layers
+  injected into the meta LM); they and the projector are what trains (fp32 weights, gradients,
+  AdamW state), the LM base is frozen in ``model.dtype``.  Activations: the frozen LM's, plus what
+  the adapters keep (``lora_layer_bytes``): each adapter's input (shared by q/k/v and by gate/up
+  when LoRA dropout is 0; with dropout each adapter keeps its own dropped input and mask) and its
+  rank-``r`` intermediate.
 
 Assumed: the model is held in ``model.dtype`` (bf16 at full size); ``train.amp`` bf16/fp16 on an
 fp32 model is approximated by 2-byte activations; training batches are padded (transformers then
@@ -62,6 +68,25 @@ def llama_layer_bytes(h: int, inter: int, heads: int, kv_heads: int, e: int, wei
     attention = e * (2 * h + 2 * kv) + 4 * heads + t * e * h
     mlp = 3 * e * inter + t * e * inter
     return norms + attention + mlp
+
+
+LORA_INPUTS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out",
+               "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_act"}
+
+
+def lora_layer_bytes(h: int, inter: int, e: int, targets, r: int, dropout: float, mask_bytes: int = 1) -> int:
+    """Bytes per token one Llama decoder layer's LoRA adapters keep for backward (beyond the frozen layer).
+
+    Without dropout: each distinct adapter input (q/k/v share one, gate/up another) and each
+    adapter's rank-r intermediate.  With dropout: each adapter's dropped input and its dropout mask
+    (``mask_bytes`` per element: 1 for CUDA's fused dropout (bool), the element size for the CPU's
+    multiply-by-noise dropout)."""
+    dims = {"attn_in": h, "attn_out": h, "mlp_in": h, "mlp_act": inter}
+    known = [t for t in targets if t in LORA_INPUTS]
+    inter_bytes = len(known) * r * e  # lora_A's output, lora_B's input
+    if dropout > 0:  # each adapter: its dropped input (e bytes) + the bool mask
+        return inter_bytes + sum((e + mask_bytes) * dims[LORA_INPUTS[t]] for t in known)
+    return inter_bytes + sum(e * dims[g] for g in {LORA_INPUTS[t] for t in known})
 
 
 def llama_extra_bytes(h: int, heads: int, e: int, weights_trainable: bool) -> int:
@@ -178,6 +203,10 @@ def meta_modules(cfg, tokenizer=None) -> dict[str, torch.nn.Module]:
             lm_cfg = language_model_config(m.lm, tok)
         lm = AutoModelForCausalLM.from_config(lm_cfg, attn_implementation="sdpa")
         projector = ImprovedProjector.from_config(m.projector, vision.embed_dim, lm.config.hidden_size)
+        if m.lm.lora is not None:
+            from openmind_core.model.lora import apply_lora
+
+            apply_lora(lm, m.lm.lora)
     return {"vision_encoder": vision, "projector": projector, "language_model": lm}
 
 
@@ -200,6 +229,10 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
     e = 2 if (w == 2 or amp_16bit) else 4
     trainable = TRAINABLE[m.stage]
 
+    lora = m.lm.lora
+    if lora is not None:
+        trainable = tuple(t for t in trainable if t != "language_model")
+
     params: dict[str, tuple[int, int]] = {}
     n_tensors_trainable = 0
     for name, mod in mods.items():
@@ -207,6 +240,10 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
         params[name] = (total if name in trainable else 0, total)
         if name in trainable:
             n_tensors_trainable += len(list(mod.parameters()))
+    if lora is not None:
+        adapters = [p for n, p in lm.named_parameters() if "lora_" in n]
+        params["language_model"] = (sum(p.numel() for p in adapters), params["language_model"][1])
+        n_tensors_trainable += len(adapters)
     params["total"] = (sum(p[0] for p in params.values()), sum(p[1] for p in params.values()))
     n_train = params["total"][0]
 
@@ -222,6 +259,9 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
 
     # language model (always records: the projector's output needs a gradient)
     layer = llama_layer_bytes(h, inter, heads, kv_heads, e, lm_t)
+    if lora is not None:
+        layer += lora_layer_bytes(h, inter, e, lora.target_modules, lora.r, lora.dropout,
+                                  mask_bytes=e if device == "cpu" else 1)
     lm_extra = llama_extra_bytes(h, heads, e, lm_t)
     lm_full = tokens * (lc.num_hidden_layers * layer + lm_extra)
     lm_ckpt = tokens * (lc.num_hidden_layers * e * h + lm_extra)

@@ -27,6 +27,10 @@ Two ways to build one:
   model.safetensors, generation_config.json, the tokenizer and the image processor).  A directory
   written by OpenMind before format 2 (``openmind_config.json``) is read as well.
 
+LoRA (``model.lm.lora``, stage finetune): ``from_config`` injects PEFT adapters into the LM,
+``freeze`` trains them and the projector only, and ``save_pretrained`` / ``from_pretrained`` write
+and read PEFT's adapter files plus the non-base weights: see ``openmind_core.model.lora``.
+
 Generation is transformers' own (``GenerationMixin``): every stop id of the LM's
 ``generation_config``, sampling, beam search, repetition penalty, ``max_new_tokens`` and
 streamers.  ``generate(images, prompts)`` is the guide's convenience form (returns the answers as
@@ -153,6 +157,14 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         parts = build_parts(model_cfg, tokenizer, device=device)
         model = cls(parts.config, vision_encoder=parts.vision_encoder, language_model=parts.language_model)
         model.projector.to(device=torch.device(device) if device is not None else None)
+        if model_cfg.lm.lora is not None or model_cfg.init_from:  # see openmind_core.model.lora
+            from openmind_core.model import lora
+
+            if model_cfg.init_from:
+                lora.init_projector_from(model, model_cfg.init_from)
+            if model_cfg.lm.lora is not None:
+                lora.apply_lora(model.language_model, model_cfg.lm.lora, base=model_cfg.lm.name_or_path)
+                model.freeze(model.config.stage)
         model.tokenizer = tokenizer
         model.generation_config = parts.generation_config
         if model_cfg.gradient_checkpointing:
@@ -330,13 +342,15 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         for name in MODULES:
             params = list(getattr(self, name).parameters())
             counts[name] = (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+        if self._lora_on():  # PEFT's count: adapters trainable, all = base + adapters
+            counts["language_model (LoRA)"] = counts.pop("language_model")
         counts["total"] = (sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values()))
         return counts
 
     def parameter_table(self) -> str:
-        lines = [f"{'module':<16}{'trainable':>16}{'frozen':>16}{'total':>16}"]
+        lines = [f"{'module':<22}{'trainable':>16}{'frozen':>16}{'total':>16}"]
         for name, (tr, tot) in self.parameter_counts().items():
-            lines.append(f"{name:<16}{tr:>16,}{tot - tr:>16,}{tot:>16,}")
+            lines.append(f"{name:<22}{tr:>16,}{tot - tr:>16,}{tot:>16,}")
         return "\n".join(lines)
 
     def freeze(self, stage: str) -> str:
@@ -352,8 +366,16 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         """
         trainable = trainable_modules(stage)
         low = _dtype_of(self.config)
+        lora_on = self._lora_on()
+        if lora_on:  # LoRA (openmind_core.model.lora): the LM base frozen, its adapters + the projector train
+            trainable = tuple(t for t in trainable if t != "language_model")
         for name in MODULES:
             module, train = getattr(self, name), name in trainable
+            if lora_on and name == "language_model":
+                from openmind_core.model.lora import train_adapters
+
+                train_adapters(module, low)
+                continue
             module.requires_grad_(train)
             if low != torch.float32:
                 module.to(torch.float32 if train else low)
@@ -367,6 +389,9 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         logger.log(level, "stage %r: trainable parameters per module\n%s", stage, table)
         return table
 
+    def _lora_on(self) -> bool:
+        return getattr(getattr(self, "language_model", None), "_openmind_lora", None) is not None
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
         """Recompute activations in backward in both towers (non-reentrant checkpointing)."""
         self.vision_encoder.gradient_checkpointing_enable()
@@ -376,7 +401,12 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained`` (config.json, model.safetensors, generation_config.json)
-        plus the tokenizer and the image processor, so the directory is complete on its own."""
+        plus the tokenizer and the image processor, so the directory is complete on its own.
+        With LoRA adapters: PEFT's adapter files + the non-base weights (``openmind_core.model.lora``)."""
+        if self._lora_on():
+            from openmind_core.model.lora import save_lora_dir
+
+            return save_lora_dir(self, save_directory, *args, **kwargs)
         nbytes = sum(p.numel() * p.element_size() for p in self.parameters())
         with hf_bars(nbytes):
             out = super().save_pretrained(save_directory, *args, **kwargs)
@@ -409,6 +439,10 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
             raise FileNotFoundError(f"{d} is not a saved MultimodalReasoningModel: config.json is missing")
         if (d / LEGACY_CONFIG_FILE).is_file() and not (d / "config.json").is_file():
             model = _load_legacy(cls, d, **kwargs)
+        elif d.is_dir() and (d / "adapter_config.json").is_file():  # LoRA (openmind_core.model.lora)
+            from openmind_core.model.lora import load_lora_dir
+
+            model = load_lora_dir(cls, d, **kwargs)
         else:
             with hf_bars(weight_bytes(d)):
                 model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
