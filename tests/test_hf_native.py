@@ -124,7 +124,7 @@ def test_trains_and_stops_at_its_end_of_turn(family, request, siglip_dir):
     model, tok = family_model(request.getfixturevalue(f"{family}_dir"), siglip_dir)
     eot = tok.convert_tokens_to_ids("<|eot_id|>" if family == "llama3" else "<|im_end|>")
     assert eot in model.generation_config.eos_token_id
-    img, losses = overfit(model, tok, "What color is it?", "red")
+    img, losses = overfit(model, tok, "What color is it?", "red", steps=40)
     assert losses[-1] < 0.1 * losses[0]
     assert model.generate(img, "What color is it?", max_new_tokens=8, do_sample=False) == ["red"]
     # transformers' generate stopped on the end-of-turn id, not on max_new_tokens
@@ -139,7 +139,7 @@ def test_generation_options_and_streamer(llama3_dir, siglip_dir, capsys):
     from transformers import TextStreamer
 
     model, tok = family_model(llama3_dir, siglip_dir)
-    img, _ = overfit(model, tok, "What color is it?", "red", steps=40)
+    img, _ = overfit(model, tok, "What color is it?", "red", steps=30)
     greedy = model.generate(img, "What color is it?", max_new_tokens=6, do_sample=False)
     assert model.generate(img, "What color is it?", max_new_tokens=6, num_beams=3, do_sample=False) == greedy
     assert model.generate(img, "What color is it?", max_new_tokens=6, do_sample=False, repetition_penalty=1.3) == greedy

@@ -248,8 +248,12 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         )
 
     def _cache_kw(self) -> str:
-        params = inspect.signature(self.language_model.forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
+        """The LM's name for the KV cache (``cache`` since transformers 5.2x), looked up once per LM."""
+        lm = self.language_model
+        if getattr(self, "_cache_kw_for", (None, None))[0] is not lm:
+            params = inspect.signature(lm.forward).parameters
+            self._cache_kw_for = (lm, "cache" if "cache" in params else "past_key_values")
+        return self._cache_kw_for[1]
 
     # ------------------------------------------------------------------ generation
 
