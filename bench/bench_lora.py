@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_model import _batch, _step  # noqa: E402  (the same batch and timed step)
 from openmind_core.model import MultimodalReasoningModel, build_tokenizer  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 
@@ -49,26 +49,6 @@ def _models(quick: bool):
     torch.manual_seed(0)
     adapted = MultimodalReasoningModel.from_config(lora.model, tok)
     return tok, frozen, adapted, lora.model.lm.lora
-
-
-def _batch(model, b: int, text_len: int):
-    s = 1 + model.num_image_tokens + text_len
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, len(model.tokenizer), (b, s), generator=g)
-    ids[:, 1:1 + model.num_image_tokens] = model.image_token_id
-    labels = ids.clone()
-    labels[:, : 1 + model.num_image_tokens] = -100
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
-                pixel_values=torch.randn(b, 3, model.img_size, model.img_size, generator=g), labels=labels)
-
-
-def _step(model, opt, batch) -> float:
-    t0 = time.perf_counter()
-    loss = model(**batch).loss
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return time.perf_counter() - t0
 
 
 def run(quick: bool = False) -> list[dict]:
