@@ -13,7 +13,6 @@ watch).  Tokens/s for both in the notes.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_model import _batch, _step  # noqa: E402  (the same batch and timed step)
+from bench.bench_model import _batch, _time_train  # noqa: E402  (the same batch and timed steps)
+from openmind_core.model.lora import is_lora_name  # noqa: E402
 from openmind_core.model import MultimodalReasoningModel, build_tokenizer  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 
@@ -52,29 +52,19 @@ def _models(quick: bool):
 
 
 def run(quick: bool = False) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if quick else max(1, threads))
-    try:
+    from bench import torch_threads
+
+    with torch_threads(1 if quick else None):
         return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(quick: bool) -> list[dict]:
     tok, frozen, adapted, lora = _models(quick)
     b, text_len = (2, 16) if quick else (8, 96)
     batch = _batch(frozen, b, text_len)
-    models = [adapted.train(), frozen.train()]
-    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for m in models]
-    for m, o in zip(models, opts):
-        _step(m, o, batch)  # warm-up
-    times: list[list[float]] = [[], []]
-    for _ in range(3 if quick else 7):  # interleaved: machine load hits both alike
-        for i, (m, o) in enumerate(zip(models, opts)):
-            times[i].append(_step(m, o, batch))
-    t_lora, t_frozen = (statistics.median(t) for t in times)
+    t_lora, t_frozen = _time_train([adapted.train(), frozen.train()], batch, 3 if quick else 7)  # interleaved
     tokens = batch["input_ids"].numel()
-    n_lora = sum(p.numel() for n, p in adapted.named_parameters() if "lora_" in n)
+    n_lora = sum(p.numel() for n, p in adapted.named_parameters() if is_lora_name(n))
     return [dict(name="LoRA train step vs frozen LM (fwd+bwd+AdamW)", ours_s=t_lora, baseline_s=t_frozen,
                  ratio=t_lora / t_frozen, goal="<= 2.0x time (the adapters' overhead)", unit="s/step",
                  notes=f"r={lora.r} on {len(lora.target_modules)} projections ({n_lora:,} adapter params), batch {b}, "

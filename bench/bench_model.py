@@ -96,12 +96,10 @@ def _time_train(models, batch, steps: int) -> list[float]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if quick else max(1, threads))
-    try:
+    from bench import torch_threads
+
+    with torch_threads(1 if quick else None):
         return _run(quick)
-    finally:
-        torch.set_num_threads(threads)  # leave the caller's process as it was
 
 
 def _run(quick: bool) -> list[dict]:

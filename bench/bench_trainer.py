@@ -99,12 +99,10 @@ def trainer_run(cfg: TrainConfig, data: BenchData, out_dir: Path) -> float:
 
 
 def run(quick: bool = False) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from bench import torch_threads
+
+    with torch_threads(1):
         return _run(quick)
-    finally:
-        torch.set_num_threads(threads)  # leave the caller's process as it was
 
 
 def _run(quick: bool) -> list[dict]:

@@ -6,6 +6,7 @@ cache shows rows or files done, rate and time left.  ``TQDM_DISABLE=1`` turns ev
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -32,25 +33,20 @@ def tracked(items: Iterable[T], desc: str, unit: str = "it", total: int | None =
 HF_BAR_BYTES = 256 << 20  # transformers' own load/save bars only for weights at least this large
 
 
-def hf_bars(nbytes: int):
-    """transformers' "Loading weights" / "Writing model shards" bars for large weights only: a context
-    manager that turns them off around the load or save of ``nbytes`` below ``HF_BAR_BYTES``."""
-    import contextlib
-
+@contextlib.contextmanager
+def hf_bars(nbytes: int) -> Iterator[None]:
+    """transformers' "Loading weights" / "Writing model shards" bars for large weights only: turned off
+    around the load or save of ``nbytes`` below ``HF_BAR_BYTES``."""
     from transformers.utils import logging as hf_logging
 
     if nbytes >= HF_BAR_BYTES or not hf_logging.is_progress_bar_enabled():
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def off():
-        hf_logging.disable_progress_bar()
-        try:
-            yield
-        finally:
-            hf_logging.enable_progress_bar()
-
-    return off()
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def weight_bytes(path) -> int:

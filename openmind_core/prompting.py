@@ -223,7 +223,7 @@ def encode_turns(tokenizer, turns: list[tuple[str, str]], num_image_tokens: int,
              if answers else [])
     if len(p_ids) == 1:
         return assemble(tokenizer, p_ids[0], a_ids[0] if a_ids else None, num_image_tokens, image_token_id,
-                        max_length, literal_ok=True)
+                        max_length)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     input_ids = bos + [image_token_id] * num_image_tokens
@@ -251,14 +251,12 @@ def _target_text(target: str) -> str:
 
 
 def assemble(tokenizer, prompt_ids: list[int], target_ids: list[int] | None, num_image_tokens: int,
-             image_token_id: int, max_length: int, literal_ok: bool = False) -> Encoded:
+             image_token_id: int, max_length: int) -> Encoded:
     """Lay out ``[bos] [image]*N prompt target [eos]`` from token ids; truncate text, never images."""
     if num_image_tokens < 0:
         raise ValueError("num_image_tokens must be >= 0")
-    prompt_ids = list(prompt_ids) if literal_ok else _plain(list(prompt_ids), tokenizer, image_token_id)
-    target_ids = list(target_ids) if target_ids is not None else []
-    if not literal_ok:
-        target_ids = _plain(target_ids, tokenizer, image_token_id)
+    prompt_ids = _plain(list(prompt_ids), tokenizer, image_token_id)  # idempotent: callers may have done it
+    target_ids = _plain(list(target_ids), tokenizer, image_token_id) if target_ids is not None else []
     if target_ids and tokenizer.eos_token_id is not None:
         target_ids.append(tokenizer.eos_token_id)
     truncated = False

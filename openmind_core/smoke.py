@@ -125,7 +125,7 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path,
     ]
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    del model, state  # training builds its own; free the device for it
+    model = state = None  # training builds its own: free the device for it
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return SmokeReport(

@@ -74,6 +74,30 @@ def test_place_model_materialises_meta_parameters(tmp_path):
     assert a.steps == b.steps == 3 and _losses(tmp_path / "a") == _losses(tmp_path / "b")
 
 
+def test_place_model_allocates_meta_buffers_for_materialise():
+    """A module built wholly under ``torch.device("meta")``: its buffers are meta too, and are filled
+    by the callback like its parameters (not copied out of meta, which torch cannot do)."""
+    from openmind_core.training import distributed as D
+
+    with torch.device("meta"):
+        mod = torch.nn.Linear(3, 2)
+        mod.register_buffer("scale", torch.ones(2), persistent=False)
+    with pytest.raises(ValueError, match="meta device .*scale"):
+        D.place_model(mod, "cpu")
+    with torch.device("meta"):
+        mod = torch.nn.Linear(3, 2)
+        mod.register_buffer("scale", torch.ones(2), persistent=False)
+
+    def fill(m):
+        m.weight.fill_(1.0)
+        m.bias.zero_()
+        m.scale.fill_(2.0)
+
+    placed = D.place_model(mod, "cpu", materialise=fill)
+    assert not placed.scale.is_meta and torch.equal(placed.scale, torch.full((2,), 2.0))
+    assert torch.equal(placed(torch.ones(1, 3)), torch.full((1, 2), 3.0))
+
+
 # --------------------------------------------------------------------------- two ranks (worker below)
 
 

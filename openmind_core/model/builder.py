@@ -47,10 +47,8 @@ class Parts:
 def tower_dtype(model_cfg, tower: str) -> torch.dtype:
     from openmind_core.model.vlm import trainable_modules
 
-    low = DTYPES[model_cfg.dtype]
-    if tower == "language_model" and getattr(model_cfg.lm, "lora", None) is not None:
-        return low  # LoRA: the LM base stays frozen; only its adapters (fp32) train
-    return torch.float32 if tower in trainable_modules(model_cfg.stage) else low
+    trained = trainable_modules(model_cfg.stage, lora=model_cfg.lm.lora is not None)
+    return torch.float32 if tower in trained else DTYPES[model_cfg.dtype]
 
 
 def _on(device: torch.device | None):
@@ -143,15 +141,6 @@ def generation_config_for(tokenizer, lm_config, lm_generation: GenerationConfig 
     return gen
 
 
-def _lm_generation_config(lm_cfg) -> GenerationConfig | None:
-    if not lm_cfg.name_or_path:
-        return None
-    try:
-        return GenerationConfig.from_pretrained(lm_cfg.name_or_path)
-    except (OSError, ValueError):
-        return None  # a checkpoint without generation_config.json
-
-
 def build_parts(model_cfg, tokenizer, device: str | torch.device | None = None) -> Parts:
     """Both towers in place and the composite config (the projector is built by the model)."""
     from openmind_core.model.vlm import config_for
@@ -165,5 +154,5 @@ def build_parts(model_cfg, tokenizer, device: str | torch.device | None = None) 
     lm = build_language_model(model_cfg.lm, tokenizer, dtype=tower_dtype(model_cfg, "language_model"),
                               device=device, attn_implementation=lm_attention(model_cfg, device))
     config = config_for(model_cfg, tokenizer, vision.siglip.config, lm.config, mean, std, resample)
-    gen = generation_config_for(tokenizer, lm.config, _lm_generation_config(model_cfg.lm))
+    gen = generation_config_for(tokenizer, lm.config, lm.generation_config)  # from_pretrained read the LM's own
     return Parts(config, vision, lm, gen)

@@ -84,21 +84,19 @@ def fit_embeddings(lm: PreTrainedModel, tokenizer) -> None:
 def build_language_model(
     lm_cfg,
     tokenizer,
-    hf_config: PretrainedConfig | None = None,
-    load_weights: bool = True,
     dtype: torch.dtype = torch.float32,
     device: torch.device | None = None,
     attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
     """The causal LM for an ``lm`` section, created or loaded once in ``dtype`` on ``device``.
 
-    ``hf_config`` (a saved config) skips every download.  Pretrained weights load through
+    Pretrained weights load through
     ``from_pretrained(dtype=..., device_map=...)``: meta device first, the checkpoint's tensors
     straight into place.
     """
     kw = {"attn_implementation": attn_implementation, "dtype": dtype}
     place = torch.device(device) if device is not None else contextlib.nullcontext()
-    if hf_config is None and lm_cfg.name_or_path is not None and lm_cfg.pretrained_weights and load_weights:
+    if lm_cfg.name_or_path is not None and lm_cfg.pretrained_weights:
         if device is not None and torch.device(device).type != "cpu":
             kw["device_map"] = str(device)
         try:
@@ -107,9 +105,8 @@ def build_language_model(
         except (OSError, ValueError) as e:
             raise _hub_error(lm_cfg.name_or_path, "a causal LM", e) from e
     else:
-        cfg = hf_config if hf_config is not None else language_model_config(lm_cfg, tokenizer)
         with place:
-            lm = AutoModelForCausalLM.from_config(cfg, **kw)
+            lm = AutoModelForCausalLM.from_config(language_model_config(lm_cfg, tokenizer), **kw)
     fit_embeddings(lm, tokenizer)
     return lm
 
@@ -121,7 +118,7 @@ def preflight(model_cfg) -> None:
     """
     from openmind_core.model.tokenizer import build_tokenizer
 
-    if not model_cfg.lm.name_or_path or model_cfg.tokenizer.name_or_path is None:
+    if not model_cfg.lm.name_or_path:  # the tokenizer then defaults to the LM's own (schemas.config)
         return
     tokenizer = build_tokenizer(model_cfg.tokenizer)
     check_tokenizer_fits(tokenizer, language_model_config(model_cfg.lm, tokenizer), model_cfg)

@@ -40,7 +40,6 @@ this model's projector (``init_projector_from``).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -75,11 +74,10 @@ def apply_lora(lm: torch.nn.Module, lora_cfg, base: str | None = None) -> torch.
         inject_adapter_in_model(cfg, lm)
     except ValueError as e:
         raise ValueError(f"model.lm.lora.target_modules {list(lora_cfg.target_modules)}: {e}") from None
-    for name, p in lm.named_parameters():
+    for name, p in lm.named_parameters():  # fp32 adapters here too: memory.meta_modules never calls freeze
         if is_lora_name(name):
             p.data = p.data.float()
-    lm._openmind_lora = cfg  # noqa: SLF001 -- the PEFT config, for saving
-    return lm
+    return lm  # PEFT keeps its LoraConfig on the module: lm.peft_config["default"]
 
 
 def is_lora_name(name: str) -> bool:
@@ -87,11 +85,8 @@ def is_lora_name(name: str) -> bool:
 
 
 def has_lora(module: torch.nn.Module) -> bool:
-    return getattr(module, "_openmind_lora", None) is not None
-
-
-def lora_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in module.named_parameters() if is_lora_name(n)]
+    """PEFT adapters are injected in ``module`` (``inject_adapter_in_model`` leaves its config there)."""
+    return bool(getattr(module, "peft_config", None))
 
 
 def train_adapters(lm: torch.nn.Module, low: torch.dtype) -> None:
@@ -155,7 +150,8 @@ def _stored_keys(model, sd: dict[str, torch.Tensor]) -> list[str]:
             continue
         if k.startswith("vision_encoder.") and mc.vision.pretrained:
             continue
-        if k.startswith(LM) and mc.lm.name_or_path and not (k in params and id(params[k]) in emb):
+        rebuilt_lm = mc.lm.name_or_path and mc.lm.pretrained_weights  # the pointer brings the LM's weights back
+        if k.startswith(LM) and rebuilt_lm and not (k in params and id(params[k]) in emb):
             continue
         keep.append(k)
     return keep
@@ -186,12 +182,10 @@ def save_lora_dir(model, save_directory, state_dict: dict[str, torch.Tensor] | N
     rest = {k: full[k].detach().cpu().contiguous() for k in keys}
     save_file(rest, str(d / WEIGHTS_FILE), metadata={"format": "pt", "openmind": "lora-non-base"})
     save_file(adapter_state_dict(model, state_dict), str(d / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    model.language_model._openmind_lora.save_pretrained(str(d))
+    model.language_model.peft_config["default"].save_pretrained(str(d))
     model.config.save_pretrained(str(d))
     model.generation_config.save_pretrained(str(d))
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(str(d))
-    model.image_processor().save_pretrained(str(d))
+    model.save_extras(d)
 
 
 def load_lora_dir(cls, d: Path, dtype=None, device_map=None, **_ignored):
@@ -216,11 +210,11 @@ def load_lora_dir(cls, d: Path, dtype=None, device_map=None, **_ignored):
     device = device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto" else None
     model = cls.from_config(model_cfg, tokenizer, device=device)
     rest = load_file(str(d / WEIGHTS_FILE))
-    expected = set(_stored_keys(model, model.state_dict()))
+    own = model.state_dict()
+    expected = set(_stored_keys(model, own))
     if set(rest) != expected:
         missing, extra = sorted(expected - set(rest))[:5], sorted(set(rest) - expected)[:5]
         raise ValueError(f"{d / WEIGHTS_FILE}: tensors do not match the model (missing {missing}, unexpected {extra})")
-    own = model.state_dict()
     with torch.no_grad():
         for k, v in rest.items():
             own[k].copy_(v)
@@ -233,8 +227,7 @@ def load_lora_dir(cls, d: Path, dtype=None, device_map=None, **_ignored):
         raise ValueError(f"{d / ADAPTER_WEIGHTS}: adapters do not match (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
     model.generation_config = type(model.generation_config).from_pretrained(str(d))
-    model.freeze(config.stage)
-    return model
+    return model  # from_config already froze it for the stage, adapters in place
 
 
 # --------------------------------------------------------------------------- merging
@@ -252,12 +245,13 @@ def merge_lora(model) -> None:
                 parent_name, _, child = name.rpartition(".")
                 parent = lm.get_submodule(parent_name) if parent_name else lm
                 setattr(parent, child, module.get_base_layer())
-    lm._openmind_lora = None
+    lm.__dict__.pop("peft_config", None)
     mc = dict(model.config.openmind or {})
     mc["lm"] = {**mc.get("lm", {}), "lora": None}
     mc["init_from"] = None
     model.config.openmind = mc
-    model.freeze(model.config.stage)
+    # no freeze: the merged LM stays frozen in model.dtype (freeze("finetune") would make it fp32 masters,
+    # doubling the exported file); _keep_in_fp32_modules_strict already leaves it out
 
 
 def export_merged(source: str | Path, out: str | Path) -> Path:
@@ -269,12 +263,15 @@ def export_merged(source: str | Path, out: str | Path) -> Path:
         src = src / "final"
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{source}: neither a run directory with final/ nor a saved model directory")
+    from openmind_core.io import atomic_write_json
+    from openmind_core.training.checkpoint import save_model_dir
+
     model = MultimodalReasoningModel.from_pretrained(src)
-    if has_lora(model.language_model):
+    merged = has_lora(model.language_model)
+    if merged:
         merge_lora(model)
     else:
         logger.info("%s has no LoRA adapters: written as it is", src)
-    out = Path(out)
-    model.save_pretrained(out)
-    (out / "openmind_export.json").write_text(json.dumps({"source": str(src.resolve()), "merged": True}, indent=2))
+    out = save_model_dir(model, out)  # atomic: a temporary directory, fsynced, renamed
+    atomic_write_json(out / "openmind_export.json", {"source": str(src.resolve()), "merged": merged})
     return out

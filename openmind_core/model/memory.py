@@ -45,10 +45,6 @@ from openmind_core.model.vision import ImprovedVisionEncoder
 
 GIB = 1 << 30
 ELEMENT_SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
-TRAINABLE = {"align": ("projector",), "finetune": ("projector", "language_model"),
-             "full": ("vision_encoder", "projector", "language_model")}
-
-
 # --------------------------------------------------------------------------- per-layer activations
 
 
@@ -227,11 +223,11 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
     w = ELEMENT_SIZE[m.dtype]
     amp_16bit = device != "cpu" and tr.amp in ("auto", "bf16", "fp16")
     e = 2 if (w == 2 or amp_16bit) else 4
-    trainable = TRAINABLE[m.stage]
+    from openmind_core.model.lora import is_lora_name
+    from openmind_core.model.vlm import trainable_modules
 
     lora = m.lm.lora
-    if lora is not None:
-        trainable = tuple(t for t in trainable if t != "language_model")
+    trainable = trainable_modules(m.stage, lora=lora is not None)
 
     params: dict[str, tuple[int, int]] = {}
     n_tensors_trainable = 0
@@ -241,7 +237,7 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
         if name in trainable:
             n_tensors_trainable += len(list(mod.parameters()))
     if lora is not None:
-        adapters = [p for n, p in lm.named_parameters() if "lora_" in n]
+        adapters = [p for n, p in lm.named_parameters() if is_lora_name(n)]
         params["language_model"] = (sum(p.numel() for p in adapters), params["language_model"][1])
         n_tensors_trainable += len(adapters)
     params["total"] = (sum(p[0] for p in params.values()), sum(p[1] for p in params.values()))

@@ -53,7 +53,6 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
     SiglipVisionConfig,
@@ -71,7 +70,6 @@ from openmind_core.progress import hf_bars, weight_bytes
 logger = logging.getLogger(__name__)
 _TABLES_LOGGED: set[tuple[str, str]] = set()
 
-FORMAT_VERSION = 2
 LEGACY_CONFIG_FILE = "openmind_config.json"  # format 1 (before the model was a PreTrainedModel)
 WEIGHTS_FILE = "model.safetensors"
 MODULES = ("vision_encoder", "projector", "language_model")
@@ -80,13 +78,13 @@ STAGES = {
     "finetune": ("projector", "language_model"),
     "full": MODULES,
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def trainable_modules(stage: str) -> tuple[str, ...]:
+def trainable_modules(stage: str, lora: bool = False) -> tuple[str, ...]:
+    """The towers a stage trains in full; with LoRA the LM is not one of them (its adapters train)."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not one of {tuple(STAGES)}")
-    return STAGES[stage]
+    return tuple(t for t in STAGES[stage] if not (lora and t == "language_model"))
 
 
 def _dtype_of(config: MultimodalReasoningConfig) -> torch.dtype:
@@ -121,7 +119,6 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         self.image_token_id = int(config.image_token_id)
         self.num_image_tokens = config.num_image_tokens
         self.img_size = config.img_size
-        self.stage: str | None = None
         self.tokenizer = None  # attached by from_config / from_pretrained (needed by generate(images, prompts))
 
         if vision_encoder is None:
@@ -142,10 +139,8 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         # keep torch's default init for the projector (LLaVA's); transformers' generic init would redo it
         for m in self.projector.modules():
             m._is_hf_initialized = True
-        low = _dtype_of(config)
-        self._keep_in_fp32_modules_strict = list(trainable_modules(config.stage)) if low != torch.float32 else []
         self.post_init()
-        self.freeze(config.stage)
+        self.freeze(config.stage)  # also names the fp32 modules for from_pretrained (_keep_in_fp32_modules_strict)
 
     # ------------------------------------------------------------------ building
 
@@ -368,11 +363,9 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         trainable ones in float32 (master weights: AdamW's moments and small late-schedule updates
         would be lost in 16 bits); autocast runs their matmuls in 16 bits on the GPU.
         """
-        trainable = trainable_modules(stage)
+        lora_on = self._lora_on()  # LoRA (openmind_core.model.lora): the LM base frozen, its adapters train
+        trainable = trainable_modules(stage, lora_on)
         low = _dtype_of(self.config)
-        lora_on = self._lora_on()
-        if lora_on:  # LoRA (openmind_core.model.lora): the LM base frozen, its adapters + the projector train
-            trainable = tuple(t for t in trainable if t != "language_model")
         for name in MODULES:
             module, train = getattr(self, name), name in trainable
             if lora_on and name == "language_model":
@@ -383,7 +376,6 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
             module.requires_grad_(train)
             if low != torch.float32:
                 module.to(torch.float32 if train else low)
-        self.stage = stage
         self.config.stage = stage
         self._keep_in_fp32_modules_strict = list(trainable) if low != torch.float32 else []
         table = self.parameter_table()
@@ -393,8 +385,15 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         logger.log(level, "stage %r: trainable parameters per module\n%s", stage, table)
         return table
 
+    @property
+    def stage(self) -> str:
+        """The training stage the model is frozen for (``config.stage``, set by ``freeze``)."""
+        return self.config.stage
+
     def _lora_on(self) -> bool:
-        return getattr(getattr(self, "language_model", None), "_openmind_lora", None) is not None
+        """The config declares LoRA adapters on the LM (``model.lm.lora``); true from construction on, before
+        ``from_config`` injects them, so the LM base is never cast to fp32 on the way."""
+        return bool(((self.config.openmind or {}).get("lm") or {}).get("lora"))
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
         """Recompute activations in backward in both towers (non-reentrant checkpointing)."""
@@ -415,10 +414,14 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
         with hf_bars(nbytes):
             out = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(str(save_directory))
-            self.image_processor().save_pretrained(str(save_directory))
+            self.save_extras(save_directory)
         return out
+
+    def save_extras(self, directory) -> None:
+        """The tokenizer and the image processor beside the weights."""
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory))
+        self.image_processor().save_pretrained(str(directory))
 
     def image_processor(self):
         """A ``SiglipImageProcessor`` that preprocesses images as this model's data pipeline does."""
@@ -452,8 +455,7 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
                 model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
             if d.is_dir() and (d / "tokenizer_config.json").is_file():
                 model.tokenizer = load_tokenizer(d)
-            model.stage = model.config.stage
-            model.freeze(model.config.stage)
+            model.freeze(model.config.stage)  # loaded parameters come back with requires_grad on
         if map_location is not None:
             model.to(map_location)
         return model

@@ -36,7 +36,6 @@ the process (used by tests/test_resume_kill.py to simulate crashes); with
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import logging
 import os
@@ -97,18 +96,10 @@ def _write_durable(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_and_hash(path: Path) -> str:
-    """fsync a file written by a library, then its sha256 read back in chunks (as ``validate`` will)."""
+def _fsync_file(path: Path) -> None:
+    """fsync a file that a library wrote and closed."""
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-    return sha256_file(path)
-
-
-def torch_bytes(obj: Any) -> bytes:
-    """``torch.save`` into memory (what a checkpoint's ``.pt`` file holds; ``save`` streams it instead)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 def replace_dir(tmp: Path, dest: Path) -> None:
@@ -177,8 +168,7 @@ def save_model_dir(model: torch.nn.Module, dest: str | Path,
         safetensors.torch.save_model(model, str(tmp / WEIGHTS))
     for f in tmp.rglob("*"):
         if f.is_file():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
+            _fsync_file(f)
     fsync_dir(tmp)
     replace_dir(tmp, dest)
     return dest
@@ -310,12 +300,15 @@ class CheckpointManager:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
         safetensors.torch.save_file(tensors, str(tmp / WEIGHTS))
         del tensors
-        digests[WEIGHTS] = _fsync_and_hash(tmp / WEIGHTS)
+        _fsync_file(tmp / WEIGHTS)  # written from Rust: hashed by reading it back, as validate will
+        digests[WEIGHTS] = sha256_file(tmp / WEIGHTS)
         kill_point("ckpt-write", step)  # test-only: crash with a partial checkpoint
         for name, obj in torch_files.items():
             with open(tmp / name, "wb") as f:  # torch.save writes record by record into the file
                 torch.save(obj, f)
-            digests[name] = _fsync_and_hash(tmp / name)
+                f.flush()
+                os.fsync(f.fileno())
+            digests[name] = sha256_file(tmp / name)
         for name, obj in json_files.items():
             data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
             _write_durable(tmp / name, data)

@@ -191,17 +191,18 @@ def shard_model(model: torch.nn.Module, attr: str = "language_model", mesh: Any 
         log.info("%s has no %r: FSDP2 shards it as one unit", type(model).__name__, attr)
     fully_shard(model, **kw)  # meta parameters stay meta; FSDP2 moves the buffers to the mesh's device
     _materialise_shards(model, host, target)
+    deferred += _meta_buffers_to(model, target)
     _run_materialise(model, deferred, materialise)
     return model
 
 
 def place_model(model: torch.nn.Module, device: torch.device | str,
                 materialise: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
-    """One process or DDP: ``model.to(device)``; parameters on meta are allocated on ``device`` first
-    (unset, tied ones kept tied) and filled by ``materialise(model)``."""
+    """One process or DDP: ``model.to(device)``; parameters and buffers on meta are allocated on ``device``
+    first (unset, tied ones kept tied) and filled by ``materialise(model)``."""
     device = torch.device(device)
     fresh: dict[int, torch.nn.Parameter] = {}
-    deferred = [n for n, p in model.named_parameters() if p.is_meta]
+    deferred = [n for n, p in model.named_parameters() if p.is_meta] + _meta_buffers_to(model, device)
     for mod in model.modules():
         for key, p in list(mod._parameters.items()):
             if p is not None and p.is_meta:
@@ -212,6 +213,17 @@ def place_model(model: torch.nn.Module, device: torch.device | str,
     model.to(device)
     _run_materialise(model, deferred, materialise)
     return model
+
+
+def _meta_buffers_to(model: torch.nn.Module, device: torch.device) -> list[str]:
+    """Allocate (unset) on ``device`` every buffer still on meta; their names, for ``materialise`` to fill."""
+    names = []
+    for mod_name, mod in model.named_modules():
+        for key, b in list(mod._buffers.items()):
+            if b is not None and b.is_meta:
+                mod._buffers[key] = torch.empty_like(b, device=device)
+                names.append(f"{mod_name}.{key}" if mod_name else key)
+    return names
 
 
 def _default_fsdp_device(mesh: Any) -> torch.device:
@@ -255,7 +267,8 @@ def _local_slice(full: torch.Tensor, dt: Any) -> torch.Tensor:
 def _materialise_shards(model: torch.nn.Module, host: dict[str, torch.Tensor | None],
                         device: torch.device) -> None:
     """Allocate the local shards on ``device`` (buffers kept) and copy this rank's slice of each host tensor."""
-    buffers = [(mod, key, b) for mod in model.modules() for key, b in mod._buffers.items() if b is not None]
+    buffers = [(mod, key, b) for mod in model.modules() for key, b in mod._buffers.items()
+               if b is not None and not b.is_meta]  # meta buffers: _meta_buffers_to
     model.to_empty(device=device)  # DTensor params: only the local shard is allocated
     moved: dict[int, torch.Tensor] = {}
     for mod, key, b in buffers:  # to_empty replaced them with uninitialised ones: put the originals back
@@ -281,7 +294,7 @@ def _run_materialise(model: torch.nn.Module, deferred: list[str],
     if not deferred:
         return
     if materialise is None:
-        raise ValueError(f"{len(deferred)} parameters are on the meta device ({', '.join(deferred[:5])}"
+        raise ValueError(f"{len(deferred)} parameters or buffers are on the meta device ({', '.join(deferred[:5])}"
                          f"{', ...' if len(deferred) > 5 else ''}) and no materialise callback fills them")
     with torch.no_grad():
         materialise(model)

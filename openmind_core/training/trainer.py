@@ -68,6 +68,7 @@ from openmind_core.training.checkpoint import (
     check_fingerprint,
     kill_point,
     save_model_dir,
+    WorldSizeChange,
 )
 from openmind_core.training.guard import SpikeDetector, clip_and_measure, grad_ok
 from openmind_core.training.metrics import MetricsWriter, WandbLogger, plot_loss_curve
@@ -306,17 +307,17 @@ class ProductionTrainer:
         self.rollbacks = [RollbackEvent.model_validate(r) for r in st.pop("rollbacks")]
         saved_total = st.pop("total_steps", None)
         self.state = {**self._fresh_state(), **st}
-        rank_file = ck.torch_files.get(f"rank-{self.rank}.pt")
         if change is not None:
             self._adopt_world_size(change, ck.torch_files, path, saved_total)
-        elif rank_file is None:
+            return
+        rank_file = ck.torch_files.get(f"rank-{self.rank}.pt")
+        if rank_file is None:
             raise ResumeError(f"cannot resume from {path}: it has no state for rank {self.rank}")
-        if rank_file is not None:
-            restore_rng(rank_file["rng"])
-        if change is None:
-            self.step_ids = {int(s): list(v) for s, v in rank_file["step_ids"].items()}
+        restore_rng(rank_file["rng"])
+        self.step_ids = {int(s): list(v) for s, v in rank_file["step_ids"].items()}
 
-    def _adopt_world_size(self, change: Any, torch_files: dict[str, Any], path: Path, saved_total: Any) -> None:
+    def _adopt_world_size(self, change: WorldSizeChange, torch_files: dict[str, Any], path: Path,
+                          saved_total: Any) -> None:
         """Resume a checkpoint written by another number of processes (its state dicts are full ones).
 
         Position: the old ranks had together consumed the global prefix ``epoch_offset + consumed *
@@ -330,7 +331,8 @@ class ProductionTrainer:
         g = self.sampler.global_position(start=st["consumed"], offset=st["epoch_offset"], world_size=old_world,
                                          epoch=st["epoch"])
         st["epoch_offset"], st["consumed"] = g, 0
-        if f"rank-{self.rank}.pt" not in torch_files:
+        rank_file = torch_files.get(f"rank-{self.rank}.pt")
+        if rank_file is None:  # a new rank; one that existed restores its own RNG state last, below
             seed_everything(self.seed + self.rank + 1_000_003 * (st["step"] + 1))
         merged: dict[int, list[str]] = {}
         if self.is_main:
@@ -357,6 +359,8 @@ class ProductionTrainer:
                            world_size=self.world, global_batch_before=old_gb, global_batch=new_gb,
                            epoch=st["epoch"], epoch_position=g, total_steps=self.total_steps,
                            saved_total_steps=saved_total)
+        if rank_file is not None:
+            restore_rng(rank_file["rng"])
 
     def _setup(self) -> None:
         if self.is_main:
