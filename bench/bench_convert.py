@@ -235,6 +235,7 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
     from openmind_core.data import content, validate
 
     cm = importlib.import_module("openmind_core.data.convert")
+    from openmind_core.data import reader, rows as rows_mod
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-breakdown-"))
     threads = pa.cpu_count()
     try:
@@ -244,8 +245,8 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
         raw = download(cfg, tmp / "lake")
         curated = convert(raw, cfg, tmp / "lake")
         lake = pa.concat_tables([pq.read_table(s) for s in curated.shards])
-        blocks = list(cm._blocks(jsonl, cm.BLOCK_BYTES))
-        batches = [lake.slice(i, cm.CHUNK_ROWS) for i in range(0, rows, cm.CHUNK_ROWS)]
+        blocks = list(reader._blocks(jsonl, reader.BLOCK_BYTES))
+        batches = [lake.slice(i, rows_mod.CHUNK_ROWS) for i in range(0, rows, rows_mod.CHUNK_ROWS)]
         digests = [content.digests_of("caption", b, b["image_sha256"]) for b in batches]
         lines = [b["source_line"].to_numpy() for b in batches]
         raw_table = pa_json.read_json(pa.BufferReader(data))
@@ -318,6 +319,7 @@ def critical_path(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float
     from openmind_core.data import validate
 
     cm = importlib.import_module("openmind_core.data.convert")
+    from openmind_core.data import reader
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-path-"))
     try:
         jsonl = make_caption_jsonl(tmp / "text", rows)
@@ -345,7 +347,7 @@ def critical_path(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float
 
         out = [("raw: read_json + write_table", best_of(lambda: _raw_pyarrow(jsonl, tmp / "raw.parquet"))),
                ("ours: whole convert", best_of(whole))]
-        with mock.patch.object(cm, "parse_block", pre_parsed):
+        with mock.patch.object(reader, "parse_block", pre_parsed):
             out.append(("ours: blocks already parsed", best_of(whole)))
             with mock.patch.object(cm, "shard_writer", _CountingWriter):
                 out.append(("ours: blocks already parsed, nothing encoded", best_of(whole)))

@@ -21,6 +21,9 @@ from openmind_core.data.synthetic import generate
 from schemas.config import DataConfig
 
 convert_mod = importlib.import_module("openmind_core.data.convert")  # the package exports the function
+from openmind_core.data import images as images_mod  # noqa: E402
+from openmind_core.data import reader as reader_mod  # noqa: E402
+from openmind_core.data import rows as rows_mod  # noqa: E402
 
 
 def png(color=(255, 0, 0), size=(16, 12), noise: bool = False) -> bytes:
@@ -114,7 +117,7 @@ def test_duplicates_across_batches_and_a_shared_hash_prefix(tmp_path, monkeypatc
     texts = ["t0", "t1", "t2", "t3", "t4", "t1", "t6", "t6", "t8", "t0"]  # lines 6, 8 and 10 repeat earlier rows
     cap = tmp_path / "c.jsonl"
     cap.write_text("".join(json.dumps({"image": "a.png", "text": t}) + "\n" for t in texts), encoding="utf-8")
-    monkeypatch.setattr(convert_mod, "CHUNK_ROWS", 4)  # batches: lines 1-4 (all new), 5-8, 9-10
+    monkeypatch.setattr(rows_mod, "CHUNK_ROWS", 4)  # batches: lines 1-4 (all new), 5-8, 9-10
     cfg, lake = jsonl_cfg(cap), tmp_path / "lake"
     curated = convert(download(cfg, lake), cfg, lake)
     bad = [json.loads(x) for x in Path(curated.quarantine_path).read_text().splitlines()]
@@ -123,14 +126,14 @@ def test_duplicates_across_batches_and_a_shared_hash_prefix(tmp_path, monkeypatc
     assert [r["source_line"] for r in read_rows(curated)] == [1, 2, 3, 4, 5, 7, 9]
 
     # two different contents whose hashes share their first 8 bytes are both kept
-    real = convert_mod.digests_of
+    real = rows_mod.digests_of
 
     def prefix_clash(kind, cand, shas):
         d = real(kind, cand, shas).copy()
         d[:, :8] = 7
         return d
 
-    monkeypatch.setattr(convert_mod, "digests_of", prefix_clash)
+    monkeypatch.setattr(rows_mod, "digests_of", prefix_clash)
     cap.write_text("".join(json.dumps({"image": "a.png", "text": t}) + "\n" for t in ["x", "y", "z", "x"]),
                    encoding="utf-8")
     curated = convert(download(cfg, lake), cfg, lake)
@@ -299,7 +302,7 @@ def _messy_caption_file(root: Path) -> Path:
 def _convert_both(monkeypatch, tmp_path: Path, cap: Path, **kw) -> tuple:
     out = []
     for fast in (True, False):
-        monkeypatch.setattr(convert_mod, "FAST_PATH", fast)
+        monkeypatch.setattr(reader_mod, "FAST_PATH", fast)
         cfg, lake = jsonl_cfg(cap, max_text_chars=100, **kw), tmp_path / f"lake-{fast}"
         curated = convert(download(cfg, lake), cfg, lake)
         quarantine = Path(curated.quarantine_path).read_text(encoding="utf-8").replace(str(lake), "<lake>")
@@ -310,7 +313,7 @@ def _convert_both(monkeypatch, tmp_path: Path, cap: Path, **kw) -> tuple:
 
 def test_fast_path_agrees_with_line_by_line_path(tmp_path, monkeypatch):
     cap = _messy_caption_file(tmp_path / "user")
-    assert convert_mod.parse_block(cap.read_bytes(), 1, "caption", 100) is not None  # the fast path is taken
+    assert reader_mod.parse_block(cap.read_bytes(), 1, "caption", 100) is not None  # the fast path is taken
     fast, slow = _convert_both(monkeypatch, tmp_path, cap)
     assert fast == slow  # same counts, byte-identical shards, same quarantine file
     summary, _, quarantine = fast
@@ -318,10 +321,10 @@ def test_fast_path_agrees_with_line_by_line_path(tmp_path, monkeypatch):
     got = {b["line"]: b["reason"] for b in map(json.loads, quarantine.splitlines())}
     assert got == {6: "empty_text", 7: "text_too_long", 8: "missing_field", 9: "missing_field", 10: "path_escape",
                    11: "image_missing", 12: "image_truncated", 13: "duplicate"}
-    monkeypatch.setattr(convert_mod, "BLOCK_BYTES", 150)  # a few lines a block: the same lake and quarantine
+    monkeypatch.setattr(reader_mod, "BLOCK_BYTES", 150)  # a few lines a block: the same lake and quarantine
     assert _convert_both(monkeypatch, tmp_path / "small-blocks", cap) == [fast, slow]
-    monkeypatch.setattr(convert_mod, "BLOCK_BYTES", 1 << 20)
-    monkeypatch.setattr(convert_mod, "FAST_PATH", True)
+    monkeypatch.setattr(reader_mod, "BLOCK_BYTES", 1 << 20)
+    monkeypatch.setattr(reader_mod, "FAST_PATH", True)
     cfg = jsonl_cfg(cap, max_text_chars=100)
     rows = {r["source_line"]: r for r in read_rows(convert(download(cfg, tmp_path / "lake-True"), cfg, tmp_path / "lake-True"))}
     assert rows[2]["text"] == "padded" and rows[3]["text"] == "wide space"
@@ -329,7 +332,7 @@ def test_fast_path_agrees_with_line_by_line_path(tmp_path, monkeypatch):
 
 
 def test_a_bad_line_sends_only_its_piece_line_by_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(convert_mod, "SUB_BLOCK_LINES", 4)
+    monkeypatch.setattr(reader_mod, "SUB_BLOCK_LINES", 4)
     (tmp_path / "a.png").write_bytes(png())
     lines = [json.dumps({"image": "a.png", "text": f"row {i}"}) for i in range(40)]
     lines[9] = '{"image": "a.png", "text": '                         # malformed: its piece goes line by line
@@ -339,8 +342,8 @@ def test_a_bad_line_sends_only_its_piece_line_by_line(tmp_path, monkeypatch):
     cap = tmp_path / "c.jsonl"
     cap.write_bytes(("\n".join(lines) + "\n").encode("utf-8", errors="surrogatepass"))
     calls = []
-    real = convert_mod._slow_lines
-    monkeypatch.setattr(convert_mod, "_slow_lines", lambda f, ls, *a: calls.append(len(ls)) or real(f, ls, *a))
+    real = reader_mod._slow_lines
+    monkeypatch.setattr(reader_mod, "_slow_lines", lambda f, ls, *a: calls.append(len(ls)) or real(f, ls, *a))
     fast, slow = _convert_both(monkeypatch, tmp_path, cap)
     assert fast == slow
     got = {b["line"]: b["reason"] for b in map(json.loads, fast[2].splitlines())}
@@ -407,7 +410,7 @@ def test_jsonl_is_read_in_blocks_that_end_at_line_breaks(tmp_path):
     for tail in (b"\n", b""):  # with and without a final line break
         path = tmp_path / "f.jsonl"
         path.write_bytes(b"\n".join(lines) + tail)
-        blocks = list(convert_mod._blocks(path, 8))  # the 40-byte line spans several reads
+        blocks = list(reader_mod._blocks(path, 8))  # the 40-byte line spans several reads
         assert b"".join(b for _, b in blocks) == path.read_bytes()
         assert all(b.endswith(b"\n") for _, b in blocks[:-1])
         assert all(len(b) <= 2 * 8 or max(map(len, b.split(b"\n"))) > 8 for _, b in blocks)  # bounded but by a long line
@@ -430,10 +433,10 @@ def test_batches_hold_a_bounded_size_of_images(tmp_path, monkeypatch):
     whole = convert(download(cfg, tmp_path / "lake-whole"), cfg, tmp_path / "lake-whole")
 
     limit = 3 * min(sizes.values())
-    monkeypatch.setattr(convert_mod, "IMAGE_BATCH_BYTES", limit)
+    monkeypatch.setattr(rows_mod, "IMAGE_BATCH_BYTES", limit)
     seen = []
-    real = convert_mod._rows
-    monkeypatch.setattr(convert_mod, "_rows", lambda f, cand, *a: seen.append(cand["line"].to_pylist()) or real(f, cand, *a))
+    real = rows_mod.assemble
+    monkeypatch.setattr(rows_mod, "assemble", lambda f, cand, *a: seen.append(cand["line"].to_pylist()) or real(f, cand, *a))
     sliced = convert(download(cfg, tmp_path / "lake-sliced"), cfg, tmp_path / "lake-sliced")
     assert files_of(Path(sliced.root)) == files_of(Path(whole.root))
     assert sorted(sum(seen, [])) == list(range(1, 25)) and len(seen) > 4
@@ -452,11 +455,11 @@ def test_an_image_shared_by_far_apart_rows_is_decoded_once(tmp_path, monkeypatch
     cfg = jsonl_cfg(cap)
     whole = convert(download(cfg, tmp_path / "lake-whole"), cfg, tmp_path / "lake-whole")
 
-    monkeypatch.setattr(convert_mod, "CHUNK_ROWS", 2)  # every image again in later batches
-    monkeypatch.setattr(convert_mod, "IMAGE_CACHE_BYTES", 0)
+    monkeypatch.setattr(rows_mod, "CHUNK_ROWS", 2)  # every image again in later batches
+    monkeypatch.setattr(images_mod, "IMAGE_CACHE_BYTES", 0)
     inspected = []
-    real = convert_mod.load_and_inspect
-    monkeypatch.setattr(convert_mod, "load_and_inspect", lambda job: inspected.append(job[0].path) or real(job))
+    real = rows_mod.load_and_inspect
+    monkeypatch.setattr(rows_mod, "load_and_inspect", lambda job: inspected.append(job[0].path) or real(job))
     lake = tmp_path / "lake-reread"
     raw = download(cfg, lake)
     again = convert(raw, cfg, lake)
@@ -464,8 +467,8 @@ def test_an_image_shared_by_far_apart_rows_is_decoded_once(tmp_path, monkeypatch
     assert sorted(Path(p).name for p in inspected) == ["0.png", "1.png", "2.png"]
 
     # an image changed behind the converter's back is inspected afresh, not trusted
-    cache = convert_mod._ImageCache()
-    ref = convert_mod.ImageRef(path=inspected[0])
+    cache = images_mod.ImageCache()
+    ref = images_mod.ImageRef(path=inspected[0])
     cache.put(ref.key, real((ref, 1 << 20, 1 << 24)))
     assert cache.get(ref.key, ref)[1].width == 16
     Path(inspected[0]).write_bytes(png((1, 2, 3)))

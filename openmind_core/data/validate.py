@@ -5,9 +5,9 @@ A row is checked in three layers, each raising ``Problem(reason, detail)``:
 1. bytes of the line: invalid UTF-8, a byte-order mark, a CRLF line end (``check_encoding``);
 2. the JSON object: malformed JSON, not an object, a missing field, a wrong type, empty or
    oversized text (``parse_row``); the image reference: a path escaping its root (``../``),
-   a missing file, undecodable base64 (``resolve_image``);
-3. the image bytes: too many bytes or pixels, unreadable, truncated (``inspect_image``; runs in
-   worker processes when there are many images).
+   a missing file, undecodable base64 (``images.resolve_image``);
+3. the image bytes: too many bytes or pixels, unreadable, truncated (``images.inspect_image``;
+   runs in worker processes when there are many images).
 
 Layers 1 and 2 have two implementations that must agree on every row: the line-by-line one
 above (``check_encoding`` + ``parse_row``), which names the reason, and a vectorised fast path
@@ -20,24 +20,15 @@ Duplicates (same content hash) are found by the converter.  ``REASONS`` lists ev
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
 import json
-import os
 import re
-import warnings
-from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
-from PIL import Image
 
 REASONS: dict[str, str] = {
     "invalid_utf8": "the line is not valid UTF-8",
@@ -74,25 +65,6 @@ class Problem(Exception):
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
 
-
-@dataclass(frozen=True)
-class ImageRef:
-    """Where a row's image is: a file in the raw directory, or bytes given inline."""
-
-    path: str | None = None
-    data: bytes | None = None
-
-    @property
-    def key(self) -> str:
-        return self.path if self.path is not None else "inline:" + hashlib.sha256(self.data or b"").hexdigest()
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    sha256: str
-    width: int
-    height: int
-    format: str
 
 
 # --------------------------------------------------------------------------- lines
@@ -241,115 +213,3 @@ def parse_block(block: bytes, first_line: int, kind: str, max_text_chars: int) -
     language = pc.if_else(given, lang, detected)
     table = table.set_column(table.schema.get_field_index("language"), "language", language)
     return ParsedBlock(table, lines, np.asarray(clean.to_numpy(zero_copy_only=False), dtype=bool))
-
-
-# --------------------------------------------------------------------------- image references
-
-
-def _decode_base64(text: str) -> bytes:
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise Problem("image_unreadable", f"inline image is not valid base64 ({e})") from None
-
-
-def looks_inline(value: str) -> bool:
-    """True for an image given in the text itself: a data URI or a long base64 string."""
-    return value.startswith("data:") or (len(value) > 256 and "/" not in value[:64] and "." not in value[-8:])
-
-
-def resolve_image(value: Any, root: Path, absolute: dict[str, str], problems: dict[str, str],
-                  raw_root: Path, files: Collection[str] | None = None) -> ImageRef:
-    """Turn a row's ``image`` value into an ``ImageRef`` inside the raw directory.
-
-    ``value``: a path relative to the JSONL's folder (copied under ``root``), an absolute path
-    (copied, listed in ``absolute``), a data URI / base64 string, or ``{"bytes": base64 or list of
-    ints, "path": ...}``.  ``problems``: what the download found for a path (e.g. a symlink out).
-    ``files``: the download's image files (full paths), which spares a ``stat`` per path.
-    """
-    if isinstance(value, dict):
-        data = value.get("bytes")
-        if isinstance(data, str) and data:
-            return ImageRef(data=_decode_base64(data))
-        if isinstance(data, list) and data and all(isinstance(b, int) and 0 <= b < 256 for b in data):
-            return ImageRef(data=bytes(data))
-        if data not in (None, "", []):
-            raise Problem("wrong_type", f"image.bytes must be base64 text or a list of byte values, got {type(data).__name__}")
-        value = value.get("path")
-        if value is None:
-            raise Problem("missing_field", "image object has neither 'bytes' nor 'path'")
-    if not isinstance(value, str):
-        raise Problem("wrong_type", f"'image' must be a path, base64 text or {{bytes, path}}, got {type(value).__name__}")
-    if not value.strip():
-        raise Problem("empty_text", "'image' is empty")
-    if looks_inline(value):
-        return ImageRef(data=_decode_base64(value))
-    if value in problems:
-        raise Problem(problems[value], f"{value!r} resolves outside the JSONL's folder")
-    if os.path.isabs(value):
-        if value not in absolute:
-            raise Problem("image_missing", f"{value} does not exist")
-        return ImageRef(path=str(raw_root / absolute[value]))
-    norm = os.path.normpath(value.replace("\\", "/"))
-    if norm == ".." or norm.startswith("../"):
-        raise Problem("path_escape", f"{value!r} escapes the JSONL's folder")
-    p = str(root) if norm == "." else os.path.join(str(root), norm)
-    try:
-        found = p in files if files is not None else os.path.isfile(p)
-    except ValueError:  # an embedded NUL or a lone surrogate
-        found = False
-    if not found:
-        raise Problem("image_missing", f"{value!r} not found next to the JSONL file")
-    return ImageRef(path=p)
-
-
-# --------------------------------------------------------------------------- image bytes
-
-
-def inspect_image(data: bytes, max_bytes: int, max_pixels: int) -> ImageInfo:
-    """sha256, size and format of fully decodable image bytes, else ``Problem``."""
-    if len(data) > max_bytes:
-        raise Problem("image_too_large", f"{len(data)} bytes > data.max_image_bytes={max_bytes}")
-    if not data:
-        raise Problem("image_unreadable", "the image is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise Problem("image_too_large", f"{w}x{h} = {w * h} pixels > data.max_image_pixels={max_pixels}")
-            fmt = img.format or "unknown"
-            img.load()
-    except Problem:
-        raise
-    except Image.DecompressionBombError as e:
-        raise Problem("image_too_large", str(e)) from None
-    except Image.UnidentifiedImageError:
-        raise Problem("image_unreadable", f"not a recognised image format (starts with {data[:8]!r})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        text = str(e)
-        if "truncated" in text.lower() or "broken data stream" in text.lower() or "unexpected end" in text.lower():
-            raise Problem("image_truncated", text) from None
-        raise Problem("image_unreadable", f"{type(e).__name__}: {text}") from None
-    return ImageInfo(hashlib.sha256(data).hexdigest(), w, h, fmt)
-
-
-def load_and_inspect(job: tuple[ImageRef, int, int]) -> tuple[bytes, ImageInfo] | Problem:
-    """Worker body: read (if a file) and inspect one image; a ``Problem`` is returned, not raised."""
-    ref, max_bytes, max_pixels = job
-    try:
-        if ref.data is not None:
-            data = ref.data
-        else:
-            with open(ref.path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > max_bytes:
-                    raise Problem("image_too_large", f"{size} bytes > data.max_image_bytes={max_bytes}")
-                data = f.read()
-        return data, inspect_image(data, max_bytes, max_pixels)
-    except Problem as p:
-        return p
-    except OSError as e:
-        return Problem("image_missing", f"{ref.path}: {e}")

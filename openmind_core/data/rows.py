@@ -1,0 +1,178 @@
+"""Arrow row assembly: candidates with inspected images become the curated lake's rows.
+
+``assemble`` takes one batch of text-checked candidates (``reader.candidates``), inspects each
+distinct image once (``images``), quarantines the rows whose image is bad or whose content was
+seen before, and builds the rows of ``SCHEMA``: content-hash ids, splits, the embedded image
+bytes with their sha256, size and format.  ``slices`` cuts a batch into pieces that hold at most
+``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES`` of images; ``shard_writer`` lays rows out as
+Parquet shards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.config import DataConfig
+
+from openmind_core.data.content import digests_of, hex_ids, splits_of
+from openmind_core.data.images import ImageCache, ImageInfo, ImageRef, Pool, load_and_inspect
+from openmind_core.data.lake import SCHEMA_VERSION
+from openmind_core.data.quarantine import Tally
+from openmind_core.data.reader import SourceFile
+from openmind_core.data.shards import ShardWriter, rows_that_fit
+from openmind_core.data.validate import Problem
+
+CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
+IMAGE_BATCH_BYTES = 64 << 20  # and the image bytes they may hold (about): memory stays bounded with large images
+DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
+                      "image_format", "source_file")  # often repeated; ids, texts and lines are not
+STATISTICS_COLUMNS = ("kind", "split", "language", "image_width", "image_height", "image_format", "source_file",
+                      "source_line")  # min/max worth keeping: not on hashes, free text or image bytes
+ENCODINGS = {"source_line": "DELTA_BINARY_PACKED"}  # ascending line numbers: a few bytes per page
+
+SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("image_width", pa.int32(), nullable=False),
+        pa.field("image_height", pa.int32(), nullable=False),
+        pa.field("image_format", pa.string(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_line", pa.int64(), nullable=False),
+    ],
+    metadata={"openmind.schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def _inspect_all(refs: list[ImageRef], cfg: DataConfig, pool: Pool) -> list:
+    return pool.map(load_and_inspect, [(r, cfg.max_image_bytes, cfg.max_image_pixels) for r in refs])
+
+
+def _shown(cand: pa.Table, i: int, ref: ImageRef) -> str:
+    """A candidate row as JSON for the quarantine (its line already passed the text checks)."""
+    row = cand.slice(i, 1).to_pylist()[0]
+    fields = {n: row[n] for n in ("text", "question", "answer") if row[n] is not None}
+    fields["language"] = row["language"]
+    return json.dumps({**fields, "image": ref.path or "<inline>"}, ensure_ascii=False)
+
+
+def _constant(value: str, n: int, cache: dict[str, pa.Array]) -> pa.Array:
+    """A string column of ``n`` copies of ``value`` (sliced from a cached one)."""
+    arr = cache.get(value)
+    if arr is None or len(arr) < n:
+        arr = cache[value] = pa.array([value] * max(n, CHUNK_ROWS), pa.string())
+    return arr.slice(0, n)
+
+
+def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, tally: Tally,
+          cache: ImageCache, pool: Pool) -> pa.Table | None:
+    """Inspect the images of a batch of candidates, hash and de-duplicate: the lake's rows (None
+    when none is kept)."""
+    keys = cand["key"]
+    ukeys = pc.unique(keys)
+    ulist = ukeys.to_pylist()
+    known = {k: cache.get(k, refs[k]) for k in ulist}
+    todo = [k for k, r in known.items() if r is None]
+    for k, result in zip(todo, _inspect_all([refs[k] for k in todo], cfg, pool)):
+        cache.put(k, result)
+        known[k] = result
+    results = [known[k] for k in ulist]
+    idx = pc.index_in(keys, value_set=ukeys).to_numpy(zero_copy_only=False).astype(np.int64)
+    ok = np.array([not isinstance(r, Problem) for r in results], dtype=bool)[idx]
+    if not ok.all():
+        lines = cand["line"].to_numpy()
+        for i in np.flatnonzero(~ok):
+            tally.quarantine(f, int(lines[i]), results[idx[i]], _shown(cand, int(i), refs[ulist[idx[i]]]))
+        if not ok.any():
+            return None
+        cand, idx = cand.filter(pa.array(ok)), idx[ok]
+    info = [r[1] if not isinstance(r, Problem) else ImageInfo("", 0, 0, "") for r in results]
+    take = pa.array(idx)
+    shas = pa.array([i.sha256 for i in info], pa.string()).take(take)
+    digests = digests_of(f.kind, cand, shas)
+    lines = cand["line"].to_numpy()
+    keep = tally.seen.keep_new(f.order, digests, lines)
+    if keep is not None:
+        for i in np.flatnonzero(~keep):
+            tally.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {tally.first(digests[i])}"),
+                             _shown(cand, int(i), refs[ulist[idx[i]]]))
+        if not keep.any():
+            return None
+        mask = pa.array(keep)
+        cand, idx, shas, digests = cand.filter(mask), idx[keep], shas.filter(mask), digests[keep]
+        take = pa.array(idx)
+    n = len(idx)
+    data_u = [r[0] if not isinstance(r, Problem) else b"" for r in results]
+    consts = f.constants
+    return pa.Table.from_arrays([
+        hex_ids(digests),
+        _constant(f.kind, n, consts),
+        splits_of(digests, cfg.val_fraction),
+        cand["language"], cand["text"], cand["question"], cand["answer"],
+        _image_column(data_u, idx),
+        shas,
+        pa.array([i.width for i in info], pa.int32()).take(take),
+        pa.array([i.height for i in info], pa.int32()).take(take),
+        pa.array([i.format for i in info], pa.string()).take(take),
+        _constant(f.shown, n, consts),
+        cand["line"],
+    ], schema=SCHEMA)
+
+
+def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> pa.ChunkedArray:
+    """``data[idx]`` as a binary column, in chunks of at most ``limit`` bytes (a chunk holds < 2 GiB)."""
+    sizes = np.array([len(d) for d in data], dtype=np.int64)
+    if int(sizes[idx].sum()) < limit and int(sizes.sum()) < limit:
+        return pa.chunked_array([pa.array(data, pa.binary()).take(pa.array(idx))])  # one copy, in C++
+    chunks, part, size = [], [], 0
+    for j in idx.tolist():
+        if part and size + len(data[j]) > limit:
+            chunks.append(pa.array(part, pa.binary()))
+            part, size = [], 0
+        part.append(data[j])
+        size += len(data[j])
+    chunks.append(pa.array(part, pa.binary()))
+    return pa.chunked_array(chunks, pa.binary())
+
+
+def slices(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef]) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of a candidate batch that hold at most ``CHUNK_ROWS`` rows and
+    about ``IMAGE_BATCH_BYTES`` of images (each image counted at its first row; a larger image
+    gets a range of its own)."""
+    n = cand.num_rows
+    uniq = pc.unique(cand["key"])
+    sizes = np.array([len(r.data) if r.data is not None else f.images.get(r.path or "", 0)
+                      for r in map(refs.__getitem__, uniq.to_pylist())], dtype=np.int64)
+    if int(sizes.sum()) <= IMAGE_BATCH_BYTES:
+        yield from ((start, min(start + CHUNK_ROWS, n)) for start in range(0, n, CHUNK_ROWS))
+        return
+    pos = pc.index_in(cand["key"], value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64)
+    row_bytes = np.zeros(n, dtype=np.int64)
+    first = np.unique(pos, return_index=True)[1]
+    row_bytes[first] = sizes[pos[first]]
+    start = 0
+    while start < n:
+        stop = start + rows_that_fit(row_bytes[start:start + CHUNK_ROWS], IMAGE_BATCH_BYTES)
+        yield start, stop
+        start = stop
+
+
+
+def shard_writer(directory: Path, cfg: DataConfig) -> ShardWriter:
+    """Shards of ``SCHEMA`` sized by the config, zstd, dictionary-encoded where values repeat."""
+    return ShardWriter(directory, SCHEMA, shard_rows=cfg.shard_rows, shard_bytes=cfg.shard_bytes,
+                       row_group_rows=cfg.row_group_rows, row_group_bytes=cfg.row_group_bytes,
+                       dictionary=DICTIONARY_COLUMNS, statistics=STATISTICS_COLUMNS, encodings=ENCODINGS)
