@@ -17,6 +17,15 @@ never parsed out of text: a literal ``<image>`` inside an instruction, caption o
 tokenised as the plain characters it is.  The text budget (``max_length``) counts text tokens
 only: truncation shortens the target first, then the instruction, and never cuts an image token
 or the template's own tokens.
+
+**Conversations** (``encode_turns`` / ``encode_conversations``; curated rows of kind
+``conversation``): any number of turns, an optional first ``system`` turn, then user / assistant
+alternating.  The image's tokens go where the user turn's ``<image>`` tag is (``image_tag``; the
+tag itself is removed, a leading tag gives the same layout as a caption row); a row without an
+image (``num_image_tokens=0``) gets no image tokens, and its tag-free text stays text.  Every
+assistant turn is a label target (with its end-of-turn token), system and user turns are masked.
+A conversation longer than ``max_length`` first loses whole trailing user/assistant pairs (never
+the pair holding the image, never the first pair), then the per-turn truncation above.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
+IMAGE_TAG = "<image>"  # marks the image's place in a conversation row's user turn
 
 CAPTION_INSTRUCTION = {"en": "Describe the image.", "zh": "这张图片里有什么？"}  # zh: the guide's own prompt
 TEMPLATE = "\nUSER: {instruction}\nASSISTANT:"
@@ -152,15 +162,24 @@ def turn_end_ids(tokenizer) -> list[int]:
     return list(_stop_ids(tokenizer))
 
 
-def _assemble_turns(skel: _Skeleton, contents: list[list[int]], image_ids: list[int], max_length: int,
-                    generation: bool) -> Encoded:
-    """Lay out template chunks and content ids; the image goes first in the first user turn."""
-    contents = [list(c) for c in contents]
+def _fixed_tokens(skel: _Skeleton, generation: bool) -> int:
+    """Template tokens a layout always keeps (they count towards ``max_length``)."""
     tail_kept = len(skel.chunks[-1]) if generation or not skel.roles else skel.turn_end[-1]
-    fixed = sum(len(c) for c in skel.chunks[:-1]) + tail_kept
+    return sum(len(c) for c in skel.chunks[:-1]) + tail_kept
+
+
+def _assemble_turns(skel: _Skeleton, contents: list[list[int]], image_ids: list[int], max_length: int,
+                    generation: bool, image_at: tuple[int, int] | None = None,
+                    truncated: bool = False) -> Encoded:
+    """Lay out template chunks and content ids.  ``image_at`` = (turn, token offset in its content):
+    where the image goes (default: first in the first user turn); truncation never cuts it."""
+    contents = [list(c) for c in contents]
+    fixed = _fixed_tokens(skel, generation)
     user = [i for i, r in enumerate(skel.roles) if r == "user"]
+    if image_at is None:
+        image_at = (user[0], 0) if user else None
     overflow = fixed + sum(len(c) for c in contents) - max_length
-    truncated = overflow > 0
+    truncated = truncated or overflow > 0
     # targets first, then instructions; each keeps one token, template tokens are never cut
     for i in [k for k, r in reversed(list(enumerate(skel.roles))) if r == "assistant"] + user[::-1]:
         cut = min(max(overflow, 0), max(len(contents[i]) - 1, 0))
@@ -169,7 +188,7 @@ def _assemble_turns(skel: _Skeleton, contents: list[list[int]], image_ids: list[
     input_ids: list[int] = []
     labels: list[int] = []
     start = end = 0
-    first_user = user[0] if user else None
+    image_turn, image_offset = image_at if image_at is not None else (None, 0)
     for i, role in enumerate(skel.roles):
         chunk = list(skel.chunks[i])
         if i > 0 and skel.turn_end[i - 1]:  # the end-of-turn token(s) closing the previous assistant turn
@@ -179,13 +198,18 @@ def _assemble_turns(skel: _Skeleton, contents: list[list[int]], image_ids: list[
             chunk = chunk[n:]
         input_ids += chunk
         labels += [IGNORE_INDEX] * len(chunk)
-        if i == first_user and image_ids:
+        content = contents[i]
+        if i == image_turn and image_ids:
+            at = min(image_offset, len(content))  # the text after the image may have been cut
+            input_ids += content[:at]
+            labels += [IGNORE_INDEX] * at
             start = len(input_ids)
             input_ids += image_ids
             labels += [IGNORE_INDEX] * len(image_ids)
             end = len(input_ids)
-        input_ids += contents[i]
-        labels += contents[i] if role == "assistant" else [IGNORE_INDEX] * len(contents[i])
+            content = content[at:]
+        input_ids += content
+        labels += content if role == "assistant" else [IGNORE_INDEX] * len(content)
     tail = list(skel.chunks[-1])
     if skel.roles and skel.turn_end[-1]:
         n = skel.turn_end[-1]
@@ -198,49 +222,139 @@ def _assemble_turns(skel: _Skeleton, contents: list[list[int]], image_ids: list[
     return Encoded(input_ids, labels, (start, end), truncated)
 
 
-def encode_turns(tokenizer, turns: list[tuple[str, str]], num_image_tokens: int, image_token_id: int,
-                 max_length: int, generation: bool | None = None) -> Encoded:
-    """Tokenise a conversation (``[(role, text), ...]``, roles ``user``/``assistant``; the image goes in
-    the first user turn).  ``generation`` (default: the last turn is the user's) ends with the
-    template's generation prompt and takes no labels."""
-    if generation is None:
-        generation = bool(turns) and turns[-1][0] == "user"
+def _check_roles(roles: tuple[str, ...]) -> None:
+    body = roles[1:] if roles and roles[0] == "system" else roles
+    if not body or any(r != ("user" if k % 2 == 0 else "assistant") for k, r in enumerate(body)):
+        raise ValueError(f"turns must be an optional system turn, then user/assistant alternating from user, "
+                         f"got {list(roles)}")
+
+
+def _turn_pieces(turns: list[tuple[str, str]], has_image: bool, image_tag: str | None,
+                 templated: bool) -> tuple[tuple[str, ...], list[list[str]], int | None]:
+    """(roles, text pieces per turn, the image's turn).  The image's turn has two pieces: the text
+    before the image and the text after it; every other turn one."""
     roles = tuple(r for r, _ in turns)
+    _check_roles(roles)
     texts = [t.strip() for _, t in turns]
-    if has_chat_template(tokenizer):
-        skel = _skeleton(tokenizer, roles, generation)
-        ids = tokenizer(["\n" + t if i == 0 and num_image_tokens else t for i, t in enumerate(texts)],
-                        add_special_tokens=False)["input_ids"] if texts else []
-        ids = [_plain(x, tokenizer, image_token_id) for x in ids]
-        return _assemble_turns(skel, ids, [image_token_id] * num_image_tokens, max_length, generation)
-    # no template: USER/ASSISTANT lines after [bos] [image] * N
-    if roles[0] != "user" or any(r != ("user" if k % 2 == 0 else "assistant") for k, r in enumerate(roles)):
-        raise ValueError(f"turns must alternate user/assistant starting with user, got {list(roles)}")
-    prompts = [format_prompt(t) for t in texts[0::2]]
-    answers = [" " + t for t in texts[1::2]]
-    p_ids = [_plain(x, tokenizer, image_token_id) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    a_ids = ([_plain(x, tokenizer, image_token_id) for x in tokenizer(answers, add_special_tokens=False)["input_ids"]]
-             if answers else [])
-    if len(p_ids) == 1:
-        return assemble(tokenizer, p_ids[0], a_ids[0] if a_ids else None, num_image_tokens, image_token_id,
-                        max_length)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    input_ids = bos + [image_token_id] * num_image_tokens
-    labels = [IGNORE_INDEX] * len(input_ids)
-    for k, p in enumerate(p_ids):
-        input_ids += p
-        labels += [IGNORE_INDEX] * len(p)
-        if k < len(a_ids):
-            input_ids += a_ids[k] + eos
-            labels += a_ids[k] + eos
-    text_len = len(input_ids) - num_image_tokens
-    truncated = text_len > max_length
-    if truncated:  # multi-turn: drop from the end, never into the image
-        keep = len(input_ids) - (text_len - max_length)
-        input_ids, labels = input_ids[:keep], labels[:keep]
-    start = len(bos)
-    return Encoded(input_ids, labels, (start, start + num_image_tokens), truncated)
+    image_turn, before, after = None, "", ""
+    if has_image:
+        users = [i for i, r in enumerate(roles) if r == "user"]
+        tagged = [i for i in users if image_tag and image_tag in texts[i]] if image_tag else []
+        image_turn = tagged[0] if tagged else users[0]
+        text = texts[image_turn]
+        if tagged:
+            before, _, after = text.partition(image_tag)
+        else:
+            after = text
+        before, after = before.strip(), after.strip() if not before.strip() else after.rstrip()
+    pieces: list[list[str]] = []
+    for i, (role, text) in enumerate(zip(roles, texts)):
+        if i == image_turn:
+            if templated:  # LLaVA's order: the image, then "\n" + the text (a caption row's layout)
+                pieces.append([before, ("\n" + after) if not before else after])
+            elif not before:  # the fixed layout: [image] "\nUSER: ..." as for caption rows
+                pieces.append(["", format_prompt(after)])
+            else:
+                mark = "\ue002"
+                head, _, tail = format_prompt(f"{before}{mark}{after}").partition(mark)
+                pieces.append([head, tail])
+        elif templated:
+            pieces.append([text])
+        elif role == "user":
+            pieces.append([format_prompt(text)])
+        elif role == "assistant":
+            pieces.append([_target_text(text)])
+        else:  # a system turn in the fixed layout: its text, before the first "\nUSER:"
+            pieces.append([text])
+    return roles, pieces, image_turn
+
+
+def _plain_skeleton(tokenizer, roles: tuple[str, ...]) -> _Skeleton:
+    """The fixed USER/ASSISTANT layout as a skeleton: [bos] first, [eos] closing each assistant turn."""
+    bos = (tokenizer.bos_token_id,) if tokenizer.bos_token_id is not None else ()
+    eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+    chunks = [bos] + [eos if r == "assistant" else () for r in roles]
+    return _Skeleton(roles, tuple(chunks), tuple(len(eos) if r == "assistant" else 0 for r in roles))
+
+
+def _fit_pairs(roles: tuple[str, ...], contents: list[list[int]], image_turn: int | None, fixed_of,
+               max_length: int, generation: bool) -> tuple[tuple[str, ...], list[list[int]], bool]:
+    """Drop whole trailing user/assistant pairs while the text is over ``max_length`` (keeping the
+    first pair and the one holding the image)."""
+    dropped = False
+    first = 1 if roles and roles[0] == "system" else 0
+    keep_to = max(first + 2, (image_turn + 2) if image_turn is not None else 0)
+    while (not generation and len(roles) >= keep_to + 2 and roles[-2:] == ("user", "assistant")
+           and fixed_of(roles) + sum(len(c) for c in contents) > max_length):
+        roles, contents, dropped = roles[:-2], contents[:-2], True
+    return roles, contents, dropped
+
+
+def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], num_image_tokens: int | list[int],
+                         image_token_id: int, max_length: int, image_tag: str | None = IMAGE_TAG,
+                         generation: bool | None = None) -> list[Encoded]:
+    """Many conversations at once (one batched tokenizer call); see the module docstring.
+
+    ``num_image_tokens``: per conversation (or one for all): 0 for a text-only row.  ``image_tag``
+    (default ``<image>``): the text that marks the image's place in a user turn; None: the image
+    goes first in the first user turn and every ``<image>`` in the text stays plain text.
+    """
+    if isinstance(num_image_tokens, int):
+        num_image_tokens = [num_image_tokens] * len(conversations)
+    if len(num_image_tokens) != len(conversations):
+        raise ValueError(f"{len(conversations)} conversations but {len(num_image_tokens)} image token counts")
+    if any(n < 0 for n in num_image_tokens):
+        raise ValueError("num_image_tokens must be >= 0")
+    templated = has_chat_template(tokenizer)
+    prepared, flat = [], []
+    for turns, n in zip(conversations, num_image_tokens):
+        if not turns:
+            raise ValueError("a conversation needs at least one turn")
+        roles, pieces, image_turn = _turn_pieces(turns, n > 0, image_tag, templated)
+        prepared.append((roles, [len(p) for p in pieces], image_turn, n))
+        flat.extend(x for p in pieces for x in p)
+    flat_ids = tokenizer([x for x in flat if x], add_special_tokens=False)["input_ids"] if any(flat) else []
+    it = iter(flat_ids)
+    ids_of = [_plain(next(it), tokenizer, image_token_id) if x else [] for x in flat]
+    out: list[Encoded] = []
+    pos = 0
+    for roles, counts, image_turn, n in prepared:
+        contents, image_offset = [], 0
+        for i, k in enumerate(counts):
+            parts = ids_of[pos: pos + k]
+            pos += k
+            if i == image_turn:
+                image_offset = len(parts[0])
+            contents.append([t for part in parts for t in part])
+        gen = (roles[-1] != "assistant") if generation is None else generation
+        if templated:
+            def fixed_of(r, g=gen):
+                return _fixed_tokens(_skeleton(tokenizer, r, g), g)
+        elif roles in (("user",), ("user", "assistant")) and (image_turn is None or image_offset == 0):
+            # a single exchange in the fixed layout: exactly a caption / VQA row's tokens
+            out.append(assemble(tokenizer, contents[0], contents[1] if len(contents) > 1 else None, n,
+                                image_token_id, max_length))
+            continue
+        else:
+            def fixed_of(r, g=gen):
+                return _fixed_tokens(_plain_skeleton(tokenizer, r), g)
+        roles, contents, dropped = _fit_pairs(roles, contents, image_turn, fixed_of, max_length, gen)
+        skel = _skeleton(tokenizer, roles, gen) if templated else _plain_skeleton(tokenizer, roles)
+        at = (image_turn, image_offset) if image_turn is not None else None
+        out.append(_assemble_turns(skel, contents, [image_token_id] * n, max_length, gen, image_at=at,
+                                   truncated=dropped))
+    return out
+
+
+def encode_turns(tokenizer, turns: list[tuple[str, str]], num_image_tokens: int, image_token_id: int,
+                 max_length: int, generation: bool | None = None, image_tag: str | None = IMAGE_TAG) -> Encoded:
+    """Tokenise one conversation (``[(role, text), ...]``: an optional ``system`` turn, then ``user`` /
+    ``assistant`` alternating).  The image's tokens go where a user turn's ``image_tag`` is (default
+    ``<image>``; without one, first in the first user turn); ``num_image_tokens=0``: a text-only row.
+    ``generation`` (default: the last turn is not the assistant's) ends with the template's
+    generation prompt and takes no labels."""
+    return encode_conversations(tokenizer, [turns], num_image_tokens, image_token_id, max_length,
+                                image_tag=image_tag, generation=generation)[0]
 
 
 # --------------------------------------------------------------------------- no template
@@ -289,7 +403,7 @@ def encode(
 ) -> Encoded:
     """Tokenise one sample.  ``target=None`` gives a generation prompt (no target, no labels)."""
     turns = [("user", instruction)] + ([("assistant", target)] if target is not None else [])
-    return encode_turns(tokenizer, turns, num_image_tokens, image_token_id, max_length)
+    return encode_turns(tokenizer, turns, num_image_tokens, image_token_id, max_length, image_tag=None)
 
 
 def encode_many(

@@ -1,14 +1,26 @@
 """Reading the curated lake: row helper, the map-style training dataset, its collator, inspection.
 
-``VLMDataset`` reads the text columns once as Python lists, maps the image column from an
-uncompressed Arrow copy under ``<lake>/cache/`` (no Python object per image, nothing on the heap,
-pages shared with forked loader workers), and tokenises every prompt and target up front in two
-batched tokenizer calls (``openmind_core.prompting.encode_many``).  When the decoded, resized
-images fit ``pixel_cache_bytes`` (default 2 GiB), they are written once (by worker processes when
-there are many) to a memory-mapped uint8 array beside it, and ``__getitem__`` only normalises; otherwise ``__getitem__`` decodes, resizes
-and SigLIP-normalises the image, so that work runs in the loader workers.  Both give the same
-tensors.
-``Collator`` pads to the longest sample on the right (labels with -100).
+``read_table`` / ``read_rows`` give the curated rows with ``image`` as plain bytes: the lake's
+Hugging Face image struct (``struct<bytes, path>``) is flattened, a text-only row's image is None,
+and lakes written before the struct (a plain binary column, no ``answers`` / ``conversation``
+columns) read the same way.
+
+``VLMDataset`` keeps nothing per row on the Python heap.  The text columns and the image column
+are memory-mapped from uncompressed Arrow copies under ``<lake>/cache/<version>/`` (written once
+per version, split and kinds); every row is tokenised once, in batches, into a flat int32 array
+of token ids and labels plus an index, saved as ``.npy`` beside them and memory-mapped too
+(``openmind_core.data.tokens``).  Forked loader workers share all of these pages; a spawned
+worker receives their paths, not their data.  When the decoded, resized images fit
+``pixel_cache_bytes`` (default 2 GiB) they are written once (by worker processes when there are
+many) to a memory-mapped uint8 array, and ``__getitem__`` only normalises; otherwise
+``__getitem__`` decodes, resizes and SigLIP-normalises the image, so that work runs in the loader
+workers.  Both give the same tensors.
+
+Rows of kind ``conversation`` are tokenised through ``openmind_core.prompting`` (every assistant
+turn a target, the image's tokens at the ``<image>`` tag); a text-only row's item has
+``pixel_values`` None.  ``Collator`` pads to the longest sample on the right (labels with -100)
+and stacks the images of the rows that have one, in row order (LLaVA's layout: the model fills
+the image tokens in order), so batches may mix image and text-only rows.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -35,15 +47,21 @@ from schemas.artifacts import CuratedDataset
 from openmind_core.data.lake import CURATED_MANIFEST, read_json
 from openmind_core.imaging import BICUBIC, normalise, preprocess_image, resized_pixels
 from openmind_core.progress import progress
-from openmind_core.prompting import IGNORE_INDEX, encode_many, has_chat_template, instruction_for
+from openmind_core.prompting import IGNORE_INDEX, has_chat_template
 
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "answer",
                 "image_width", "image_height", "source_file", "source_line"]
+# columns of schema version 2; a lake written before them reads them as nulls
+OPTIONAL_COLUMNS = {"answers": pa.list_(pa.string()),
+                    "conversation": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))}
+ROW_COLUMNS = TEXT_COLUMNS + list(OPTIONAL_COLUMNS)
+IMAGE_COLUMNS = ["image", "image_sha256", "image_format"]
 SPLITS = ("train", "validation")
 PIXEL_CACHE_BYTES = 2 << 30  # decoded images up to this size are cached; above it, decoded per sample
 PIXELS_VERSION = 1  # bump when resized_pixels changes: old caches are then ignored
+ROWS_VERSION = 2  # bump when the mapped row columns change
 PIXEL_CHUNK = 256  # images a cache-building worker decodes per task
 PARALLEL_PIXELS = 20_000_000  # output pixels from which building the cache uses worker processes
 
@@ -59,20 +77,51 @@ def shard_paths(curated: CuratedDataset | str | Path) -> list[Path]:
     return [root / s["path"] for s in manifest["shards"]]
 
 
+def flat_image(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+    """The image column as nullable binary: the ``bytes`` of the Hugging Face image struct, or a
+    plain binary column as it is (lakes of schema version 1)."""
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column])
+    if pa.types.is_struct(column.type):
+        if column.type.get_field_index("bytes") < 0:
+            raise ValueError(f"the image column is a struct without a 'bytes' field: {column.type}")
+        column = pc.struct_field(column, "bytes")  # null where the struct is null (text-only rows)
+    if pa.types.is_large_binary(column.type) or pa.types.is_string(column.type):
+        column = column.cast(pa.binary())
+    return column
+
+
+def _read_shard(path: Path, columns: list[str], with_images: bool) -> pa.Table:
+    names = set(pq.read_schema(path).names)
+    want = [c for c in columns if c in names] + ([c for c in IMAGE_COLUMNS if c in names] if with_images else [])
+    table = pq.read_table(path, columns=want)
+    for c in columns:
+        if c not in names:
+            if c not in OPTIONAL_COLUMNS:
+                raise ValueError(f"curated shard {path} has no column {c!r}")
+            table = table.append_column(c, pa.nulls(table.num_rows, OPTIONAL_COLUMNS[c]))
+    if with_images:
+        table = table.set_column(table.schema.get_field_index("image"), "image", flat_image(table["image"]))
+    return table.select(columns + (IMAGE_COLUMNS if with_images else []))
+
+
 def read_table(curated: CuratedDataset | str | Path, split: str | None = None,
-               kinds: Iterable[str] | None = None, with_images: bool = False) -> pa.Table:
-    """The curated rows as one Arrow table, filtered by split and kind."""
+               kinds: Iterable[str] | None = None, with_images: bool = False,
+               columns: list[str] | None = None) -> pa.Table:
+    """The curated rows as one Arrow table, filtered by split and kind (``image`` as nullable bytes)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-    columns = TEXT_COLUMNS + (["image", "image_sha256", "image_format"] if with_images else [])
-    tables = [pq.read_table(p, columns=columns) for p in shard_paths(curated)]
-    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
-    return _filtered(table, split, kinds)
+    columns = list(columns or ROW_COLUMNS)
+    tables = [_filtered(_read_shard(p, columns, with_images), split, kinds) for p in shard_paths(curated)]
+    if not tables:
+        return pa.table({c: pa.array([], OPTIONAL_COLUMNS.get(c, pa.string()))
+                         for c in columns + (IMAGE_COLUMNS if with_images else [])})
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def read_rows(curated: CuratedDataset | str | Path, split: str | None = None,
               kinds: Iterable[str] | None = None, with_images: bool = False) -> list[dict]:
-    """Curated rows as dicts (``image`` bytes only with ``with_images=True``)."""
+    """Curated rows as dicts (``image`` bytes, None for a text-only row, only with ``with_images=True``)."""
     return read_table(curated, split, kinds, with_images).to_pylist()
 
 
@@ -97,33 +146,63 @@ def _staging(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None, rows: int) -> pa.ChunkedArray:
-    """The image column backed by a memory-mapped Arrow file, so image bytes live in the page cache.
+def _mapped(curated, split: str | None, kinds: Iterable[str] | None, rows: int | None, name: str,
+            schema: pa.Schema, part_of) -> tuple[pa.Table, str | None]:
+    """Columns backed by a memory-mapped Arrow file, so their bytes live in the page cache.
 
     Parquet pages are compressed and cannot be read at random; an uncompressed Arrow IPC copy under
-    ``<lake>/cache/<version>/`` can, zero-copy, and forked loader workers share its pages.  It is
-    written once per (version, split, kinds), one shard at a time (memory: one shard's images);
-    where it cannot be written (a read-only lake) the column is read into memory instead.
+    ``<lake>/cache/<version>/`` can, zero-copy, and loader workers share its pages.  It is written
+    once per (version, split, kinds), one shard at a time (memory: one shard's columns); where it
+    cannot be written (a read-only lake) the columns are read into memory instead.  Returns the
+    table and the file it is mapped from (None: in memory).
     """
-    path = _cache_path(curated, split, kinds, "images-{key}.arrow")
-    schema = pa.schema([("image", pa.binary())])
+    path = _cache_path(curated, split, kinds, name)
+    what = name.split("-")[0].rstrip("s")  # "image", "row"
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = _staging(path)
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-                for shard in shard_paths(curated):
-                    part = _filtered(pq.read_table(shard, columns=["image", "split", "kind"]), split, kinds)
-                    writer.write_table(part.select(["image"]).cast(schema), max_chunksize=8192)
-            os.replace(tmp, path)
-        mapped = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()["image"]
-        if len(mapped) == rows:
-            return mapped
-        log.warning("image cache %s holds %d rows, not %d; rebuilding it next time", path, len(mapped), rows)
+            try:
+                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                    for shard in shard_paths(curated):
+                        writer.write_table(part_of(shard).cast(schema), max_chunksize=8192)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        mapped = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        if (rows is None or mapped.num_rows == rows) and mapped.schema.names == schema.names:
+            return mapped, str(path)
+        log.warning("%s cache %s holds %d rows, not %s; rebuilding it next time", what, path, mapped.num_rows, rows)
         path.unlink(missing_ok=True)
     except OSError as e:
-        log.warning("image cache %s not usable (%s); keeping images in memory", path, e)
-    return read_table(curated, split, kinds, with_images=True)["image"]
+        log.warning("%s cache %s not usable (%s); keeping its columns in memory", what, path, e)
+    return pa.concat_tables([part_of(shard).cast(schema) for shard in shard_paths(curated)]), None
+
+
+def _mapped_rows(curated, split: str | None, kinds: Iterable[str] | None) -> tuple[pa.Table, str | None]:
+    """The row columns (no image bytes), memory-mapped (see ``_mapped``)."""
+    shards = shard_paths(curated)
+    if not shards:
+        raise ValueError(f"no shards in {getattr(curated, 'root', curated)}")
+    first = pq.read_schema(shards[0])
+    schema = pa.schema([first.field(c) if c in first.names else pa.field(c, OPTIONAL_COLUMNS[c])
+                        for c in ROW_COLUMNS])
+    return _mapped(curated, split, kinds, None, f"rows-{{key}}-v{ROWS_VERSION}.arrow", schema,
+                   lambda shard: _filtered(_read_shard(shard, ROW_COLUMNS, False), split, kinds))
+
+
+def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None,
+                   rows: int) -> tuple[pa.ChunkedArray, str | None]:
+    """The image column (nullable bytes), memory-mapped (see ``_mapped``); image bytes never on the heap."""
+    schema = pa.schema([pa.field("image", pa.binary())])
+
+    def part(shard):
+        t = pq.read_table(shard, columns=["image", "split", "kind"])
+        t = _filtered(t.set_column(0, "image", flat_image(t["image"])), split, kinds)
+        return t.select(["image"])
+
+    table, path = _mapped(curated, split, kinds, rows, "images-{key}.arrow", schema, part)
+    return table["image"], path
 
 
 def _cache_path(curated, split: str | None, kinds: Iterable[str] | None, name: str) -> Path:
@@ -134,14 +213,16 @@ def _cache_path(curated, split: str | None, kinds: Iterable[str] | None, name: s
 
 
 def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, images: pa.ChunkedArray,
-                   size: int, limit: int, resample: int = BICUBIC) -> np.ndarray | None:
-    """Every image decoded and resized once, as a memory-mapped uint8 array [rows, size, size, 3].
+                   size: int, limit: int, resample: int = BICUBIC,
+                   image_rows: np.ndarray | None = None) -> np.ndarray | None:
+    """Every image decoded and resized once, as a memory-mapped uint8 array [images, size, size, 3].
 
-    Written under ``<lake>/cache/<version>/`` (temporary name, then renamed) when it fits
-    ``limit`` bytes; forked loader workers share its pages.  None when it does not fit or cannot
-    be written: the dataset then decodes per sample.
+    ``image_rows``: the rows of ``images`` that have one (default: all), in slot order.  Written
+    under ``<lake>/cache/<version>/`` (temporary name, then renamed) when it fits ``limit`` bytes;
+    forked loader workers share its pages.  None when it does not fit or cannot be written: the
+    dataset then decodes per sample.
     """
-    rows = len(images)
+    rows = len(images) if image_rows is None else len(image_rows)
     if rows * size * size * 3 > limit:
         return None
     filt = "" if resample == BICUBIC else f"-r{resample}"
@@ -152,7 +233,7 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
             tmp = _staging(path)
             try:
                 np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3)).flush()
-                _fill_pixels(images, tmp, size, resample)
+                _fill_pixels(images, tmp, size, resample, image_rows)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -167,16 +248,17 @@ def _cached_pixels(curated, split: str | None, kinds: Iterable[str] | None, imag
     return None
 
 
-def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int, resample: int = BICUBIC) -> None:
+def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int, resample: int = BICUBIC,
+                 image_rows: np.ndarray | None = None) -> None:
     """Decode and resize every image into the .npy at ``path``: in worker processes when the work
     is large and processes can be forked (they inherit the mapped images and write their own rows
     of the file), else here."""
-    rows = len(images)
+    rows = len(images) if image_rows is None else len(image_rows)
     chunks = [(start, min(start + PIXEL_CHUNK, rows)) for start in range(0, rows, PIXEL_CHUNK)]
     workers = min(os.cpu_count() or 1, 8, len(chunks))
     bar = progress(rows, f"caching {size} px images", unit="img")
     global _FILLING
-    _FILLING = (images, str(path), size, resample)
+    _FILLING = (images, str(path), size, resample, image_rows)
     try:
         if workers > 1 and rows * size * size >= PARALLEL_PIXELS and "fork" in mp.get_all_start_methods():
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
@@ -190,20 +272,48 @@ def _fill_pixels(images: pa.ChunkedArray, path: Path, size: int, resample: int =
         bar.close()
 
 
-_FILLING: tuple[pa.ChunkedArray, str, int, int] | None = None  # what _fill_range works on (inherited by forked workers)
+# what _fill_range works on (inherited by forked workers): images, path, size, resample, image rows
+_FILLING: tuple[pa.ChunkedArray, str, int, int, np.ndarray | None] | None = None
 
 
 def _fill_range(bounds: tuple[int, int]) -> int:
-    images, path, size, resample = _FILLING
+    images, path, size, resample, image_rows = _FILLING
     out = np.load(path, mmap_mode="r+")
     for i in range(*bounds):
-        out[i] = resized_pixels(images[i].as_py(), size, resample)
+        out[i] = resized_pixels(images[int(i if image_rows is None else image_rows[i])].as_py(), size, resample)
     out.flush()
     return bounds[1] - bounds[0]
 
 
+class SampleIds(Sequence):
+    """The ``sample_id`` column as a read-only sequence of str, without a Python object per row."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            idx = range(len(self))[key]
+            if idx.step == 1:
+                return self.column.slice(idx.start, len(idx)).to_pylist()
+            return self.column.take(pa.array(idx, pa.int64())).to_pylist()
+        return self.column[int(key)].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self.column.chunks:
+            yield from chunk.to_pylist()
+
+
+def _remap(path: str) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+
+
 class VLMDataset(Dataset):
-    """Map-style dataset of ``{sample_id, input_ids, labels, pixel_values}`` over curated shards."""
+    """Map-style dataset of ``{sample_id, input_ids, labels, pixel_values}`` over curated shards
+    (``pixel_values`` None for a text-only conversation row)."""
 
     def __init__(
         self,
@@ -220,67 +330,99 @@ class VLMDataset(Dataset):
         image_std: Sequence[float] | None = None,
         image_resample: int = BICUBIC,
     ) -> None:
+        from openmind_core.data.tokens import image_slots, token_arrays
+
         kinds = sorted(kinds) if kinds is not None else None  # read more than once below
-        table = read_table(curated, split, kinds)
-        if table.num_rows == 0:
-            raise ValueError(f"no rows in split {split!r} of {getattr(curated, 'root', curated)}")
         if image_token_id is None or image_token_id < 0:
             raise ValueError(f"image_token_id must be a token id, got {image_token_id!r}")
+        self.table, self._table_path = _mapped_rows(curated, split, kinds)
+        if self.table.num_rows == 0:
+            raise ValueError(f"no rows in split {split!r} of {getattr(curated, 'root', curated)}")
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.num_image_tokens = num_image_tokens
         self.image_token_id = image_token_id
         self.max_length = max_length
         self.image_mean, self.image_std, self.image_resample = image_mean, image_std, image_resample
-        self.rows: list[dict[str, Any]] = table.to_pylist()
-        self.images = _mapped_images(curated, split, kinds, table.num_rows)
-        self.pixels = _cached_pixels(curated, split, kinds, self.images, image_size, pixel_cache_bytes, image_resample)
-        self.sample_ids: list[str] = [r["sample_id"] for r in self.rows]
-        # tokenise every row once, in two batched calls: loader workers then only decode images
-        pairs = [instruction_for(r) for r in self.rows]
-        self.encoded = encode_many(tokenizer, [i for i, _ in pairs], [t or "" for _, t in pairs],
-                                   num_image_tokens, image_token_id, max_length)
+        self.images, self._images_path = _mapped_images(curated, split, kinds, self.table.num_rows)
+        slots = image_slots(self.images)
+        image_rows = np.flatnonzero(slots >= 0) if self.images.null_count else None
+        self.pixels = _cached_pixels(curated, split, kinds, self.images, image_size, pixel_cache_bytes,
+                                     image_resample, image_rows)
+        del image_rows
+        self.sample_ids = SampleIds(self.table["sample_id"])
+        # every row tokenised once, in batches, into memory-mapped arrays: workers then only decode images
+        cache_dir = _cache_path(curated, split, kinds, "x").parent if self._table_path else None
+        name = Path(_cache_path(curated, split, kinds, "tokens-{key}")).name
+        self.tokens, self.index = token_arrays(cache_dir, name, self.table, slots, tokenizer, num_image_tokens,
+                                               image_token_id, max_length)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.table.num_rows
 
     def __getstate__(self) -> dict:
-        # a spawned loader worker re-maps the pixel cache instead of receiving a pickled copy
+        # a spawned loader worker re-maps every cache file instead of receiving a pickled copy
         state = dict(self.__dict__)
-        if isinstance(self.pixels, np.memmap):
-            state["pixels"] = str(self.pixels.filename)
+        for key in ("pixels", "tokens", "index"):
+            if isinstance(state[key], np.memmap):
+                state[key] = str(state[key].filename)
+        if self._table_path:
+            state["table"] = None
+            state["sample_ids"] = None
+        if self._images_path:
+            state["images"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if isinstance(state.get("pixels"), str):
-            state["pixels"] = np.load(state["pixels"], mmap_mode="r")
+        for key in ("pixels", "tokens", "index"):
+            if isinstance(state.get(key), str):
+                state[key] = np.load(state[key], mmap_mode="r")
+        if state.get("table") is None:
+            state["table"] = _remap(state["_table_path"])
+            state["sample_ids"] = SampleIds(state["table"]["sample_id"])
+        if state.get("images") is None:
+            state["images"] = _remap(state["_images_path"])["image"]
         self.__dict__.update(state)
 
     def row(self, index: int) -> dict[str, Any]:
-        return self.rows[index]
+        return self.table.slice(int(index), 1).to_pylist()[0]
 
-    def image_bytes(self, index: int) -> bytes:
-        return self.images[index].as_py()
+    def kinds(self) -> list[str]:
+        return self.table["kind"].to_pylist()
+
+    def has_image(self, index: int) -> bool:
+        return int(self.index[index, 5]) >= 0
+
+    def image_bytes(self, index: int) -> bytes | None:
+        return self.images[int(index)].as_py()
 
     def encode_row(self, index: int):
         """``openmind_core.prompting.Encoded`` of one row (tokenised at construction; no image decoding)."""
-        return self.encoded[index]
+        from openmind_core.prompting import Encoded
+
+        off, n, start, end, truncated, _ = (int(x) for x in self.index[index])
+        return Encoded(self.tokens[0, off: off + n].tolist(), self.tokens[1, off: off + n].tolist(),
+                       (start, end), bool(truncated))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        enc = self.encode_row(index)
+        off, n, _, _, _, slot = (int(x) for x in self.index[index])
+        if slot < 0:
+            pixel_values = None
+        elif self.pixels is not None:
+            pixel_values = normalise(np.array(self.pixels[slot]), self.image_mean, self.image_std)
+        else:
+            pixel_values = preprocess_image(self.image_bytes(index), self.image_size, self.image_mean,
+                                            self.image_std, self.image_resample)
         return {
             "sample_id": self.sample_ids[index],
-            "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
-            "labels": torch.tensor(enc.labels, dtype=torch.long),
-            "pixel_values": (normalise(np.array(self.pixels[index]), self.image_mean, self.image_std)
-                             if self.pixels is not None
-                             else preprocess_image(self.image_bytes(index), self.image_size, self.image_mean,
-                                                   self.image_std, self.image_resample)),
+            "input_ids": torch.from_numpy(self.tokens[0, off: off + n].astype(np.int64)),
+            "labels": torch.from_numpy(self.tokens[1, off: off + n].astype(np.int64)),
+            "pixel_values": pixel_values,
         }
 
 
 class Collator:
-    """Right-pad a list of ``VLMDataset`` items into a batch."""
+    """Right-pad a list of ``VLMDataset`` items into a batch; stack the images of the rows that have one."""
 
     def __init__(self, pad_token_id: int) -> None:
         if pad_token_id is None:
@@ -300,11 +442,13 @@ class Collator:
             input_ids[i, :k] = it["input_ids"]
             labels[i, :k] = it["labels"]
             attention[i, :k] = 1
+        images = [it["pixel_values"] for it in items if it.get("pixel_values") is not None]
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
             "labels": labels,
-            "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            # [images in the batch, 3, H, W] in row order; None when every row is text-only
+            "pixel_values": torch.stack(images) if images else None,
             "sample_ids": [it["sample_id"] for it in items],
         }
 
@@ -332,8 +476,8 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
     # a mix of kinds when there are several
     picks: list[int] = []
     by_kind: dict[str, list[int]] = {}
-    for i, r in enumerate(ds.rows):
-        by_kind.setdefault(r["kind"], []).append(i)
+    for i, kind in enumerate(ds.kinds()):
+        by_kind.setdefault(kind, []).append(i)
     while len(picks) < min(n, len(ds)):
         for idx in by_kind.values():
             if idx and len(picks) < n:
@@ -348,28 +492,61 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
         row, enc, item = ds.row(i), ds.encode_row(i), ds[i]
         items.append(item)
         start, end = enc.image_positions
-        prompt_ids = [t for t, lab in zip(enc.input_ids[end:], enc.labels[end:]) if lab == IGNORE_INDEX]
-        target_ids = [t for t in enc.labels if t != IGNORE_INDEX]
-        # the whole prompt as the model sees it (chat template included), image tokens shown once
-        before = [t for t, lab in zip(enc.input_ids[:start], enc.labels[:start]) if lab == IGNORE_INDEX]
-        shown = tokenizer.decode(before) + f"<image x{end - start}>" + tokenizer.decode(prompt_ids)
+        spans = _label_spans(enc.labels)
+        targets = [tokenizer.decode(enc.input_ids[a:b]) for a, b in spans]
+        pv = item["pixel_values"]
+        image = ("none (a text-only row)" if pv is None else
+                 f"{row['image_width']}x{row['image_height']} -> pixel_values {tuple(pv.shape)} "
+                 f"range [{pv.min():.2f}, {pv.max():.2f}]")
+        lines += [f"[{k}] {row['kind']} {row['sample_id']} ({row['source_file']}:{row['source_line']}, {row['language']})",
+                  f"    image     {image}"]
+        if row["kind"] == "conversation" and row.get("conversation"):
+            roles = [t["role"] for t in row["conversation"]]
+            lines.append(f"    turns     {len(roles)}: {' '.join(roles)}"
+                         f"{' (trailing turns dropped to fit)' if enc.truncated and len(spans) < roles.count('assistant') else ''}")
+        # the whole sequence as the model sees it (chat template included), image tokens shown once;
+        # with several targets each is shown in its place as <target k>
+        shown, pos = "", 0
+        marks = [(start, end, f"<image x{end - start}>")] if end > start else []
+        if len(spans) > 1:
+            marks += [(a, b, f"<target {j}>") for j, (a, b) in enumerate(spans, 1)]
+        else:
+            marks += [(a, b, "") for a, b in spans]
+        for a, b, label in sorted(marks):
+            shown += tokenizer.decode(enc.input_ids[pos:a]) + label
+            pos = b
+        shown += tokenizer.decode(enc.input_ids[pos:])
+        n_target = sum(b - a for a, b in spans)
         lines += [
-            f"[{k}] {row['kind']} {row['sample_id']} ({row['source_file']}:{row['source_line']}, {row['language']})",
-            f"    image     {row['image_width']}x{row['image_height']} -> pixel_values {tuple(item['pixel_values'].shape)} "
-            f"range [{item['pixel_values'].min():.2f}, {item['pixel_values'].max():.2f}]",
             f"    prompt    {shown!r}",
-            f"    target    {tokenizer.decode(target_ids)!r}",
+            f"    target    " + (repr(targets[0]) if len(targets) == 1
+                                 else "  ".join(f"<target {j}> {t!r}" for j, t in enumerate(targets, 1))),
             f"    tokens    {len(enc.input_ids)} total = {start} before the image + {end - start} image + "
-            f"{len(enc.input_ids) - end - len(target_ids)} prompt "
-            f"+ {len(target_ids)} target{' (truncated)' if enc.truncated else ''}",
+            f"{len(enc.input_ids) - start - (end - start) - n_target} other prompt "
+            f"+ {n_target} target{' (truncated)' if enc.truncated else ''}",
         ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = Collator(pad)(items)
     lines += ["", "collated batch:"]
     for key, value in batch.items():
+        if value is None:
+            lines.append(f"    {key:15s} None (every row text-only)")
+            continue
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else f"list[{len(value)}]"
         dtype = str(value.dtype).replace("torch.", "") if isinstance(value, torch.Tensor) else "str"
         lines.append(f"    {key:15s} {shape} {dtype}")
     lines.append(f"    label tokens   {int((batch['labels'] != IGNORE_INDEX).sum())} of "
                  f"{int(batch['attention_mask'].sum())} attended")
     return "\n".join(lines)
+
+
+def _label_spans(labels: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of label (target) tokens."""
+    spans, start = [], None
+    for i, lab in enumerate(labels + [IGNORE_INDEX]):
+        if lab != IGNORE_INDEX and start is None:
+            start = i
+        elif lab == IGNORE_INDEX and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
