@@ -386,7 +386,7 @@ def assemble(tokenizer, prompt_ids: list[int], target_ids: list[int] | None, num
     image = [image_token_id] * num_image_tokens
     input_ids = bos + image + prompt_ids + target_ids
     labels = [IGNORE_INDEX] * (len(bos) + len(image) + len(prompt_ids)) + target_ids
-    start = len(bos)
+    start = len(bos) if num_image_tokens else 0  # (0, 0): no image
     return Encoded(input_ids, labels, (start, start + num_image_tokens), truncated)
 
 

@@ -66,6 +66,11 @@ PIXEL_CHUNK = 256  # images a cache-building worker decodes per task
 PARALLEL_PIXELS = 20_000_000  # output pixels from which building the cache uses worker processes
 
 
+def _root(curated: CuratedDataset | str | Path) -> Path:
+    """A curated version's directory (a ``CuratedDataset``'s ``root``, or the path given)."""
+    return Path(curated.root) if isinstance(curated, CuratedDataset) else Path(curated)
+
+
 def shard_paths(curated: CuratedDataset | str | Path) -> list[Path]:
     """The shards of a curated version (from its manifest, which must be complete)."""
     if isinstance(curated, CuratedDataset):
@@ -183,7 +188,7 @@ def _mapped_rows(curated, split: str | None, kinds: Iterable[str] | None) -> tup
     """The row columns (no image bytes), memory-mapped (see ``_mapped``)."""
     shards = shard_paths(curated)
     if not shards:
-        raise ValueError(f"no shards in {getattr(curated, 'root', curated)}")
+        raise ValueError(f"no shards in {_root(curated)}")
     first = pq.read_schema(shards[0])
     schema = pa.schema([first.field(c) if c in first.names else pa.field(c, OPTIONAL_COLUMNS[c])
                         for c in ROW_COLUMNS])
@@ -207,7 +212,7 @@ def _mapped_images(curated, split: str | None, kinds: Iterable[str] | None,
 
 def _cache_path(curated, split: str | None, kinds: Iterable[str] | None, name: str) -> Path:
     kinds = sorted(kinds) if kinds is not None else None
-    root = Path(getattr(curated, "root", curated))
+    root = _root(curated)
     key = hashlib.sha256(f"{split}|{kinds}".encode()).hexdigest()[:12]
     return root.parent.parent / "cache" / root.name / name.format(key=key)
 
@@ -337,7 +342,7 @@ class VLMDataset(Dataset):
             raise ValueError(f"image_token_id must be a token id, got {image_token_id!r}")
         self.table, self._table_path = _mapped_rows(curated, split, kinds)
         if self.table.num_rows == 0:
-            raise ValueError(f"no rows in split {split!r} of {getattr(curated, 'root', curated)}")
+            raise ValueError(f"no rows in split {split!r} of {_root(curated)}")
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.num_image_tokens = num_image_tokens
@@ -483,7 +488,7 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
             if idx and len(picks) < n:
                 picks.append(idx.pop(0))
     template = "the tokenizer's chat template" if has_chat_template(tokenizer) else "the fixed USER/ASSISTANT template"
-    lines = [f"curated lake: {getattr(curated, 'root', curated)}  split: {split or 'all'}  rows: {len(ds)}",
+    lines = [f"curated lake: {_root(curated)}  split: {split or 'all'}  rows: {len(ds)}",
              f"prompts: {template}",
              f"image: {model_cfg.vision.img_size} px -> {n_img} image tokens ({image_token!r} id {image_token_id}); "
              f"max_length {model_cfg.max_length} text tokens", ""]

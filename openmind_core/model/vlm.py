@@ -87,6 +87,11 @@ def trainable_modules(stage: str, lora: bool = False) -> tuple[str, ...]:
     return tuple(t for t in STAGES[stage] if not (lora and t == "language_model"))
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
 def _dtype_of(config: MultimodalReasoningConfig) -> torch.dtype:
     dt = config.dtype
     if isinstance(dt, str):
@@ -208,7 +213,12 @@ class MultimodalReasoningModel(PreTrainedModel, GenerationMixin):
                     f"tokens (id {self.image_token_id}), but {n_images} image(s) x {self.num_image_tokens} "
                     f"tokens per image = {n_images * self.num_image_tokens} features"
                 )
-        if n_images == 0:
+        if n_images == 0:  # a batch of text-only rows
+            if self.training and torch.is_grad_enabled() and _distributed():
+                # every rank must run the towers (DDP's gradient buckets, FSDP's all-gathers): a blank
+                # image whose features count zero times
+                blank = embeds.new_zeros((1, 3, self.img_size, self.img_size), dtype=torch.float32)
+                embeds = embeds + 0.0 * self.encode_images(blank).to(embeds.dtype).sum()
             return embeds
         feats = self.encode_images(pixel_values).to(embeds.dtype)
         return embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(embeds), feats)
