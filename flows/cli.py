@@ -6,9 +6,13 @@
     openmind estimate-memory [--config FILE] [--set ...] [--budget-gb 40]
     openmind config [--config FILE] [--set ...]
     openmind export RUN_DIR --merge OUT   (LoRA adapters merged: one self-contained HF directory)
+    openmind eval PATH [--jsonl FILE | --hf NAME [--split S]] [--kind vqa|caption] [--set ...] [--out FILE]
 
-Everything a run needs is checked before Prefect starts (config, lake, input files): a problem is
-one line on stderr and exit code 2, with nothing written.  A failure during the run is exit 1.
+Everything a run needs is checked before Prefect starts (config, lake, input files, whether the run
+may resume): a problem is one line on stderr and exit code 2, with nothing written.  A failure during
+the run is one line and exit 1 (the traceback goes to ``<lake>/logs/`` and the Prefect UI; ``--debug``
+shows it).  Ctrl-C or SIGTERM stops training at the next step boundary and prints the resume command:
+exit 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -32,6 +36,17 @@ def _common(p: argparse.ArgumentParser, lake: bool = True) -> None:
                    help="override a config value, e.g. --set train.epochs=2 (repeatable)")
     if lake:
         p.add_argument("--lake", metavar="DIR", help="data lake directory (default: $OPENMIND_LAKE or ./data_lake)")
+    p.add_argument("--debug", action="store_true", help="show Prefect's error records and tracebacks on the terminal")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d.add_parser("prepare", help="run download + JSONL->Parquet conversion only"))
     i = d.add_parser("inspect", help="show decoded samples and one collated batch (the guide's test_data_pipeline)")
     _common(i)
-    i.add_argument("-n", type=int, default=3, help="samples to show")
+    i.add_argument("-n", type=_positive, default=3, help="samples to show (at least 1)")
     m = sub.add_parser("estimate-memory", help="predict peak GPU memory for training and inference")
     _common(m, lake=False)
     m.add_argument("--budget-gb", type=float, help="memory budget (default: memory.budget_gb, 40)")
@@ -54,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its final/) or a saved model directory")
     e.add_argument("--merge", metavar="OUT", required=True,
                    help="merge LoRA adapters into the LM and write the merged model here (loads without PEFT)")
+    v = sub.add_parser("eval", help="score a run's final/ or best/: VQAv2 accuracy, CIDEr-D, BLEU-4; writes eval.json")
+    _common(v)
+    v.add_argument("path", metavar="PATH", help="a run directory (its final/), final/, best/ or a saved model directory")
+    src = v.add_mutually_exclusive_group()
+    src.add_argument("--jsonl", metavar="FILE", help="evaluate this JSONL (VQA or caption rows) instead of the lake's "
+                     "validation split")
+    src.add_argument("--hf", metavar="NAME", help="evaluate this Hugging Face data set (hub id or local directory)")
+    v.add_argument("--split", default="validation", help="--hf split (default: validation)")
+    v.add_argument("--kind", choices=["vqa", "caption"], help="row kind of --jsonl/--hf data (JSONL: detected; hf: vqa)")
+    v.add_argument("--column", dest="columns", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="--hf column mapping, e.g. --column text=caption (repeatable)")
+    v.add_argument("--out", metavar="FILE", help="where to write the report (default: PATH/eval.json)")
     return parser
 
 
@@ -83,13 +110,43 @@ def check_lake(lake: Path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise UsageError(f"lake {lake} is not writable ({probe}: {e.strerror or e})") from None
+        raise UsageError(f"lake {lake} is not writable: {_why_unwritable(probe, e)}") from None
+
+
+def _why_unwritable(probe: Path, e: OSError) -> str:
+    """The real reason files cannot be created in ``probe`` (a virtual file system says "No such file")."""
+    import errno
+
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied to create files in {probe}"
+    if e.errno == errno.EROFS:
+        return f"{probe} is on a read-only file system"
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the device of {probe}"
+    fstype = _fs_type(probe)
+    if e.errno == errno.ENOENT or fstype in ("proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs"):
+        return f"{probe} does not accept new files" + (f" (a {fstype} file system)" if fstype else "")
+    return f"{probe}: {e.strerror or e}"
+
+
+def _fs_type(path: Path) -> str | None:
+    """The file system type of the mount holding ``path`` (Linux: /proc/self/mounts), or None."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    best = max((m for m in mounts if len(m) == 2 and (str(path) + "/").startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else None
 
 
 def check_inputs(cfg) -> None:
-    for key, value in cfg.data.input_paths():
-        if not Path(value).expanduser().exists():
-            raise UsageError(f"{key}: input not found: {value}")
+    from tasks.inputs import InputError, check_input_files
+
+    try:
+        check_input_files(cfg.data)  # missing, a directory where a file belongs, unreadable
+    except InputError as e:
+        raise UsageError(str(e)) from None
     init = cfg.model.init_from
     if init and not (Path(init).expanduser() / "model.safetensors").is_file():
         raise UsageError(f"model.init_from: {init} holds no model.safetensors (point it at an earlier run's final/)")
@@ -111,7 +168,8 @@ def check_model_parts(cfg) -> None:
 
 
 def cmd_run(args) -> int:
-    from flows.lake import check_resumable, resolve_lake
+    from flows import console
+    from flows.lake import check_resumable, default_run_name, resolve_lake
     from schemas import ConfigError
 
     cfg = load(args)
@@ -119,27 +177,30 @@ def cmd_run(args) -> int:
     check_lake(lake)
     check_inputs(cfg)
     check_model_parts(cfg)
-    if args.run_name or cfg.run.name:
-        try:
-            check_resumable(cfg, lake / "runs" / (args.run_name or cfg.run.name))
-        except ConfigError as e:
-            raise UsageError(str(e)) from None
+    name = args.run_name or cfg.run.name or default_run_name()
+    try:  # model, data settings, input stamps, batch: refused before anything runs or is written
+        check_resumable(cfg, lake / "runs" / name)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    console.set_resume_hint(console.resume_command(args.argv, name), lake / "runs" / name)
     from flows.week1 import week1  # imports prefect: only after the checks
 
-    report = week1(config_path=args.config, overrides=args.overrides, run_name=args.run_name, lake=str(lake))
+    console.begin(lake, "run", args.debug)
+    state = week1(config_path=args.config, overrides=args.overrides, run_name=name, lake=str(lake), return_state=True)
+    report = state.result()
     print(summary(report))
+    print(f"  prefect    flow run {name!r} (week1){console.flow_run_url(state)}")
     return 0 if report.passed else 1
 
 
 def summary(report) -> str:
     t, inf, cur = report.training, report.inference, report.curated
-    acc = "n/a" if inf.vqa_accuracy is None else f"{inf.vqa_accuracy:.1%}"
-    chance = "n/a" if inf.vqa_chance is None else f"{inf.vqa_chance:.1%}"
-    f1 = "n/a" if inf.caption_score is None else f"{inf.caption_score:.3f}"
+    from openmind_core.evaluation import summary_lines
+    from openmind_core.report import MARKS, verdict
     from openmind_core.report import fmt_float as fmt
     lines = [
         "",
-        f"OpenMind week1 — run {report.run_name}: {'all criteria met' if report.passed else 'SOME CRITERIA NOT MET'}",
+        f"OpenMind week1 — run {report.run_name}: {verdict(report)}",
         f"  download   {report.raw.caption_rows} caption + {report.raw.vqa_rows} VQA rows ({report.raw.source})"
         f"{' [reused]' if report.raw.reused else ''}",
         f"  convert    {cur.rows_kept} kept, {cur.rows_quarantined} quarantined; splits {cur.splits}",
@@ -148,12 +209,14 @@ def summary(report) -> str:
         f"  train      {t.steps} steps, {t.epochs_completed} epoch(s): loss {fmt(t.first_loss)} -> {fmt(t.last_loss)}, "
         f"val {fmt(t.first_val_loss)} -> {fmt(t.final_val_loss)}"
         + (f" [resumed from step {t.resumed_from_step}]" if t.resumed_from_step else ""),
-        f"  inference  VQA accuracy {acc} (chance {chance}), caption F1 {f1}",
+        *(f"  {'inference' if i == 0 else '':<9}  {line}" for i, line in enumerate(summary_lines(inf))),
     ]
     prompts = [p for p in inf.predictions if p.kind == "prompt"][:1]
     for p in prompts:
         lines.append(f"             {p.prompt} -> {p.prediction!r}")
-    lines.append("  criteria   " + ", ".join(f"{'✓' if c.passed else '✗'} {c.name}" for c in report.criteria))
+    lines += [f"  {'criteria' if i == 0 else '':<9}  [{MARKS[c.status]}] {c.name}" for i, c in enumerate(report.criteria)]
+    if report.advice:
+        lines.append(f"  advice     {report.advice}")
     lines += [
         f"  run dir    {report.run_dir}",
         f"  report     {Path(report.run_dir) / 'report.json'}",
@@ -171,8 +234,10 @@ def cmd_data_prepare(args) -> int:
     lake = resolve_lake(args.lake)
     check_lake(lake)
     check_inputs(cfg)
+    from flows import console
     from flows.data import prepare_data
 
+    console.begin(lake, "data-prepare", args.debug)
     cur = prepare_data(config_path=args.config, overrides=args.overrides, lake=str(lake))
     print(f"curated {cur.version}: {cur.rows_in} rows in, {cur.rows_kept} kept, {cur.rows_quarantined} quarantined")
     for reason, n in sorted(cur.quarantine_by_reason.items()):
@@ -209,6 +274,9 @@ def cmd_estimate_memory(args) -> int:
 
     est = estimate_memory(cfg, budget_gb=args.budget_gb)
     print(est.format_table())
+    if not est.fits:
+        print(f"openmind: training does not fit the {est.budget_bytes / 2**30:.1f} GiB budget (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -224,6 +292,37 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from openmind_core.evaluation.run import EvalError, resolve_model_path
+
+    try:
+        model_dir, run_dir = resolve_model_path(args.path)
+    except EvalError as e:
+        raise UsageError(str(e)) from None
+    if run_dir is None and not (args.jsonl or args.hf):
+        raise UsageError(f"{args.path}: not inside a run directory, so there is no lake validation split; "
+                         "pass --jsonl FILE or --hf NAME")
+    if args.jsonl and not Path(args.jsonl).expanduser().is_file():
+        raise UsageError(f"--jsonl {args.jsonl}: file not found")
+    bad = [c for c in args.columns if "=" not in c]
+    if bad:
+        raise UsageError(f"--column {bad[0]!r}: expected FIELD=COLUMN")
+    config = args.config or (str(run_dir / "config.yaml") if run_dir is not None else None)
+    args.config = config
+    load(args)  # config errors before Prefect starts
+    from flows.eval import evaluate
+    from openmind_core.evaluation import summary_lines
+
+    report = evaluate(path=args.path, config_path=config, overrides=args.overrides, lake=args.lake, jsonl=args.jsonl,
+                      hf=args.hf, kind=args.kind, split=args.split,
+                      columns=dict(c.split("=", 1) for c in args.columns) or None, out=args.out)
+    print(f"openmind eval — {report.model_dir} on {report.data}")
+    for line in summary_lines(report):
+        print(f"  {line}")
+    print(f"  report     {Path(args.out) if args.out else Path(args.path) / 'eval.json'}")
+    return 0 if report.scored else 1
+
+
 def cmd_config(args) -> int:
     print(load(args).to_yaml(), end="")
     return 0
@@ -234,28 +333,36 @@ COMMANDS = {
     "estimate-memory": cmd_estimate_memory,
     "config": cmd_config,
     "export": cmd_export,
+    "eval": cmd_eval,
     ("data", "prepare"): cmd_data_prepare,
     ("data", "inspect"): cmd_data_inspect,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.console import quiet_environment
+
+    quiet_environment()  # telemetry, wandb's console output: before prefect or wandb load
     import tasks  # noqa: F401  (Prefect environment defaults)
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     key = (args.command, args.data_command) if args.command == "data" else args.command
     try:
         return COMMANDS[key](args)
     except UsageError as e:
         print(f"openmind: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("openmind: interrupted; rerun with the same --run-name to resume", file=sys.stderr)
-        return 130
-    except Exception as e:  # a failed stage: say which and why, in one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"openmind: error: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as e:  # a failed stage or a stop: one line (flows/console.py)
+        from flows.console import fail
+
+        return fail(e, getattr(args, "debug", False))
+    except BaseException as e:  # Prefect's TerminationSignal (SIGTERM while its handler is in place)
+        if type(e).__name__ != "TerminationSignal":
+            raise
+        from flows.console import fail
+
+        return fail(e, getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

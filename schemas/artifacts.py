@@ -22,7 +22,7 @@ class Artifact(BaseModel):
 
 class RawFile(Artifact):
     path: str
-    kind: Literal["caption", "vqa", "image", "other"]
+    kind: Literal["caption", "vqa", "conversation", "image", "other"]
     rows: int | None = None
     bytes: int
     sha256: str
@@ -37,6 +37,7 @@ class RawDataset(Artifact):
     vqa_jsonl: str | None = None
     caption_rows: int = 0
     vqa_rows: int = 0
+    conversation_rows: int = 0
     images: int = 0
     files: list[RawFile] = Field(default_factory=list)
     reused: bool = Field(False, description="an identical download was already there")
@@ -110,9 +111,15 @@ class TrainingResult(Artifact):
     skipped_steps: int = 0
     rollbacks: list[RollbackEvent] = Field(default_factory=list)
     resumed_from_step: int | None = None
+    settings_changes: list[dict] = Field(
+        default_factory=list, description="train settings a resume changed: each {step, key, old, new}")
+    state_restore_checked: bool | None = Field(
+        None, description="the newest checkpoint's trainer state loaded back into a fresh trainer state and matched "
+        "(step, sampler position, optimizer and scheduler state keys)")
+    val_losses: list[float] = Field(default_factory=list, description="every validation loss, in order")
     wall_seconds: float = 0.0
     tokens_per_second: float | None = None
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = Field(None, description="torch.cuda.max_memory_allocated() on CUDA; None elsewhere")
     device: str = "cpu"
     amp: str = "off"
     checkpoints: list[str] = Field(default_factory=list, description="checkpoint directories kept")
@@ -134,17 +141,34 @@ class Prediction(Artifact):
     sample_id: str | None = None
     prompt: str
     reference: str | None = None
+    references: list[str] = Field(default_factory=list, description="every ground truth scored against "
+                                  "(a VQA row's answers, all of an image's captions)")
     prediction: str
-    correct: bool | None = None
+    score: float | None = Field(None, description="VQA: the question's accuracy in [0, 1]; caption: its CIDEr-D")
+    method: str | None = Field(None, description="VQA scoring that applied: vqav2 (10-answer consensus), "
+                               "exact (one answer) or any (2-9 answers)")
+    correct: bool | None = Field(None, description="VQA: full credit (score 1)")
 
 
 class InferenceReport(Artifact):
     model_dir: str
-    vqa_accuracy: float | None
-    vqa_chance: float | None = Field(None, description="accuracy of always giving the most common answer")
+    data: str | None = Field(None, description="what was evaluated, e.g. 'lake <root> validation', 'jsonl FILE'")
+    vqa_accuracy: float | None = Field(None, description="VQAv2 accuracy in [0, 1] (see vqa_method)")
+    vqa_method: str | None = Field(None, description="which VQA scoring applied and to how many questions")
+    vqa_chance: float | None = Field(None, description="the same metric for always giving the most common "
+                                     "training answer")
+    vqa_chance_answer: str | None = None
+    vqa_random: float | None = Field(None, description="the same metric for a random training answer (seeded)")
     vqa_count: int = 0
-    caption_score: float | None = Field(None, description="mean token F1 against the reference caption")
-    caption_count: int = 0
+    nonempty: int = Field(0, description="predictions (VQA and captions) with non-blank text")
+    scored: int = Field(0, description="VQA and caption predictions scored")
+    caption_cider: float | None = Field(None, description="corpus CIDEr-D (pycocoevalcap), simple tokenizer")
+    caption_bleu4: float | None = Field(None, description="corpus BLEU-4 (pycocoevalcap), simple tokenizer")
+    caption_chance_cider: float | None = Field(None, description="CIDEr-D of a random training caption per image")
+    caption_chance_bleu4: float | None = Field(None, description="BLEU-4 of a random training caption per image")
+    caption_tokenizer: str | None = None
+    caption_count: int = Field(0, description="images captioned (each against all of its reference captions)")
+    chance_from: str | None = Field(None, description="the rows the chance baselines were drawn from")
     predictions: list[Prediction] = Field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -152,10 +176,21 @@ class InferenceReport(Artifact):
 # --------------------------------------------------------------------------- the flow
 
 
+Status = Literal["pass", "fail", "not measured"]
+
+
 class Criterion(Artifact):
     name: str
-    passed: bool
+    status: Status
     evidence: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
 
 
 class Week1Report(Artifact):
@@ -169,4 +204,6 @@ class Week1Report(Artifact):
     training: TrainingResult
     inference: InferenceReport
     criteria: list[Criterion]
-    passed: bool
+    passed: bool = Field(description="no criterion failed (some may be not measured): the exit code is 0")
+    counts: dict[str, int] = Field(default_factory=dict, description="criteria per status")
+    advice: str | None = Field(None, description="what to change when the run failed only by training too little")
