@@ -47,7 +47,9 @@ class SyntheticSource(Strict):
 
 class JsonlSource(Strict):
     captions: str | None = Field(None, description="JSONL of {image, text}")
-    vqa: str | None = Field(None, description="JSONL of {image, question, answer}")
+    vqa: str | None = Field(None, description="JSONL of {image, question, answer and/or answers: [...]}")
+    conversations: str | None = Field(None, description="JSONL of LLaVA {image?, conversations: [{from, value}]} "
+                                      "or {image?|images?, messages: [{role, content}]} rows (detected per file)")
 
 
 class CocoSource(Strict):
@@ -57,13 +59,14 @@ class CocoSource(Strict):
 
 
 class HFSource(Strict):
-    name: str | None = Field(None, description="hub id, local data set directory or Parquet files")
+    name: str | None = Field(None, description="hub id, local data set directory or Parquet files; "
+                             "HuggingFaceM4/COCO and HuggingFaceM4/VQAv2 have built-in kinds and columns")
     config_name: str | None = None
     split: str = "train[:1000]"
-    kind: Literal["caption", "vqa"] = "caption"
+    kind: Literal["caption", "vqa"] | None = Field(None, description="default: the preset's, else caption")
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="our field -> their column, e.g. {image: img, text: sentence}",
+        description="our field -> their column path, e.g. {image: img, text: sentences.raw, answers: answers.answer}",
     )
 
 
@@ -72,8 +75,9 @@ class DataConfig(Strict):
     synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
     jsonl: JsonlSource = Field(default_factory=JsonlSource)
     coco: CocoSource = Field(default_factory=CocoSource)
-    hf: HFSource = Field(default_factory=HFSource)
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    hf: HFSource | list[HFSource] = Field(default_factory=HFSource, description="one data set or a list of them")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of images (text-only rows: of rows) "
+                                "held out; rows that share an image share a split")
     shard_rows: int = Field(1_000_000, ge=1, description="at most this many rows per Parquet shard")
     shard_bytes: int = Field(256 << 20, ge=1, description="a shard closes once its rows' content (image bytes, "
                              "texts) reaches this many bytes")
@@ -88,25 +92,35 @@ class DataConfig(Strict):
     def input_paths(self) -> list[tuple[str, str]]:
         """(config key, path) of every local input the chosen source names; a hub id is not one."""
         if self.source == "jsonl":
-            named = [("data.jsonl.captions", self.jsonl.captions), ("data.jsonl.vqa", self.jsonl.vqa)]
+            named = [("data.jsonl.captions", self.jsonl.captions), ("data.jsonl.vqa", self.jsonl.vqa),
+                     ("data.jsonl.conversations", self.jsonl.conversations)]
         elif self.source == "coco":
             named = [("data.coco.annotations", self.coco.annotations), ("data.coco.images", self.coco.images)]
-        elif self.source == "hf" and self.hf.name and (
-            self.hf.name.startswith((".", "/", "~")) or Path(self.hf.name).expanduser().exists()
-        ):
-            named = [("data.hf.name", self.hf.name)]
+        elif self.source == "hf":
+            named = [(f"{where}.name", s.name) for where, s in self.hf_sources()
+                     if s.name and (s.name.startswith((".", "/", "~")) or Path(s.name).expanduser().exists())]
         else:
             named = []
         return [(key, value) for key, value in named if value]
 
+    def hf_sources(self) -> list[tuple[str, HFSource]]:
+        """(config key, source) of every ``data.hf`` data set: ``data.hf`` or ``data.hf[i]``."""
+        if isinstance(self.hf, HFSource):
+            return [("data.hf", self.hf)]
+        return [(f"data.hf[{i}]", s) for i, s in enumerate(self.hf)]
+
     @model_validator(mode="after")
     def _source_fields(self) -> "DataConfig":
-        if self.source == "jsonl" and not (self.jsonl.captions or self.jsonl.vqa):
-            raise ValueError("data.source is 'jsonl' but neither data.jsonl.captions nor data.jsonl.vqa is set")
+        if self.source == "jsonl" and not (self.jsonl.captions or self.jsonl.vqa or self.jsonl.conversations):
+            raise ValueError("data.source is 'jsonl' but none of data.jsonl.captions, vqa, conversations is set")
         if self.source == "coco" and not (self.coco.annotations and self.coco.images):
             raise ValueError("data.source is 'coco': set data.coco.annotations and data.coco.images")
-        if self.source == "hf" and not self.hf.name:
-            raise ValueError("data.source is 'hf': set data.hf.name (hub id or local path)")
+        if self.source == "hf":
+            if not self.hf_sources():
+                raise ValueError("data.source is 'hf': data.hf is an empty list")
+            for where, s in self.hf_sources():
+                if not s.name:
+                    raise ValueError(f"data.source is 'hf': set {where}.name (hub id or local path)")
         return self
 
 

@@ -1,8 +1,11 @@
 """Content hashes of lake rows: ``sample_id``, the train/validation split, duplicate detection.
 
-A row's ``sample_id`` is xxh3-128 (32 hex digits) of its kind, texts and image sha256, never of
-its file or line, so the same content has the same id wherever it comes from.  ``split_of``
-takes the id's first 32 bits, so a row keeps its split when others are added.  ``digests_of``,
+A row's ``sample_id`` is xxh3-128 (32 hex digits) of its kind, texts (a conversation: its turns
+as canonical JSON) and image sha256, never of its file or line, so the same content has the same
+id wherever it comes from.  The split follows the image: the first 32 bits of its sha256
+(``splits_by_image``), so rows that share an image share a split and validation never sees a
+training image; a text-only row's split takes its id's first 32 bits (``split_of``).  Either
+way a row keeps its split when others are added.  ``digests_of``,
 ``hex_ids`` and ``splits_of`` compute the same for a whole batch with Arrow and numpy;
 ``SeenContent`` finds repeated content across batches and files.
 """
@@ -24,14 +27,17 @@ def sample_id(kind: str, fields: dict[str, Any], image_sha256: str) -> str:
 
     32 hex digits.  ``digests_of`` computes the same hash for a whole batch.
     """
+    if kind == "conversation":
+        return xxhash.xxh3_128_hexdigest("\x1f".join([kind, fields.get("content") or "", image_sha256 or ""]).encode("utf-8"))
     parts = [kind, fields.get("text") or "", fields.get("question") or "", fields.get("answer") or "", image_sha256]
     return xxhash.xxh3_128_hexdigest("\x1f".join(parts).encode("utf-8"))
 
 
 def digests_of(kind: str, cand: pa.Table, image_sha256: pa.Array) -> np.ndarray:
     """The ``sample_id`` hash of every row of a batch, as rows of 16 bytes."""
-    joined = pc.binary_join_element_wise(pa.scalar(kind), cand["text"], cand["question"], cand["answer"],
-                                         image_sha256, "\x1f", null_handling="replace", null_replacement="")
+    texts = [cand["content"]] if kind == "conversation" else [cand["text"], cand["question"], cand["answer"]]
+    joined = pc.binary_join_element_wise(pa.scalar(kind), *texts, image_sha256, "\x1f", null_handling="replace",
+                                         null_replacement="")
     blob = b"".join(map(xxhash.xxh3_128_digest, joined.cast(pa.binary()).to_pylist()))
     return np.frombuffer(blob, dtype=np.uint8).reshape(-1, 16)
 
@@ -54,6 +60,20 @@ def splits_of(digests: np.ndarray, val_fraction: float) -> pa.Array:
     bound = math.ceil(val_fraction * 0x1_0000_0000)  # exact: scaling by a power of two
     first = np.ascontiguousarray(digests[:, :4]).view(">u4").ravel().astype(np.int64)
     return pc.if_else(pa.array(first < bound), "validation", "train")
+
+
+def splits_by_image(image_bits: np.ndarray, has_image: np.ndarray, digests: np.ndarray,
+                    val_fraction: float) -> pa.Array:
+    """The split of each row: from its image's first 32 sha256 bits (``image_bits``) where it has an
+    image, else from its content hash (``splits_of``)."""
+    bound = math.ceil(val_fraction * 0x1_0000_0000)
+    first = np.ascontiguousarray(digests[:, :4]).view(">u4").ravel().astype(np.int64)
+    return pc.if_else(pa.array(np.where(has_image, image_bits, first) < bound), "validation", "train")
+
+
+def image_split_of(image_sha256: str, val_fraction: float) -> str:
+    """``splits_by_image`` for one image sha256 (hex)."""
+    return split_of(image_sha256, val_fraction)
 
 
 class SeenContent:

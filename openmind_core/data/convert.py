@@ -65,7 +65,7 @@ from openmind_core.progress import progress
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 3  # 2: xxh3-128 sample ids, shards and row groups sized by bytes; 3: statistics, line encoding
+CONVERTER_VERSION = 4  # 2: xxh3-128 sample ids, shards and row groups sized by bytes; 3: statistics, line encoding; 4: BOM/CRLF kept, conversations, answers
 # the settings that change a curated version's content
 LAYOUT_SETTINGS = {"val_fraction", "shard_rows", "shard_bytes", "row_group_rows", "row_group_bytes",
                    "max_text_chars", "max_image_bytes", "max_image_pixels"}
@@ -80,11 +80,10 @@ def version_of(raw_manifest: dict, cfg: DataConfig) -> str:
                         "problems": raw_manifest.get("image_problems")})
 
 
-
 def file_rows(f: SourceFile, cfg: DataConfig, tally: Tally, raw_root: Path, cache: ImageCache, pool: Pool,
               bar=None) -> Iterator[pa.Table]:
     """One raw file's kept rows, in line order (its bad rows go to ``tally``, flushed per block)."""
-    done = tally.rows_in  # rows on the bar
+    first = done = tally.rows_in  # rows on the bar
     for cand, refs in candidates(f, cfg, tally, raw_root):
         before = tally.rows_in - cand.num_rows  # rows of earlier batches, and the text checks' rejects
         if bar is not None:
@@ -100,11 +99,12 @@ def file_rows(f: SourceFile, cfg: DataConfig, tally: Tally, raw_root: Path, cach
         tally.flush()
     if bar is not None:
         bar.update(tally.rows_in - done)
+    f.rows_in = tally.rows_in - first
 
 
 def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally, pool: Pool) -> Iterator[pa.Table]:
     cache = ImageCache()
-    total = int(manifest.get("caption_rows") or 0) + int(manifest.get("vqa_rows") or 0)
+    total = sum(int(manifest.get(k) or 0) for k in ("caption_rows", "vqa_rows", "conversation_rows"))
     with progress(total, "converting", unit="row") as bar:
         for f in source_files(raw_root, manifest, tally):
             yield from file_rows(f, cfg, tally, raw_root, cache, pool, bar)
@@ -210,6 +210,10 @@ def write_version(final: Path, lake: Path, version: str, manifest: dict, cfg: Da
             "quarantine_path": qpath,
             "splits": dict(sorted(splits.items())),
             "kinds": dict(sorted(kinds.items())),
+            # per input file: rows read, CRLF line ends and a leading BOM normalised, a conversation file's form
+            "inputs": [f.summary() for f in tally.files],
+            "normalised": {"crlf_lines": sum(f.crlf_lines for f in tally.files),
+                           "bom_files": sum(f.bom for f in tally.files)},
             "settings": cfg.model_dump(mode="json", include=LAYOUT_SETTINGS),
         }
         atomic_write_text(tmp / CURATED_MANIFEST, json.dumps(m, indent=2, ensure_ascii=False, sort_keys=True) + "\n")

@@ -16,6 +16,7 @@ import hashlib
 import io
 import multiprocessing as mp
 import os
+import re
 import warnings
 from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
@@ -64,6 +65,15 @@ def _decode_base64(text: str) -> bytes:
         raise Problem("image_unreadable", f"inline image is not valid base64 ({e})") from None
 
 
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\[^\\])")  # D:\... or D:/..., \\server\share
+
+
+def windows_absolute(value: str) -> bool:
+    """True for a Windows absolute path (``D:\\data\\x.jpg``, ``\\\\server\\share``) on another
+    system, where it names no file; on Windows such paths are ordinary absolute paths."""
+    return os.name != "nt" and bool(_WINDOWS_ABSOLUTE.match(value))
+
+
 def looks_inline(value: str) -> bool:
     """True for an image given in the text itself: a data URI or a long base64 string."""
     return value.startswith("data:") or (len(value) > 256 and "/" not in value[:64] and "." not in value[-8:])
@@ -95,6 +105,9 @@ def resolve_image(value: Any, root: Path, absolute: dict[str, str], problems: di
         raise Problem("empty_text", "'image' is empty")
     if looks_inline(value):
         return ImageRef(data=_decode_base64(value))
+    if windows_absolute(value):
+        raise Problem("windows_path", f"{value!r} is a Windows absolute path, which names no file on this "
+                      "machine: give image paths relative to the JSONL's folder (e.g. images\\x.jpg)")
     if value in problems:
         raise Problem(problems[value], f"{value!r} resolves outside the JSONL's folder")
     if os.path.isabs(value):

@@ -28,7 +28,7 @@ from openmind_core.io import fsync_dir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: answers, conversation, the image as {bytes, path} (Hugging Face layout), splits by image
 RAW_MANIFEST = "manifest.json"
 CURATED_MANIFEST = "_manifest.json"
 

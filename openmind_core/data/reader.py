@@ -1,5 +1,9 @@
 """Reading a raw JSONL file: blocks of whole lines, parsed ahead, text-checked into candidates.
 
+A file's own format is not a bad row: a UTF-8 byte-order mark at its start is dropped and CRLF
+line ends become LF before any check (line numbers do not change); ``SourceFile`` counts both
+for the conversion summary.
+
 ``candidates(f, cfg, tally, raw_root)`` yields, in file order, batches of the rows of one raw
 file that passed the text checks (``validate``) with their image references resolved
 (``images.resolve_image``): a ``CANDIDATE`` table and the images its ``key`` column names.  Rows
@@ -8,7 +12,7 @@ that fail are quarantined in the ``Tally`` on the way.
 Blocks of lines (``BLOCK_BYTES``) are parsed by ``pyarrow.json`` in a background thread, one or two
 blocks ahead, and checked column-wise (``validate.parse_block``); only the rows it cannot accept
 (and blocks it cannot parse, retried in pieces of ``SUB_BLOCK_LINES``) go line by line, so a bad
-row costs its own line, not its file.
+row costs its own line, not its file.  Conversation files (``conversations.py``) go line by line.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import pyarrow.compute as pc
 
 from schemas.config import DataConfig
 
+from openmind_core.data.conversations import as_json, detect_format, parse_conversation
 from openmind_core.data.images import ImageRef, resolve_image
 from openmind_core.data.quarantine import Tally
-from openmind_core.data.sources import CAPTIONS, VQA
-from openmind_core.data.validate import ParsedBlock, Problem, check_encoding, parse_block, parse_row
+from openmind_core.data.sources.raw import CAPTIONS, VQA, kind_of
+from openmind_core.data.validate import BOM, FIELDS, ParsedBlock, Problem, check_encoding, parse_block, parse_row
 
 BLOCK_BYTES = 1 << 20  # JSONL bytes parsed by one pyarrow.json call
 PARSE_AHEAD = 2  # blocks parsed ahead of the one being checked
@@ -53,28 +58,44 @@ class SourceFile:
     images: dict[str, int]  # the download's image files: full path -> bytes
     resolved: dict[str, ImageRef | Problem] = field(default_factory=dict)  # rows often share an image path
     constants: dict[str, pa.Array] = field(default_factory=dict)  # constant columns, see _constant
+    format: str | None = None  # a conversation file's form: 'llava' or 'messages'
+    crlf_lines: int = 0  # lines whose CRLF end became LF
+    bom: bool = False  # a leading byte-order mark was dropped
+    rows_in: int = 0  # rows read (once the file is done)
+
+    def summary(self) -> dict:
+        out = {"file": self.shown, "kind": self.kind, "rows_in": self.rows_in, "crlf_lines": self.crlf_lines,
+               "bom": self.bom}
+        return out | ({"format": self.format} if self.format else {})
 
 
 
 
+TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
 CANDIDATE = pa.schema([("line", pa.int64()), ("text", pa.string()), ("question", pa.string()),
-                       ("answer", pa.string()), ("language", pa.string()), ("key", pa.string())])
-Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their ``key`` names
+                       ("answer", pa.string()), ("language", pa.string()), ("key", pa.string()),
+                       ("answers", pa.list_(pa.string())), ("conversation", pa.list_(TURN)),
+                       ("content", pa.string())])  # content: what a conversation's hash covers
+Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their ``key`` names (None: text-only)
 
 
 def source_files(raw_root: Path, manifest: dict, tally: Tally) -> list[SourceFile]:
     inputs = manifest.get("inputs") or {}
     images = {os.path.join(str(raw_root), f["path"]): int(f["bytes"]) for f in manifest["files"] if f["kind"] == "image"}
     out: list[SourceFile] = []
-    for name, kind in ((CAPTIONS, "caption"), (VQA, "vqa")):
-        if not manifest.get("captions" if kind == "caption" else "vqa"):
-            continue
+    names = manifest.get("tables") or [n for n, key in ((CAPTIONS, "captions"), (VQA, "vqa")) if manifest.get(key)]
+    for name in names:
+        kind = kind_of(name)
+        assert kind is not None, name
         out.append(SourceFile(
             order=len(out), kind=kind, path=raw_root / name,
             shown=inputs.get(name) or f"raw/{manifest['source']}/{manifest['fingerprint']}/{name}",
             root=raw_root / (manifest.get("image_roots") or {}).get(name, "files"),
             absolute=(manifest.get("absolute_images") or {}).get(name, {}),
             problems=(manifest.get("image_problems") or {}).get(name, {}), images=images))
+        if kind == "conversation":
+            with open(raw_root / name, "rb") as fh:
+                out[-1].format = detect_format(fh.read(1 << 16))
     tally.files = out
     return out
 
@@ -100,18 +121,25 @@ def _slow_lines(f: SourceFile, lines: list[tuple[int, bytes]], cfg: DataConfig, 
     for lineno, raw in lines:
         tally.rows_in += 1
         try:
-            fields = parse_row(check_encoding(raw), f.kind, cfg.max_text_chars)
-            ref = _resolve(f, fields.pop("image"), raw_root)
+            text = check_encoding(raw)
+            if f.kind == "conversation":
+                fields = parse_conversation(text, f.format or "llava", cfg.max_text_chars)
+                fields["content"] = as_json(fields["conversation"])
+            else:
+                fields = parse_row(text, f.kind, cfg.max_text_chars)
+            image = fields.pop("image")
+            ref = _resolve(f, image, raw_root) if image is not None else None
             if isinstance(ref, Problem):
                 raise ref
         except Problem as p:
             tally.quarantine(f, lineno, p, raw.decode("utf-8", errors="replace"))
             continue
-        refs[ref.key] = ref
-        for name in ("text", "question", "answer", "language"):
+        if ref is not None:
+            refs[ref.key] = ref
+        for name in ("text", "question", "answer", "language", "answers", "conversation", "content"):
             cols[name].append(fields.get(name))
         cols["line"].append(lineno)
-        cols["key"].append(ref.key)
+        cols["key"].append(ref.key if ref is not None else None)
     return pa.Table.from_pydict(cols, schema=CANDIDATE), refs
 
 
@@ -148,11 +176,14 @@ def _fast_block(f: SourceFile, block: bytes, first_line: int, cfg: DataConfig, t
     tally.rows_in += len(lines) - len(rest)
     keys = pa.array([r.key if isinstance(r, ImageRef) else None for r in found], pa.string())
     mask = pa.array(good)
+    n_good = int(good.sum())
     fast = pa.Table.from_arrays(
         [pa.array(lines[good], pa.int64()),
-         *(table[n].filter(mask) if n in table.column_names else pa.nulls(int(good.sum()), pa.string())
+         *(table[n].filter(mask) if n in table.column_names else pa.nulls(n_good, pa.string())
            for n in ("text", "question", "answer", "language")),
-         keys.take(pa.array(pos[good]))], schema=CANDIDATE)
+         keys.take(pa.array(pos[good])),
+         table["answers"].filter(mask) if "answers" in table.column_names else pa.nulls(n_good, CANDIDATE.field("answers").type),
+         pa.nulls(n_good, CANDIDATE.field("conversation").type), pa.nulls(n_good, pa.string())], schema=CANDIDATE)
     if not len(rest):
         return fast, refs
     slow, slow_refs = _slow_lines(f, [(int(lines[i]), raw(int(i))) for i in rest], cfg, tally, raw_root)
@@ -179,14 +210,31 @@ def _blocks(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
         yield line, b"".join(pending)
 
 
+def _normalised(f: SourceFile, blocks: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """The blocks without the file's leading BOM and with LF line ends (counted in ``f``)."""
+    for first, block in blocks:
+        if first == 1 and block.startswith(BOM):
+            block = block[len(BOM):]
+            f.bom = True
+        if b"\r" in block:
+            n = block.count(b"\r\n")
+            if n:
+                block = block.replace(b"\r\n", b"\n")
+                f.crlf_lines += n
+            if block.endswith(b"\r"):  # the last line's CR without its LF
+                block = block[:-1]
+                f.crlf_lines += 1
+        yield first, block
+
+
 def candidates(f: SourceFile, cfg: DataConfig, tally: Tally, raw_root: Path) -> Iterator[Batch]:
     """Every non-blank line of a raw JSONL file, text-validated, in file order.
 
     The next block is parsed in a background thread (``pyarrow.json`` releases the GIL) while
     this one's rows are checked, hashed and written.
     """
-    blocks = _blocks(f.path, BLOCK_BYTES)
-    if not FAST_PATH:
+    blocks = _normalised(f, _blocks(f.path, BLOCK_BYTES))
+    if not FAST_PATH or f.kind not in FIELDS:
         for first, block in blocks:
             yield from _block_batches(f, block, first, None, cfg, tally, raw_root)
         return
@@ -210,7 +258,7 @@ def _block_batches(f: SourceFile, block: bytes, first: int, pb: ParsedBlock | No
         yield batch
         return
     lines = block.split(b"\n")
-    if FAST_PATH and len(lines) > 2 * SUB_BLOCK_LINES:  # retry in pieces: one bad line spoils only its piece
+    if FAST_PATH and f.kind in FIELDS and len(lines) > 2 * SUB_BLOCK_LINES:  # retry in pieces: one bad line spoils only its piece
         for i in range(0, len(lines), SUB_BLOCK_LINES):
             piece = b"\n".join(lines[i:i + SUB_BLOCK_LINES])
             batch = _fast_block(f, piece, first + i, cfg, tally, raw_root)

@@ -3,7 +3,11 @@
 ``assemble`` takes one batch of text-checked candidates (``reader.candidates``), inspects each
 distinct image once (``images``), quarantines the rows whose image is bad or whose content was
 seen before, and builds the rows of ``SCHEMA``: content-hash ids, splits, the embedded image
-bytes with their sha256, size and format.  ``slices`` cuts a batch into pieces that hold at most
+bytes with their sha256, size and format.  The image column is Hugging Face's Parquet image layout
+(``struct<bytes, path>``) and the schema carries the ``huggingface`` features entry, so
+``datasets.load_dataset("parquet", ...)`` yields PIL images and typed columns; a text-only
+conversation row has a null image.  The split follows the image (its sha256), so rows that share
+an image share a split; a text-only row's split follows its content hash.  ``slices`` cuts a batch into pieces that hold at most
 ``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES`` of images; ``shard_writer`` lays rows out as
 Parquet shards.
 """
@@ -20,21 +24,28 @@ import pyarrow.compute as pc
 
 from schemas.config import DataConfig
 
-from openmind_core.data.content import digests_of, hex_ids, splits_of
+from openmind_core.data.content import digests_of, hex_ids, splits_by_image
 from openmind_core.data.images import ImageCache, ImageInfo, ImageRef, Pool, load_and_inspect
 from openmind_core.data.lake import SCHEMA_VERSION
 from openmind_core.data.quarantine import Tally
-from openmind_core.data.reader import SourceFile
+from openmind_core.data.reader import TURN, SourceFile
 from openmind_core.data.shards import ShardWriter, rows_that_fit
 from openmind_core.data.validate import Problem
 
 CHUNK_ROWS = 8192  # rows whose images are inspected (and held) together
 IMAGE_BATCH_BYTES = 64 << 20  # and the image bytes they may hold (about): memory stays bounded with large images
-DICTIONARY_COLUMNS = ("kind", "split", "language", "image", "image_sha256", "image_width", "image_height",
+DICTIONARY_COLUMNS = ("kind", "split", "language", "image.bytes", "image.path", "image_sha256", "image_width", "image_height",
                       "image_format", "source_file")  # often repeated; ids, texts and lines are not
 STATISTICS_COLUMNS = ("kind", "split", "language", "image_width", "image_height", "image_format", "source_file",
                       "source_line")  # min/max worth keeping: not on hashes, free text or image bytes
 ENCODINGS = {"source_line": "DELTA_BINARY_PACKED"}  # ascending line numbers: a few bytes per page
+
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets.Image's storage
+
+
+def _VALUE(dtype: str) -> dict:  # noqa: N802 - datasets' feature name
+    return {"dtype": dtype, "_type": "Value"}
+
 
 SCHEMA = pa.schema(
     [
@@ -45,15 +56,24 @@ SCHEMA = pa.schema(
         pa.field("text", pa.string()),
         pa.field("question", pa.string()),
         pa.field("answer", pa.string()),
-        pa.field("image", pa.binary(), nullable=False),
-        pa.field("image_sha256", pa.string(), nullable=False),
-        pa.field("image_width", pa.int32(), nullable=False),
-        pa.field("image_height", pa.int32(), nullable=False),
-        pa.field("image_format", pa.string(), nullable=False),
+        pa.field("answers", pa.list_(pa.string())),
+        pa.field("conversation", pa.list_(TURN)),
+        pa.field("image", IMAGE),
+        pa.field("image_sha256", pa.string()),
+        pa.field("image_width", pa.int32()),
+        pa.field("image_height", pa.int32()),
+        pa.field("image_format", pa.string()),
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_line", pa.int64(), nullable=False),
     ],
-    metadata={"openmind.schema_version": str(SCHEMA_VERSION)},
+    metadata={"openmind.schema_version": str(SCHEMA_VERSION), "huggingface": json.dumps({"info": {"features": {
+        **{n: _VALUE("string") for n in ("sample_id", "kind", "split", "language", "text", "question", "answer")},
+        "answers": {"feature": _VALUE("string"), "_type": "Sequence"},  # a list of strings, datasets 3 and later
+        "conversation": [{"role": _VALUE("string"), "content": _VALUE("string")}],  # a list of structs
+        "image": {"_type": "Image"},
+        "image_sha256": _VALUE("string"), "image_width": _VALUE("int32"), "image_height": _VALUE("int32"),
+        "image_format": _VALUE("string"), "source_file": _VALUE("string"), "source_line": _VALUE("int64"),
+    }}})},
 )
 
 
@@ -61,12 +81,15 @@ def _inspect_all(refs: list[ImageRef], cfg: DataConfig, pool: Pool) -> list:
     return pool.map(load_and_inspect, [(r, cfg.max_image_bytes, cfg.max_image_pixels) for r in refs])
 
 
-def _shown(cand: pa.Table, i: int, ref: ImageRef) -> str:
+def _shown(cand: pa.Table, i: int, ref: ImageRef | None) -> str:
     """A candidate row as JSON for the quarantine (its line already passed the text checks)."""
     row = cand.slice(i, 1).to_pylist()[0]
-    fields = {n: row[n] for n in ("text", "question", "answer") if row[n] is not None}
+    fields = {n: row[n] for n in ("text", "question", "answer", "answers", "conversation") if row[n] is not None}
     fields["language"] = row["language"]
-    return json.dumps({**fields, "image": ref.path or "<inline>"}, ensure_ascii=False)
+    return json.dumps({**fields, "image": (ref.path or "<inline>") if ref is not None else None}, ensure_ascii=False)
+
+
+TEXT_ONLY = (b"", ImageInfo("", 0, 0, ""))  # the "image" of a text-only row
 
 
 def _constant(value: str, n: int, cache: dict[str, pa.Array]) -> pa.Array:
@@ -84,7 +107,8 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     keys = cand["key"]
     ukeys = pc.unique(keys)
     ulist = ukeys.to_pylist()
-    known = {k: cache.get(k, refs[k]) for k in ulist}
+    refs = {**refs, None: None}  # type: ignore[dict-item]
+    known = {k: cache.get(k, refs[k]) if k is not None else TEXT_ONLY for k in ulist}
     todo = [k for k, r in known.items() if r is None]
     for k, result in zip(todo, _inspect_all([refs[k] for k in todo], cfg, pool)):
         cache.put(k, result)
@@ -100,8 +124,9 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
             return None
         cand, idx = cand.filter(pa.array(ok)), idx[ok]
     info = [r[1] if not isinstance(r, Problem) else ImageInfo("", 0, 0, "") for r in results]
+    has_image = np.array([k is not None for k in ulist], dtype=bool)
     take = pa.array(idx)
-    shas = pa.array([i.sha256 for i in info], pa.string()).take(take)
+    shas = pa.array([i.sha256 if k is not None else None for k, i in zip(ulist, info)], pa.string()).take(take)
     digests = digests_of(f.kind, cand, shas)
     lines = cand["line"].to_numpy()
     keep = tally.seen.keep_new(f.order, digests, lines)
@@ -117,22 +142,48 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     n = len(idx)
     data_u = [r[0] if not isinstance(r, Problem) else b"" for r in results]
     consts = f.constants
+    present = has_image[idx]
+    image_split = np.array([int(i.sha256[:8], 16) if k is not None and i.sha256 else 0 for k, i in zip(ulist, info)],
+                           dtype=np.int64)[idx]
+    mask = None if present.all() else pa.array(~present)  # nulls where a row has no image
     return pa.Table.from_arrays([
         hex_ids(digests),
         _constant(f.kind, n, consts),
-        splits_of(digests, cfg.val_fraction),
+        splits_by_image(image_split, present, digests, cfg.val_fraction),
         cand["language"], cand["text"], cand["question"], cand["answer"],
-        _image_column(data_u, idx),
+        _answers(cand) if f.kind == "vqa" else cand["answers"],
+        cand["conversation"],
+        _image_column(data_u, idx, mask),
         shas,
-        pa.array([i.width for i in info], pa.int32()).take(take),
-        pa.array([i.height for i in info], pa.int32()).take(take),
-        pa.array([i.format for i in info], pa.string()).take(take),
+        *(pa.array([getattr(i, a) if k is not None else None for k, i in zip(ulist, info)], t).take(take)
+          for a, t in (("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()))),
         _constant(f.shown, n, consts),
         cand["line"],
     ], schema=SCHEMA)
 
 
-def _image_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> pa.ChunkedArray:
+def _answers(cand: pa.Table) -> pa.ChunkedArray:
+    """VQA ``answers``: those given, else the one ``answer`` as a list."""
+    answers = cand["answers"]
+    if not answers.null_count:
+        return answers
+    answer = cand["answer"].combine_chunks()
+    single = pa.ListArray.from_arrays(pa.array(np.arange(len(answer) + 1, dtype=np.int32)), answer)
+    return pc.if_else(pc.is_null(answers), single, answers)
+
+
+def _image_column(data: list[bytes], idx: np.ndarray, nulls: pa.Array | None = None) -> pa.ChunkedArray:
+    """``data[idx]`` as the image column (``{bytes, path: null}``; null where ``nulls`` is set)."""
+    binary = _binary_column(data, idx)
+    out, start = [], 0
+    for chunk in binary.chunks:
+        mask = nulls.slice(start, len(chunk)) if nulls is not None else None
+        out.append(pa.StructArray.from_arrays([chunk, pa.nulls(len(chunk), pa.string())], fields=list(IMAGE), mask=mask))
+        start += len(chunk)
+    return pa.chunked_array(out, IMAGE)
+
+
+def _binary_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> pa.ChunkedArray:
     """``data[idx]`` as a binary column, in chunks of at most ``limit`` bytes (a chunk holds < 2 GiB)."""
     sizes = np.array([len(d) for d in data], dtype=np.int64)
     if int(sizes[idx].sum()) < limit and int(sizes.sum()) < limit:
@@ -154,8 +205,8 @@ def slices(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef]) -> Iterator
     gets a range of its own)."""
     n = cand.num_rows
     uniq = pc.unique(cand["key"])
-    sizes = np.array([len(r.data) if r.data is not None else f.images.get(r.path or "", 0)
-                      for r in map(refs.__getitem__, uniq.to_pylist())], dtype=np.int64)
+    sizes = np.array([0 if r is None else len(r.data) if r.data is not None else f.images.get(r.path or "", 0)
+                      for r in map(refs.get, uniq.to_pylist())], dtype=np.int64)
     if int(sizes.sum()) <= IMAGE_BATCH_BYTES:
         yield from ((start, min(start + CHUNK_ROWS, n)) for start in range(0, n, CHUNK_ROWS))
         return

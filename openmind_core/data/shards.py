@@ -36,15 +36,30 @@ MAX_QUEUED = 2  # row groups handed to the encoder thread and not yet written
 
 
 def content_bytes(table: pa.Table) -> np.ndarray:
-    """Bytes of each row's binary and string values (nulls count 0), plus 8 per other column."""
+    """Bytes of each row's binary and string values (nulls count 0, structs and lists summed over
+    their values), plus 8 per other column."""
     sizes = np.zeros(table.num_rows, dtype=np.int64)
     for col in table.columns:
-        if pa.types.is_binary(col.type) or pa.types.is_string(col.type) \
-                or pa.types.is_large_binary(col.type) or pa.types.is_large_string(col.type):
-            sizes += pc.fill_null(pc.binary_length(col), 0).to_numpy()
-        else:
-            sizes += 8
+        sizes += _value_bytes(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
     return sizes
+
+
+def _value_bytes(arr: pa.Array) -> np.ndarray:
+    t = arr.type
+    if pa.types.is_binary(t) or pa.types.is_string(t) or pa.types.is_large_binary(t) or pa.types.is_large_string(t):
+        return pc.fill_null(pc.binary_length(arr), 0).to_numpy().astype(np.int64)
+    if pa.types.is_struct(t):
+        out = np.zeros(len(arr), dtype=np.int64)
+        for child in arr.flatten():  # offset-aware, parent nulls applied
+            out += _value_bytes(child)
+        return out
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        flat = pc.list_flatten(arr)
+        out = np.zeros(len(arr), dtype=np.int64)
+        if len(flat):
+            np.add.at(out, pc.list_parent_indices(arr).to_numpy(), _value_bytes(flat))
+        return out
+    return np.full(len(arr), 8, dtype=np.int64)
 
 
 def rows_that_fit(sizes: np.ndarray, limit: int) -> int:

@@ -2,10 +2,14 @@
 
 A row is checked in three layers, each raising ``Problem(reason, detail)``:
 
-1. bytes of the line: invalid UTF-8, a byte-order mark, a CRLF line end (``check_encoding``);
+1. bytes of the line: invalid UTF-8, a byte-order mark inside the file (``check_encoding``).  A
+   file's own format is not a bad row: the reader drops a leading BOM and turns CRLF line ends
+   into LF before any check, and counts both;
 2. the JSON object: malformed JSON, not an object, a missing field, a wrong type, empty or
-   oversized text (``parse_row``); the image reference: a path escaping its root (``../``),
-   a missing file, undecodable base64 (``images.resolve_image``);
+   oversized text, a literal ``<image>`` in a caption or VQA text (``parse_row``; conversation
+   rows: ``conversations.parse_conversation``); the image reference: a path escaping its root
+   (``../``, ``..\\``), a Windows absolute path that does not exist here, a missing file,
+   undecodable base64 (``images.resolve_image``);
 3. the image bytes: too many bytes or pixels, unreadable, truncated (``images.inspect_image``;
    runs in worker processes when there are many images).
 
@@ -14,6 +18,11 @@ above (``check_encoding`` + ``parse_row``), which names the reason, and a vector
 (``parse_block``) that parses a clean block of lines with ``pyarrow.json`` and checks the text
 columns with ``pyarrow.compute``.  The fast path only ever *accepts* rows: a row it cannot prove
 good (or a block it cannot parse) is handed to the line-by-line path, which decides its fate.
+Conversation rows always go line by line.
+
+A literal ``<image>`` in a caption, question or answer is quarantined (``image_tag_in_text``), not
+escaped: the text is kept as the user wrote it or not at all, and nothing that looks like an image
+placeholder reaches training outside a conversation's user turn.
 
 Duplicates (same content hash) are found by the converter.  ``REASONS`` lists every reason.
 """
@@ -32,23 +41,31 @@ import pyarrow.json as pa_json
 
 REASONS: dict[str, str] = {
     "invalid_utf8": "the line is not valid UTF-8",
-    "bom": "the line starts with a byte-order mark (save the file as UTF-8 without BOM)",
-    "crlf": "the line ends with CRLF (convert the file to LF line endings)",
+    "bom": "a byte-order mark inside the file, not at its start (files pasted together?)",
     "malformed_json": "the line is not valid JSON",
     "not_an_object": "the line is JSON but not an object",
     "missing_field": "a required field is missing or null",
     "wrong_type": "a field has the wrong type",
     "empty_text": "a text field is empty",
     "text_too_long": "a text field is longer than data.max_text_chars",
+    "image_tag_in_text": "a caption, question or answer holds a literal <image> (only conversations place images)",
     "path_escape": "the image path escapes the data set's folder",
+    "windows_path": "the image path is a Windows absolute path (D:\\...) that does not exist on this machine",
     "image_missing": "the image file does not exist",
     "image_unreadable": "the image cannot be decoded",
     "image_truncated": "the image file is truncated",
     "image_too_large": "the image exceeds data.max_image_bytes or data.max_image_pixels",
     "duplicate": "the same content (text and image) appeared earlier",
+    # conversation rows (conversations.py)
+    "roles_out_of_order": "turns are not [system,] user, assistant, user, ..., assistant",
+    "empty_turn": "a turn has no text",
+    "image_tag_mismatch": "the number of <image> tags differs from the row's images (0 or 1)",
+    "image_tag_in_answer": "an assistant turn holds an <image> tag",
+    "too_many_images": "a conversation row names more than one image",
 }
+IMAGE_TAG = "<image>"
 
-FIELDS = {"caption": ("image", "text"), "vqa": ("image", "question", "answer")}
+FIELDS = {"caption": ("image", "text"), "vqa": ("image", "question", "answer")}  # ``answers`` may replace ``answer``
 TEXT_FIELDS = {"caption": ("text",), "vqa": ("question", "answer")}
 BOM = b"\xef\xbb\xbf"
 
@@ -71,15 +88,14 @@ class Problem(Exception):
 
 
 def check_encoding(raw: bytes) -> str:
-    """The decoded line, or ``Problem`` for a BOM, a CRLF ending or invalid UTF-8."""
+    """The decoded line, or ``Problem`` for a BOM (the file's leading one is already gone) or
+    invalid UTF-8.  A trailing ``\r`` is JSON whitespace."""
     if raw.startswith(BOM):
-        raise Problem("bom", "UTF-8 byte-order mark at the start of the line")
+        raise Problem("bom", "UTF-8 byte-order mark at the start of a line inside the file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise Problem("invalid_utf8", f"byte {e.start}: {raw[e.start:e.start + 4]!r} is not UTF-8") from None
-    if text.endswith("\r"):
-        raise Problem("crlf", "the line ends with \\r\\n")
     return text
 
 
@@ -91,27 +107,58 @@ def parse_row(text: str, kind: str, max_text_chars: int) -> dict[str, Any]:
         raise Problem("malformed_json", str(e)) from None
     if not isinstance(row, dict):
         raise Problem("not_an_object", f"got a JSON {type(row).__name__}")
+    answers = row.get("answers") if kind == "vqa" else None
+    if answers is not None:
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise Problem("wrong_type", f"'answers' must be a list of strings, got {_type_of(answers)}")
+        answers = [check_text(a, "answers", max_text_chars) for a in answers]
+        if row.get("answer") is None and answers:
+            row = {**row, "answer": most_common(answers)}
     missing = [f for f in FIELDS[kind] if row.get(f) is None]
     if missing:
-        raise Problem("missing_field", f"{kind} rows need {list(FIELDS[kind])}; missing {missing}")
+        need = list(FIELDS[kind]) if kind != "vqa" else ["image", "question", "answer (or answers)"]
+        raise Problem("missing_field", f"{kind} rows need {need}; missing {missing}")
     out: dict[str, Any] = {"image": row["image"]}
     for f in TEXT_FIELDS[kind]:
         value = row[f]
         if not isinstance(value, str):
             raise Problem("wrong_type", f"{f!r} must be a string, got {type(value).__name__}")
-        value = value.strip()
-        if not value:
-            raise Problem("empty_text", f"{f!r} is empty")
-        if len(value) > max_text_chars:
-            raise Problem("text_too_long", f"{f!r} has {len(value)} characters > data.max_text_chars={max_text_chars}")
-        if _SURROGATE.search(value):
-            raise Problem("invalid_utf8", f"{f!r} holds a lone surrogate escape (\\ud800-\\udfff), not UTF-8 text")
-        out[f] = value
+        out[f] = check_text(value, f, max_text_chars)
+    if answers is not None:
+        out["answers"] = answers
     lang = row.get("language")
     if isinstance(lang, str) and _SURROGATE.search(lang):
         raise Problem("invalid_utf8", "'language' holds a lone surrogate escape, not UTF-8 text")
     out["language"] = lang if isinstance(lang, str) and lang else detect_language(" ".join(out[f] for f in TEXT_FIELDS[kind]))
     return out
+
+
+def check_text(value: str, name: str, max_text_chars: int, tag_ok: bool = False) -> str:
+    """``value`` stripped, or ``Problem``: empty, too long, a lone surrogate, a literal ``<image>``."""
+    value = value.strip()
+    if not value:
+        raise Problem("empty_text", f"{name!r} is empty")
+    if len(value) > max_text_chars:
+        raise Problem("text_too_long", f"{name!r} has {len(value)} characters > data.max_text_chars={max_text_chars}")
+    if _SURROGATE.search(value):
+        raise Problem("invalid_utf8", f"{name!r} holds a lone surrogate escape (\\ud800-\\udfff), not UTF-8 text")
+    if not tag_ok and IMAGE_TAG in value:
+        raise Problem("image_tag_in_text", f"{name!r} holds a literal {IMAGE_TAG}; only a conversation's user "
+                      "turn may place the image")
+    return value
+
+
+def most_common(answers: list[str]) -> str:
+    """The most frequent answer; ties go to the one given first."""
+    counts: dict[str, int] = {}
+    for a in answers:
+        counts[a] = counts.get(a, 0) + 1
+    return max(counts, key=counts.__getitem__)  # max keeps the first of equal counts
+
+
+def _type_of(value: Any) -> str:
+    return type(value).__name__ if not isinstance(value, list) else "a list holding " + ", ".join(
+        sorted({type(v).__name__ for v in value}))
 
 
 _CJK = re.compile("[\u4e00-\u9fff]")
@@ -150,11 +197,22 @@ class ParsedBlock:
 
 
 def _schema(kind: str) -> pa.Schema:
-    return pa.schema([(f, pa.string()) for f in FIELDS[kind]] + [("language", pa.string())])
+    extra = [("answers", pa.list_(pa.string()))] if kind == "vqa" else []
+    return pa.schema([(f, pa.string()) for f in FIELDS[kind]] + [("language", pa.string())] + extra)
 
 
 _PARSE = {kind: pa_json.ParseOptions(explicit_schema=_schema(kind), unexpected_field_behavior="ignore")
           for kind in FIELDS}
+
+
+def _text_ok(col, max_text_chars: int):
+    """Texts ``check_text`` keeps unchanged: non-empty, not too long, nothing to strip, no ``<image>``."""
+    n = pc.utf8_length(col)
+    ok = pc.and_(pc.greater(n, 0), pc.less_equal(n, max_text_chars))
+    # str.strip() would change the text when it starts or ends with whitespace
+    ok = pc.and_(ok, pc.equal(pc.binary_length(pc.utf8_trim(col, characters=PY_WHITESPACE)), pc.binary_length(col)))
+    ok = pc.and_(ok, pc.invert(pc.match_substring(col, IMAGE_TAG)))
+    return pc.fill_null(ok, False)
 
 
 def block_lines(block: bytes, first_line: int) -> np.ndarray | None:
@@ -194,12 +252,14 @@ def parse_block(block: bytes, first_line: int, kind: str, max_text_chars: int) -
         return None
     clean = pc.is_valid(table["image"])
     for f in TEXT_FIELDS[kind]:
-        col = table[f]
-        n = pc.utf8_length(col)
-        ok = pc.and_(pc.greater(n, 0), pc.less_equal(n, max_text_chars))
-        # str.strip() would change the text when it starts or ends with whitespace
-        ok = pc.and_(ok, pc.equal(pc.binary_length(pc.utf8_trim(col, characters=PY_WHITESPACE)), pc.binary_length(col)))
-        clean = pc.and_(clean, pc.fill_null(ok, False))
+        clean = pc.and_(clean, _text_ok(table[f], max_text_chars))
+    clean = np.asarray(clean.to_numpy(zero_copy_only=False), dtype=bool)
+    if kind == "vqa" and table["answers"].null_count < table.num_rows:  # every answer as check_text keeps it
+        answers = table["answers"].combine_chunks()
+        flat = pc.list_flatten(answers)
+        if len(flat):
+            bad = ~np.asarray(_text_ok(flat, max_text_chars).to_numpy(zero_copy_only=False), dtype=bool)
+            clean[np.unique(pc.list_parent_indices(answers).to_numpy()[bad])] = False
     lang = table["language"]
     given = pc.fill_null(pc.greater(pc.utf8_length(lang), 0), False)
     if ascii_only:  # no CJK character anywhere
@@ -212,4 +272,4 @@ def parse_block(block: bytes, first_line: int, kind: str, max_text_chars: int) -
         detected = pc.if_else(cjk, "zh", "en")
     language = pc.if_else(given, lang, detected)
     table = table.set_column(table.schema.get_field_index("language"), "language", language)
-    return ParsedBlock(table, lines, np.asarray(clean.to_numpy(zero_copy_only=False), dtype=bool))
+    return ParsedBlock(table, lines, clean)

@@ -1,5 +1,10 @@
 """The ``hf`` source: ``datasets.load_dataset`` on a hub id, a local data set directory
-(``save_to_disk`` or data files) or Parquet files, with a column mapping."""
+(``save_to_disk`` or data files) or Parquet files, with a column mapping.
+
+``data.hf`` is one data set or a list of them, each with its ``name``, ``config_name``, ``split``,
+``kind`` and ``columns``; column paths may be nested (``sentences.raw``, ``answers.answer``) and
+``hf_presets`` fills them in for the hub data sets the guide uses.  A hub id that cannot be
+reached raises ``HubUnreachableError`` naming it."""
 
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from schemas.config import DataConfig
 
 from openmind_core.data.images import looks_inline
 from openmind_core.data.lake import RAW_MANIFEST, DataError, HubUnreachableError, read_json, stable_hash
-from openmind_core.data.sources.raw import CAPTIONS, IMAGE_DIR, VQA, commit, hash_file_into
+from openmind_core.data.sources.hf_presets import OPTIONAL, HFSpec, resolve
+from openmind_core.data.sources.raw import IMAGE_DIR, commit, hash_file_into, table_name
 from openmind_core.progress import tracked
 
 
@@ -127,56 +133,101 @@ def _image_bytes(value: Any, base: Path | None) -> tuple[bytes | None, str]:
 
 
 def download(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
-    import datasets
-
-    c = cfg.hf
-    fields = ["image", "text"] if c.kind == "caption" else ["image", "question", "answer"]
-    mapping = {f: c.columns.get(f, f) for f in fields}
-    unknown = sorted(set(c.columns) - set(fields))
-    if unknown:
-        raise DataError(f"data.hf.columns: unknown field(s) {unknown} for kind {c.kind!r}; use {fields}")
-    params = {"source": "hf", "config": c.model_dump(mode="json")}
-    p = Path(c.name).expanduser()
-    ds = None
-    if p.exists():
-        h = hashlib.sha256(stable_hash(params).encode())
-        for f in tracked(_local_files(p), "download: hashing inputs", unit="file"):
-            h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else f.name.encode())
-            hash_file_into(h, f)
-        fingerprint = h.hexdigest()[:16]
-    else:
-        ds = _load_hf(c.name, c.config_name, c.split)
-        fingerprint = stable_hash({**params, "hf_fingerprint": getattr(ds, "_fingerprint", None)})
-    final_manifest = read_json(lake / "raw" / "hf" / fingerprint / RAW_MANIFEST)
-    if final_manifest is None and ds is None:
-        ds = _load_hf(c.name, c.config_name, c.split)
-    missing = [f"{f} -> {col!r}" for f, col in mapping.items() if ds is not None and col not in ds.column_names]
-    if missing:
-        raise DataError(f"data.hf.columns: column(s) not in {c.name} ({', '.join(missing)}); "
-                        f"available: {ds.column_names}")
-    if ds is not None and isinstance(ds.features.get(mapping["image"]), datasets.Image):
-        ds = ds.cast_column(mapping["image"], datasets.Image(decode=False))
-    base = p if p.is_dir() else p.parent if p.exists() else None
-    out_name = CAPTIONS if c.kind == "caption" else VQA
+    """Every data set of ``data.hf`` (one mapping or a list) into one raw directory: a JSONL a data
+    set (``captions.jsonl``, ``captions-1.jsonl``, ``vqa.jsonl``, ...) and its images."""
+    specs = [resolve(s.name, s.config_name, s.split, s.kind, s.columns, where)
+             for where, s in cfg.hf_sources()]
+    h = hashlib.sha256(stable_hash({"source": "hf", "sets": [s.describe() for s in specs]}).encode())
+    loaded: list = []
+    for spec in specs:
+        p = Path(spec.name).expanduser()
+        if p.exists():
+            for f in tracked(_local_files(p), "download: hashing inputs", unit="file"):
+                h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else f.name.encode())
+                hash_file_into(h, f)
+            loaded.append(None)
+        else:
+            ds = _load_hf(spec.name, spec.config_name, spec.split)
+            h.update(str(getattr(ds, "_fingerprint", None)).encode())
+            loaded.append(ds)
+    fingerprint = h.hexdigest()[:16]
+    done = read_json(lake / "raw" / "hf" / fingerprint / RAW_MANIFEST) is not None
+    names: dict[str, int] = {}
+    tables: list[tuple[str, HFSpec, Any, Path | None]] = []
+    for i, (spec, ds) in enumerate(zip(specs, loaded)):
+        p = Path(spec.name).expanduser()
+        if not done:
+            ds = ds if ds is not None else _load_hf(spec.name, spec.config_name, spec.split)
+            ds = _checked(ds, spec, "data.hf" if len(specs) == 1 else f"data.hf[{i}]")
+        n = names[spec.kind] = names.get(spec.kind, -1) + 1
+        tables.append((table_name(spec.kind, n), spec, ds, p if p.is_dir() else p.parent if p.exists() else None))
 
     def build(tmp: Path) -> dict:
-        img_dir = tmp / IMAGE_DIR / "0"
-        img_dir.mkdir(parents=True)
-        with open(tmp / out_name, "w", encoding="utf-8") as f:
-            for i, row in enumerate(tracked(_rows(ds, mapping), "download: writing rows", "row", total=len(ds))):
-                data, suffix = _image_bytes(row.get("image"), base)
-                out = {k: v for k, v in row.items() if k != "image"}
-                out["image"] = None
-                if data is not None:
-                    name = f"{i:07d}{suffix if suffix and len(suffix) <= 6 else '.img'}"
-                    (img_dir / name).write_bytes(data)
-                    out["image"] = name
-                f.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
-        return {"image_roots": {out_name: f"{IMAGE_DIR}/0"}, "inputs": {"name": c.name, "split": c.split}}
+        for i, (name, spec, ds, base) in enumerate(tables):
+            img_dir = tmp / IMAGE_DIR / str(i)
+            img_dir.mkdir(parents=True)
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                for j, row in enumerate(tracked(_rows(ds, spec.columns), f"download: {spec.name}", "row", total=len(ds))):
+                    data, suffix = _image_bytes(row.pop("image", None), base)
+                    image = None
+                    if data is not None:
+                        image = f"{j:07d}{suffix if suffix and len(suffix) <= 6 else '.img'}"
+                        (img_dir / image).write_bytes(data)
+                    for out in _expanded(row, spec.kind):
+                        f.write(json.dumps({**out, "image": image}, ensure_ascii=False, default=str) + "\n")
+        return {"tables": [name for name, *_ in tables],
+                "image_roots": {name: f"{IMAGE_DIR}/{i}" for i, (name, *_) in enumerate(tables)},
+                "inputs": {name: spec.name for name, spec, *_ in tables},
+                "hf": [{"table": name, **spec.describe()} for name, spec, *_ in tables]}
 
     return commit("hf", lake, fingerprint, build)
 
 
+def _checked(ds, spec: HFSpec, where: str):
+    """``ds`` with its image column left undecoded; every mapped column must exist (``answers`` may not)."""
+    import datasets
+
+    missing = [f"{f} -> {col!r}" for f, col in spec.columns.items()
+               if col.split(".")[0] not in ds.column_names and col not in ds.column_names and f not in OPTIONAL]
+    if missing:
+        raise DataError(f"{where}.columns: column(s) not in {spec.name} ({', '.join(missing)}); "
+                        f"available: {ds.column_names}")
+    image = spec.columns["image"]
+    if isinstance(ds.features.get(image), datasets.Image):
+        ds = ds.cast_column(image, datasets.Image(decode=False))
+    return ds
+
+
+def _get(row: dict, path: str) -> Any:
+    """The value at a column path: ``sentences.raw`` walks into a struct, and into every element of
+    a list (``answers.answer`` of a list of {answer, ...} is the list of answers)."""
+    if path in row:
+        return row[path]
+    value: Any = row
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list):
+            value = [v.get(part) if isinstance(v, dict) else None for v in value]
+        else:
+            return None
+    return value
+
+
 def _rows(ds, mapping: dict[str, str]) -> Iterable[dict]:
     for row in ds:
-        yield {field: row.get(col) for field, col in mapping.items()}
+        yield {field: _get(row, col) for field, col in mapping.items()}
+
+
+def _expanded(row: dict, kind: str) -> Iterator[dict]:
+    """The JSONL rows of one data set row: a caption row per caption when ``text`` is a list (an
+    image's five COCO captions); a VQA row keeps its list of answers."""
+    text = row.get("text")
+    if kind == "caption" and isinstance(text, list):
+        for t in text:
+            yield {**row, "text": t}
+        return
+    answers = row.get("answers")
+    if kind == "vqa" and answers is not None and not isinstance(answers, list):
+        row = {**row, "answers": [answers]}
+    yield row

@@ -1,14 +1,18 @@
 """The ``jsonl`` source: the user's JSONL files copied byte for byte, with the images they name.
 
-Image paths are relative to the JSONL file or absolute; referenced images are copied into the raw
-directory, paths that escape the JSONL's folder are not (conversion quarantines them).  Inline
-images (base64 / data URIs) stay in the JSONL.
+``data.jsonl.captions`` / ``vqa`` / ``conversations`` (LLaVA ``conversations`` or ``messages`` rows,
+see ``conversations.py``).  Image paths are relative to the JSONL file (``/`` or ``\\``
+separators) or absolute; referenced images are copied into the raw directory, paths that escape
+the JSONL's folder are not, nor Windows absolute paths (``D:\\...``) on another system
+(conversion quarantines them, naming the path).  Inline images (base64 / data URIs) stay in the
+JSONL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,9 +23,9 @@ import pyarrow.json as pa_json
 from schemas.artifacts import RawDataset
 from schemas.config import DataConfig
 
-from openmind_core.data.images import looks_inline
+from openmind_core.data.images import looks_inline, windows_absolute
 from openmind_core.data.lake import stable_hash
-from openmind_core.data.sources.raw import CAPTIONS, IMAGE_DIR, VQA, commit, hash_file_into, is_within, require
+from openmind_core.data.sources.raw import CAPTIONS, CONVERSATIONS, IMAGE_DIR, VQA, commit, hash_file_into, is_within, require
 from openmind_core.progress import tracked
 
 
@@ -33,6 +37,9 @@ def _scan_image_refs(jsonl: Path) -> list[str]:
     try:
         for batch in pa_json.open_json(jsonl, parse_options=_IMAGE_ONLY):  # a block at a time
             refs.update(dict.fromkeys(pc.unique(batch.column("image").drop_null()).to_pylist()))
+            images = batch.column("images")
+            if images.null_count < len(images):  # conversation rows: "images": [path]
+                refs.update(dict.fromkeys(pc.unique(pc.list_flatten(images).drop_null()).to_pylist()))
         return [v for v in refs if v and not looks_inline(v)]
     except pa.ArrowInvalid:
         refs.clear()  # an image given as an object, a malformed line, a BOM, ...: line by line
@@ -42,15 +49,18 @@ def _scan_image_refs(jsonl: Path) -> list[str]:
                 row = json.loads(raw.decode("utf-8", errors="replace").lstrip("\ufeff"))
             except ValueError:
                 continue
-            value = row.get("image") if isinstance(row, dict) else None
-            if isinstance(value, dict):
-                value = value.get("path") if not value.get("bytes") else None
-            if isinstance(value, str) and value and not looks_inline(value):
-                refs[value] = None
+            if not isinstance(row, dict):
+                continue
+            values = [row.get("image")] + (row["images"] if isinstance(row.get("images"), list) else [])
+            for value in values:
+                if isinstance(value, dict):
+                    value = value.get("path") if not value.get("bytes") else None
+                if isinstance(value, str) and value and not looks_inline(value):
+                    refs[value] = None
     return list(refs)
 
 
-_IMAGE_ONLY = pa_json.ParseOptions(explicit_schema=pa.schema([("image", pa.string())]),
+_IMAGE_ONLY = pa_json.ParseOptions(explicit_schema=pa.schema([("image", pa.string()), ("images", pa.list_(pa.string()))]),
                                    unexpected_field_behavior="ignore")
 
 
@@ -61,7 +71,9 @@ def _plan_jsonl_images(jsonl: Path, root_key: str) -> tuple[dict[str, Path], dic
     abs_map: dict[str, str] = {}
     problems: dict[str, str] = {}
     for ref in _scan_image_refs(jsonl):
-        p = Path(ref)
+        if windows_absolute(ref):
+            continue  # not a path on this system: conversion quarantines it, naming it
+        p = Path(ref) if os.sep == "\\" or Path(ref).is_absolute() else Path(ref.replace("\\", "/"))
         if p.is_absolute():
             if p.is_file():
                 dest = f"{IMAGE_DIR}/abs/{hashlib.sha256(ref.encode()).hexdigest()[:16]}{p.suffix.lower()}"
@@ -78,7 +90,7 @@ def _plan_jsonl_images(jsonl: Path, root_key: str) -> tuple[dict[str, Path], dic
 
 
 def download(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
-    inputs = {CAPTIONS: cfg.jsonl.captions, VQA: cfg.jsonl.vqa}
+    inputs = {CAPTIONS: cfg.jsonl.captions, VQA: cfg.jsonl.vqa, CONVERSATIONS: cfg.jsonl.conversations}
     paths = {name: require(p, f"data.jsonl.{name.split('.')[0]}") for name, p in inputs.items() if p}
     copies: dict[str, Path] = {}
     abs_map: dict[str, dict[str, str]] = {}

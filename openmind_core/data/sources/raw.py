@@ -21,8 +21,23 @@ from openmind_core.progress import tracked
 
 log = logging.getLogger(__name__)
 
-CAPTIONS, VQA = "captions.jsonl", "vqa.jsonl"
+CAPTIONS, VQA, CONVERSATIONS = "captions.jsonl", "vqa.jsonl", "conversations.jsonl"
 IMAGE_DIR = "files"
+KINDS = {"captions": "caption", "vqa": "vqa", "conversations": "conversation"}  # raw file name -> row kind
+
+
+def kind_of(name: str) -> str | None:
+    """The row kind of a raw JSONL file by its name: ``captions.jsonl`` / ``captions-<n>.jsonl``
+    (caption), ``vqa*`` (vqa), ``conversations*`` (conversation); None for any other file."""
+    if not name.endswith(".jsonl") or "/" in name:
+        return None
+    return next((k for prefix, k in KINDS.items() if name == f"{prefix}.jsonl" or name.startswith(f"{prefix}-")), None)
+
+
+def table_name(kind: str, n: int) -> str:
+    """The raw file of the ``n``-th table (from 0) of a kind: captions.jsonl, captions-1.jsonl, ..."""
+    prefix = next(p for p, k in KINDS.items() if k == kind)
+    return f"{prefix}.jsonl" if n == 0 else f"{prefix}-{n}.jsonl"
 
 
 def hash_file_into(h: "hashlib._Hash", path: Path) -> None:
@@ -57,22 +72,26 @@ def finish(root: Path, source: str, fingerprint: str, extra: dict[str, Any]) -> 
     paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != RAW_MANIFEST]
     for p in tracked(paths, "download: checksums", unit="file"):
         rel = p.relative_to(root).as_posix()
-        kind = "caption" if rel == CAPTIONS else "vqa" if rel == VQA else "image" if rel.startswith(IMAGE_DIR + "/") else "other"
+        kind = kind_of(rel) or ("image" if rel.startswith(IMAGE_DIR + "/") else "other")
         images += kind == "image"
         files.append({
             "path": rel,
             "kind": kind,
-            "rows": _count_rows(p) if kind in ("caption", "vqa") else None,
+            "rows": _count_rows(p) if kind in KINDS.values() else None,
             "bytes": p.stat().st_size,
             "sha256": sha256_file(p),
         })
+    tables = extra.pop("tables", None) or [n for n in (CAPTIONS, VQA, CONVERSATIONS) if (root / n).exists()]
+    rows = {f["path"]: f["rows"] for f in files if f["rows"] is not None}
     manifest = {
         "source": source,
         "fingerprint": fingerprint,
         "captions": CAPTIONS if (root / CAPTIONS).exists() else None,
         "vqa": VQA if (root / VQA).exists() else None,
-        "caption_rows": next((f["rows"] for f in files if f["path"] == CAPTIONS), 0),
-        "vqa_rows": next((f["rows"] for f in files if f["path"] == VQA), 0),
+        "tables": tables,  # the raw JSONL files, in the order they are converted
+        "caption_rows": sum(rows[t] for t in tables if kind_of(t) == "caption"),
+        "vqa_rows": sum(rows[t] for t in tables if kind_of(t) == "vqa"),
+        "conversation_rows": sum(rows[t] for t in tables if kind_of(t) == "conversation"),
         "images": images,
         "files": files,
         **extra,
@@ -91,6 +110,7 @@ def _artifact(final: Path, manifest: dict, reused: bool) -> RawDataset:
         vqa_jsonl=str(final / manifest["vqa"]) if manifest.get("vqa") else None,
         caption_rows=manifest["caption_rows"],
         vqa_rows=manifest["vqa_rows"],
+        conversation_rows=manifest.get("conversation_rows", 0),
         images=manifest["images"],
         # image files are listed in manifest.json; the artifact keeps the small files only
         files=[RawFile(**f) for f in manifest["files"] if f["kind"] != "image"],
