@@ -115,8 +115,9 @@ def test_flow_runs_all_five_tasks_and_reports(first_run):
     assert any(p.prompt == "这张图片里有什么？" for p in report.inference.predictions)
     # the guide's seven criteria, each with its evidence
     assert len(report.criteria) == 7 and all(c.evidence for c in report.criteria)
-    failed = [c for c in report.criteria if not c.passed]
+    failed = [c for c in report.criteria if c.failed]
     assert not failed, failed
+    assert next(c for c in report.criteria if c.name.startswith("Training fits")).status == "not measured"  # CPU
     # what the Prefect UI shows: one flow run, five task runs, the artifacts
     runs = _task_runs(flow_run_id)
     assert EXPECTED_TASKS <= set(runs), runs.keys()
@@ -272,10 +273,10 @@ def test_default_run_answers_clearly_better_than_chance(prefect_server, tmp_path
     assert state.is_completed(), state.message
     report = state.result()
     inf = report.inference
-    assert report.passed, [c for c in report.criteria if not c.passed]
+    assert report.passed, [c for c in report.criteria if c.failed]
     assert report.raw.caption_rows == 1000 and report.raw.vqa_rows == 500
     assert inf.vqa_count >= 40 and inf.vqa_accuracy >= inf.vqa_chance + 0.10, (inf.vqa_accuracy, inf.vqa_chance)
-    assert inf.caption_score > 0.2
+    assert inf.caption_cider > inf.caption_chance_cider
 
 
 def test_rerun_with_a_changed_model_is_refused_before_anything_runs(first_run, prefect_server):
