@@ -23,6 +23,7 @@ from openmind_core.report import build_report, checklist_markdown
 from schemas import OpenMindConfig, Week1Report, load_config
 from tasks.convert import convert_task
 from tasks.download import download_task, input_stamp
+from tasks.events import emit_verdict
 from tasks.infer import inference_task
 from tasks.smoke import smoke_task
 from tasks.train import train_task
@@ -73,6 +74,7 @@ def week1(
     report = build_report(cfg, name, str(run_dir), str(run_dir / "config.yaml"), raw, curated, smoke, training,
                           inference, memory_estimate=estimate_memory(cfg))
     atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2))
+    emit_verdict(report)  # openmind.run.passed / openmind.run.failed (tasks/events.py)
     create_markdown_artifact(key="week1-checklist", markdown=checklist_markdown(report),
                              description="the guide's Week-1 success criteria")
     for c in report.criteria:

@@ -14,6 +14,8 @@ from openmind_core.pipeline import train_from_config
 from openmind_core.report import fmt_float
 from schemas import CuratedDataset, OpenMindConfig, SmokeReport, TrainingResult
 from tasks.common import md_table, retry_transient
+from tasks.events import MetricsEventForwarder, emit_training_finished
+from tasks.slots import gpu_slot
 
 
 @task(name="train", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
@@ -33,17 +35,28 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport,
         log.info("step %s/%s  loss %.4f  lr %.2e  %s tok/s", info.get("step"), total, info.get("loss") or float("nan"),
                  info.get("lr") or 0.0, f"{info['tokens_per_s']:.0f}" if info.get("tokens_per_s") else "-")
 
-    if cfg.train.nproc > 1:
-        from tasks.distributed import train_with_torchrun
+    # H6 (issue 15.6): a GPU slot while training; trainer events (metrics.jsonl) forwarded as Prefect events
+    run_name = Path(run_dir).name
+    with gpu_slot(_gpu_slots(cfg), logger=log), MetricsEventForwarder(Path(run_dir) / "metrics.jsonl", run_name):
+        if cfg.train.nproc > 1:
+            from tasks.distributed import train_with_torchrun
 
-        result = train_with_torchrun(cfg, curated, smoke, run_dir, log)
-    else:
-        result = train_from_config(cfg, curated, run_dir, smoke.tokenizer_dir, progress=progress)
+            result = train_with_torchrun(cfg, curated, smoke, run_dir, log)
+        else:
+            result = train_from_config(cfg, curated, run_dir, smoke.tokenizer_dir, progress=progress)
+    emit_training_finished(result, run_name, run_dir)
     update_progress_artifact(progress_id, 100.0)
     _publish(result, cfg)
     log.info("trained %d steps: loss %s -> %s, best val loss %s", result.steps, fmt_float(result.first_loss),
              fmt_float(result.last_loss), fmt_float(result.best_val_loss))
     return result
+
+
+def _gpu_slots(cfg: OpenMindConfig) -> int:
+    """Slots of the ``gpu`` limit this training holds: one per process on CUDA, none on the CPU."""
+    import torch
+
+    return cfg.train.nproc if torch.cuda.is_available() else 0
 
 
 def _publish(result: TrainingResult, cfg: OpenMindConfig) -> None:
