@@ -253,9 +253,9 @@ def external_rows(lake: str | Path, *, jsonl: str | None = None, hf: str | None 
         dc = DataConfig(source="jsonl", jsonl={key: str(p)}, val_fraction=0.0)
         what = f"jsonl {p} ({kind})"
     else:
-        dc = DataConfig(source="hf", hf={"name": hf, "split": split, "kind": kind or "vqa", "columns": columns or {}},
-                        val_fraction=0.0)
-        what = f"hf {hf} split {split} ({kind or 'vqa'})"
+        dc = DataConfig(source="hf", hf={"name": hf, "split": split, "kind": kind, "columns": columns or {}},
+                        val_fraction=0.0)  # kind None: the data set's preset (VQAv2, COCO), else caption
+        what = f"hf {hf} split {split}" + (f" ({kind})" if kind else "")
     cur = convert(download(dc, Path(lake), seed=seed), dc, Path(lake))
     rows = read_rows(cur, with_images=True)
     if not rows:
