@@ -244,12 +244,19 @@ class ModelConfig(Strict):
 
 
 class SpikeConfig(Strict):
-    factor: float = Field(2.0, gt=1.0, description="loss above factor x rolling mean is bad")
-    window: int = Field(10, ge=2)
-    patience: int = Field(1, ge=1, description="consecutive bad steps that make a spike")
+    """The loss-spike guard (openmind_core.training.guard.SpikeDetector says what it follows)."""
+
+    z_threshold: float = Field(6.0, gt=0.0, description="a loss more than this many rolling deviations above the "
+                               "rolling mean is bad (OLMo-core's 6 sigma)")
+    window: int = Field(64, ge=2, description="good losses in the rolling mean and deviation")
+    min_history: int = Field(16, ge=1, description="good losses (after the LR warm-up) before any is judged")
+    rel_floor: float = Field(0.05, ge=0.0, description="the deviation is at least rel_floor x the rolling mean")
+    patience: int = Field(3, ge=1, description="consecutive bad steps that make a spike")
+    factor: float = Field(10.0, gt=1.0, description="one loss above factor x the window's largest is a spike at once")
     max_skipped_in_row: int = Field(3, ge=1, description="skipped steps in a row that count as a spike")
     max_rollbacks: int = Field(3, ge=0)
-    lr_factor: float = Field(1.0, gt=0.0, le=1.0, description="multiply the LR by this after a rollback")
+    lr_factor: float = Field(0.5, gt=0.0, le=1.0, description="multiply the LR by this after a rollback "
+                             "(< 1: the same instability is not replayed)")
     grad_norm_threshold: float = Field(1000.0, gt=0.0, description="skip steps whose pre-clip norm is above")
 
 

@@ -24,26 +24,57 @@ def ids_of_step(step: int, epoch: int = 0) -> list[str]:
     return [ds.sample_ids[i] for i in order[lo: lo + PER_STEP]]
 
 
-def test_detector_window_patience_onset_and_state():
-    d = SpikeDetector(factor=2.0, window=3, patience=2)
-    for s, x in enumerate([1.0, 1.0, 1.0], start=1):
+def feed(d: SpikeDetector, losses, start: int = 1):
+    verdicts = []
+    for s, x in enumerate(losses, start=start):
         v = d.check(s, x)
-        assert not v.bad
-        d.commit(s, x, v)
-    v = d.check(4, 5.0)
+        verdicts.append(v)
+        if not v.spike:
+            d.commit(s, x, v)
+    return verdicts
+
+
+def test_detector_z_score_patience_onset_and_state():
+    d = SpikeDetector(z_threshold=6.0, window=8, patience=2, min_history=4, rel_floor=0.05, factor=10.0)
+    noisy = [1.0, 1.2, 0.8, 1.1, 0.9]  # std ~0.16
+    assert not any(v.bad for v in feed(d, noisy))
+    v = d.check(6, 1.6)  # ~3.8 deviations: batch noise, not bad (the old 2x-mean rule would pass it too)
+    assert not v.bad and v.z is not None and 3 < v.z < 6
+    d.commit(6, 1.6, v)
+    v = d.check(7, 3.0)
     assert v.bad and not v.spike  # patience 2: one bad step is not a spike yet
-    d.commit(4, 5.0, v)
+    d.commit(7, 3.0, v)
     saved = d.state_dict()
-    d2 = SpikeDetector(2.0, 3, 2)
+    d2 = SpikeDetector(6.0, 8, 2, min_history=4)
     d2.load_state_dict(json.loads(json.dumps(saved)))  # survives a JSON round trip (checkpoint)
-    v = d2.check(5, 6.0)
-    assert v.spike and v.onset == 4
-    assert d2.check(5, float("nan")).bad
-    assert d2.history == d.history and 5.0 not in d2.history  # bad losses never enter the window
+    v = d2.check(8, 3.2)
+    assert v.spike and v.onset == 7 and "2 steps in a row" in v.why
+    assert d2.history == d.history and 3.0 not in d2.history  # bad losses never enter the window
+
+
+def test_detector_floor_instant_spikes_and_warmup():
+    flat = SpikeDetector(window=8, patience=1, min_history=4, rel_floor=0.05)
+    feed(flat, [1.0] * 6)  # std 0: the floor (0.05 x mean) is the deviation
+    assert not flat.check(7, 1.25).bad and flat.check(7, 1.35).bad
+    d = SpikeDetector(window=8, patience=3, min_history=4, factor=10.0)
+    feed(d, [1.0, 1.1, 0.9, 1.0])
+    v = d.check(5, 12.0)  # above 10 x the window's largest: a spike at once, patience or not
+    assert v.spike and v.onset == 5 and "largest" in v.why
+    v = d.check(5, float("nan"))
+    assert v.spike and "non-finite" in v.why
+    warm = SpikeDetector(window=8, patience=1, min_history=2, start_step=3)
+    vs = feed(warm, [9.0, 5.0, 3.0, 1.0, 1.0, 50.0])  # the LR warm-up (steps 1-3) is neither judged nor recorded
+    assert [v.spike for v in vs] == [False] * 5 + [True] and list(warm.history) == [1.0, 1.0]
+
+
+def test_default_lowers_the_lr_after_a_rollback():
+    from schemas.config import SpikeConfig
+
+    assert SpikeConfig().lr_factor < 1 and SpikeConfig().patience > 1
 
 
 def test_clean_run_has_no_false_spike(tmp_path):
-    res = run_toy(tmp_path, make_cfg(spike={"factor": 1.5, "window": 3}))
+    res = run_toy(tmp_path, make_cfg(spike={"window": 4, "min_history": 4, "patience": 1}))
     assert res.rollbacks == [] and res.skipped_steps == 0 and res.nan_or_inf_losses == 0
     assert not any(r.get("event") == "rollback" for r in read_metrics(res.metrics_path))
 

@@ -167,7 +167,10 @@ def make_cfg(**over: Any) -> TrainConfig:
     base: dict[str, Any] = dict(
         epochs=2, micro_batch_size=4, grad_accum=2, lr=3e-2, warmup_ratio=0.1, save_steps=4, eval_steps=4,
         keep_last=3, deterministic=True, log_every=2, amp="off", wandb={"mode": "disabled"},
-        spike={"factor": 3.0, "window": 4, "patience": 1, "max_rollbacks": 2},
+        # a short window judged from step 6 on, one bad step a spike, the LR kept on rollback (so a
+        # rolled-back run equals one that never had the samples)
+        spike={"z_threshold": 6.0, "window": 4, "min_history": 4, "patience": 1, "factor": 3.0, "max_rollbacks": 2,
+               "lr_factor": 1.0},
     )
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):

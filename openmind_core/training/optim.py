@@ -4,7 +4,8 @@ Groups: per-module learning rate by name prefix (``vision_encoder.`` -> ``lr_vis
 ``projector.`` -> ``lr_projector``, ``language_model.`` -> ``lr_lm``, everything else ``lr``), each
 split into decayed weights and undecayed biases / norms / other 1-D parameters.  Only parameters
 with ``requires_grad`` are optimised.  The schedule is transformers'
-``get_cosine_schedule_with_warmup`` over optimizer steps (never micro-batches).
+``get_cosine_schedule_with_warmup`` formula over optimizer steps (never micro-batches), rebuilt
+without a jump when a resume changes its length (``Schedule``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import logging
 import math
 
 import torch
-from transformers import get_cosine_schedule_with_warmup
-
 from schemas.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -82,18 +81,86 @@ def total_optimizer_steps(cfg: TrainConfig, samples_per_epoch_per_rank: int) -> 
     return max(1, cfg.epochs * math.ceil(samples_per_epoch_per_rank / per_step))
 
 
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """Optimizer steps of linear LR warm-up: ``int(warmup_ratio * total_steps)``."""
+    return int(cfg.warmup_ratio * total_steps)
+
+
+class Schedule:
+    """The LR multiplier per optimizer step (a ``LambdaLR`` lambda).
+
+    Plain: linear warm-up over ``warmup`` steps, then a cosine to 0 at ``total`` — the formula of
+    transformers' ``get_cosine_schedule_with_warmup`` (a test checks the two agree step for step).
+    ``rebuilt`` makes the schedule for new settings (``warmup_ratio``, and ``total`` from
+    ``epochs`` / ``max_steps``) at a resume's step, without a jump:
+
+    * the old schedule was still running: the new shape continues from the multiplier
+      ``anchor_mult`` reached at ``anchor_step`` — still warming up: linearly to 1 at the new
+      warm-up's end, then a cosine to 0 at the new total; past the warm-up: a cosine from
+      ``anchor_mult`` to 0 at the new total;
+    * the old schedule had ended (its LR reached 0, e.g. more epochs for a finished run): a new
+      warm-up (``warmup_ratio`` of the steps left) from 0 and a cosine to 0 over the steps left
+      (``start`` = the resume's step).
+    """
+
+    def __init__(self, warmup: int, total: int, anchor_step: int | None = None, anchor_mult: float = 1.0,
+                 start: int = 0, ratio: float | None = None) -> None:
+        self.warmup, self.total, self.start, self.ratio = int(warmup), int(total), int(start), ratio
+        self.anchor_step, self.anchor_mult = anchor_step, float(anchor_mult)
+
+    def __call__(self, step: int) -> float:
+        if self.anchor_step is None:
+            if step < self.warmup:
+                return float(step - self.start) / float(max(1, self.warmup - self.start))
+            progress = float(step - self.warmup) / float(max(1, self.total - self.warmup))
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        s0, m0 = self.anchor_step, self.anchor_mult
+        if step < self.warmup:
+            return m0 + (1.0 - m0) * (step - s0) / max(1, self.warmup - s0)
+        start, m = (s0, m0) if s0 >= self.warmup else (self.warmup, 1.0)
+        progress = min(1.0, (step - start) / max(1, self.total - start))
+        return max(0.0, m * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def rebuilt(self, step: int, warmup_ratio: float, total: int) -> "Schedule":
+        """This schedule for new settings at ``step``: itself when the warm-up ratio and total are unchanged."""
+        if (warmup_ratio, total) == (self.ratio, self.total) or (
+                self.ratio is None and (int(warmup_ratio * total), total) == (self.warmup, self.total)):
+            return self
+        if step >= self.total:  # the old schedule had ended: warm up again over the steps left
+            return Schedule(step + int(warmup_ratio * max(0, total - step)), total, start=step, ratio=warmup_ratio)
+        return Schedule(int(warmup_ratio * total), total, anchor_step=step, anchor_mult=self(step), ratio=warmup_ratio)
+
+    def to_json(self) -> dict:
+        return {"warmup": self.warmup, "total": self.total, "anchor_step": self.anchor_step,
+                "anchor_mult": self.anchor_mult, "start": self.start, "ratio": self.ratio}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Schedule":
+        return cls(d["warmup"], d["total"], d.get("anchor_step"), d.get("anchor_mult", 1.0), d.get("start", 0),
+                   d.get("ratio"))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(cfg.warmup_ratio * total_steps)
-    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    """Warm-up + cosine over ``total_steps`` optimizer steps (``Schedule``)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, Schedule(warmup_steps(cfg, total_steps), total_steps, ratio=cfg.warmup_ratio))
 
 
-def scale_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, factor: float) -> None:
-    """Multiply the schedule's base learning rates (and the current ones) by ``factor``."""
-    if factor == 1.0:
-        return
-    scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
-    for g in optimizer.param_groups:
-        g["lr"] *= factor
-        if "initial_lr" in g:
-            g["initial_lr"] *= factor
+def schedule_of(scheduler: torch.optim.lr_scheduler.LambdaLR) -> Schedule:
+    return scheduler.lr_lambdas[0]
+
+
+def set_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                 schedule: Schedule, base_lrs: list[float]) -> None:
+    """Make ``schedule`` x ``base_lrs`` (one per param group) the LRs from the scheduler's current step on.
+
+    The groups' LRs are set to ``base_lr * schedule(step)``, the expression ``LambdaLR`` itself uses,
+    so with unchanged settings a resumed run's LRs are bit-identical to the unbroken run's.
+    """
+    step = scheduler.last_epoch
+    scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+    scheduler.base_lrs = list(base_lrs)
+    for g, base in zip(optimizer.param_groups, base_lrs):
+        g["initial_lr"] = base
+        g["lr"] = base * schedule(step)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
