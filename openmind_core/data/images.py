@@ -106,7 +106,7 @@ def resolve_image(value: Any, root: Path, absolute: dict[str, str], problems: di
     if looks_inline(value):
         return ImageRef(data=_decode_base64(value))
     if windows_absolute(value):
-        raise Problem("windows_path", f"{value!r} is a Windows absolute path, which names no file on this "
+        raise Problem("windows_path", f"{value} is a Windows absolute path, which names no file on this "
                       "machine: give image paths relative to the JSONL's folder (e.g. images\\x.jpg)")
     if value in problems:
         raise Problem(problems[value], f"{value!r} resolves outside the JSONL's folder")

@@ -135,8 +135,8 @@ def _image_bytes(value: Any, base: Path | None) -> tuple[bytes | None, str]:
 def download(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
     """Every data set of ``data.hf`` (one mapping or a list) into one raw directory: a JSONL a data
     set (``captions.jsonl``, ``captions-1.jsonl``, ``vqa.jsonl``, ...) and its images."""
-    specs = [resolve(s.name, s.config_name, s.split, s.kind, s.columns, where)
-             for where, s in cfg.hf_sources()]
+    wheres = [where for where, _ in cfg.hf_sources()]
+    specs = [resolve(s.name, s.config_name, s.split, s.kind, s.columns, where) for where, s in cfg.hf_sources()]
     h = hashlib.sha256(stable_hash({"source": "hf", "sets": [s.describe() for s in specs]}).encode())
     loaded: list = []
     for spec in specs:
@@ -158,7 +158,7 @@ def download(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
         p = Path(spec.name).expanduser()
         if not done:
             ds = ds if ds is not None else _load_hf(spec.name, spec.config_name, spec.split)
-            ds = _checked(ds, spec, "data.hf" if len(specs) == 1 else f"data.hf[{i}]")
+            ds = _checked(ds, spec, wheres[i])
         n = names[spec.kind] = names.get(spec.kind, -1) + 1
         tables.append((table_name(spec.kind, n), spec, ds, p if p.is_dir() else p.parent if p.exists() else None))
 

@@ -6,11 +6,13 @@ sentid); config ``2014_captions`` gathers an image's captions in the list ``sent
 becomes one caption row per sentence.  ``HuggingFaceM4/VQAv2``: ``question``, the training target
 ``multiple_choice_answer``, and all ten ``answers`` (a list of {answer, answer_confidence,
 answer_id}) kept as ``answers.answer``.  A source's own ``kind`` and ``columns`` override the preset.
+A local copy (``save_to_disk`` or data files) in a folder ending in the hub id gets its preset too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 PRESETS: dict[str, dict] = {
     "HuggingFaceM4/COCO": {"kind": "caption", "columns": {"image": "image", "text": "sentences.raw"},
@@ -21,6 +23,11 @@ PRESETS: dict[str, dict] = {
 }
 FIELDS = {"caption": ("image", "text"), "vqa": ("image", "question", "answer", "answers")}
 OPTIONAL = {"answers"}  # fields whose column may be absent
+
+
+def preset_of(name: str) -> dict:
+    """The preset of a hub id, or of a local copy whose path ends in it (``.../HuggingFaceM4/COCO``)."""
+    return PRESETS.get(name) or PRESETS.get("/".join(Path(name).parts[-2:])) or {}
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ def resolve(name: str, config_name: str | None, split: str, kind: str | None, co
     user's own; an unknown field is an error naming it."""
     from openmind_core.data.lake import DataError
 
-    preset = PRESETS.get(name, {})
+    preset = preset_of(name)
     kind = kind or preset.get("kind") or "caption"
     mapping = {f: f for f in FIELDS[kind] if f not in OPTIONAL}
     if preset.get("kind") == kind:
