@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "validation split")
     src.add_argument("--hf", metavar="NAME", help="evaluate this Hugging Face data set (hub id or local directory)")
     v.add_argument("--split", default="validation", help="--hf split (default: validation)")
-    v.add_argument("--kind", choices=["vqa", "caption"], help="row kind of --jsonl/--hf data (JSONL: detected; hf: vqa)")
+    v.add_argument("--kind", choices=["vqa", "caption"], help="row kind of --jsonl/--hf data (JSONL: detected; hf: the data set's preset, else caption)")
     v.add_argument("--column", dest="columns", action="append", default=[], metavar="FIELD=COLUMN",
                    help="--hf column mapping, e.g. --column text=caption (repeatable)")
     v.add_argument("--out", metavar="FILE", help="where to write the report (default: PATH/eval.json)")
