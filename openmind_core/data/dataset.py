@@ -406,11 +406,21 @@ class VLMDataset(Dataset):
         from openmind_core.prompting import Encoded
 
         off, n, start, end, truncated, _ = (int(x) for x in self.index[index])
-        return Encoded(self.tokens[0, off: off + n].tolist(), self.tokens[1, off: off + n].tolist(),
-                       (start, end), bool(truncated))
+        ids, labels = self._full(off, n, start, end)
+        return Encoded(ids.tolist(), labels.tolist(), (start, end), bool(truncated))
+
+    def _full(self, off: int, n: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """A row's input_ids and labels (int64), its image placeholder run put back at ``[start, end)``."""
+        ids = self.tokens[0, off: off + n].astype(np.int64)
+        labels = self.tokens[1, off: off + n].astype(np.int64)
+        if end > start:
+            ids = np.concatenate([ids[:start], np.full(end - start, self.image_token_id, np.int64), ids[start:]])
+            labels = np.concatenate([labels[:start], np.full(end - start, IGNORE_INDEX, np.int64), labels[start:]])
+        return ids, labels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        off, n, _, _, _, slot = (int(x) for x in self.index[index])
+        off, n, start, end, _, slot = (int(x) for x in self.index[index])
+        ids, labels = self._full(off, n, start, end)
         if slot < 0:
             pixel_values = None
         elif self.pixels is not None:
@@ -420,8 +430,8 @@ class VLMDataset(Dataset):
                                             self.image_std, self.image_resample)
         return {
             "sample_id": self.sample_ids[index],
-            "input_ids": torch.from_numpy(self.tokens[0, off: off + n].astype(np.int64)),
-            "labels": torch.from_numpy(self.tokens[1, off: off + n].astype(np.int64)),
+            "input_ids": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
             "pixel_values": pixel_values,
         }
 

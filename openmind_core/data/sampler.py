@@ -22,14 +22,32 @@ restored position in that epoch's order, and from ``epoch + 1`` on when it was a
 before the position (it was seen again after an epoch boundary).  So the prefix of the restored
 epoch never changes and a skipped id is never drawn again.  The same (seed, epoch, skip set)
 always gives the same order.
+
+Memory: the ids are kept as one Arrow string column (a ``VLMDataset``'s memory-mapped column is
+used as it is), orders are numpy arrays, skips are applied with Arrow's ``is_in``, and iteration
+yields from the array: nothing per sample on the Python heap at a million rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Sampler
+
+
+def _id_column(sample_ids) -> pa.ChunkedArray:
+    column = getattr(sample_ids, "column", None)  # VLMDataset.sample_ids: its mapped Arrow column
+    if isinstance(column, pa.ChunkedArray):
+        return column
+    if isinstance(sample_ids, pa.ChunkedArray):
+        return sample_ids
+    if isinstance(sample_ids, pa.Array):
+        return pa.chunked_array([sample_ids])
+    return pa.chunked_array([pa.array([str(s) for s in sample_ids], pa.string())], pa.string())
 
 
 class ResumableSampler(Sampler[int]):
@@ -43,7 +61,7 @@ class ResumableSampler(Sampler[int]):
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.sample_ids = list(sample_ids)
+        self.sample_ids = _id_column(sample_ids)
         self.seed = seed
         self.shuffle = shuffle
         self.rank = rank
@@ -68,7 +86,7 @@ class ResumableSampler(Sampler[int]):
         start = self.start if start is None else int(start)
         offset = self.offset if offset is None else int(offset)
         world = self.world_size if world_size is None else int(world_size)
-        return min(offset + start * world, len(self.global_order(epoch)))
+        return min(offset + start * world, len(self._order(epoch)))
 
     def add_skip(self, ids: Iterable[str], epoch: int | None = None, start: int | None = None,
                  offset: int | None = None) -> None:
@@ -76,16 +94,19 @@ class ResumableSampler(Sampler[int]):
         epoch = self.epoch if epoch is None else int(epoch)
         start = self.start if start is None else int(start)
         offset = self.offset if offset is None else int(offset)
-        order = self.global_order(epoch)
-        first_pos: dict[str, int] = {}
-        for pos, idx in enumerate(order):
-            first_pos.setdefault(self.sample_ids[idx], pos)
+        new = [str(sid) for sid in dict.fromkeys(ids) if str(sid) not in self.skip]
+        if not new:
+            return
+        order = self._order(epoch)
+        position = np.full(len(self.sample_ids), np.iinfo(np.int64).max, np.int64)
+        position[order] = np.arange(len(order))  # each index's place in the epoch (max: not in it)
+        which = pc.index_in(self.sample_ids, value_set=pa.array(new, pa.string()))
+        hit = np.asarray(which.is_valid().to_numpy(zero_copy_only=False), bool)
+        first = np.full(len(new), np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(first, np.asarray(which.fill_null(0).to_numpy(zero_copy_only=False))[hit], position[hit])
         boundary = offset + start * self.world_size
-        for sid in ids:
-            if sid in self.skip:
-                continue
-            pos = first_pos.get(sid)
-            self.skip[sid] = epoch if pos is None or pos >= boundary else epoch + 1
+        for sid, pos in zip(new, first.tolist()):
+            self.skip[sid] = epoch if pos >= boundary else epoch + 1  # max (not in the epoch): from now on
 
     def skipped_ids(self) -> list[str]:
         return sorted(self.skip)
@@ -115,32 +136,41 @@ class ResumableSampler(Sampler[int]):
 
     # -- order ---------------------------------------------------------------------------
 
-    def global_order(self, epoch: int | None = None) -> list[int]:
-        """All ranks' dataset indices for the epoch (permuted, skips removed, not padded)."""
+    def _order(self, epoch: int | None = None) -> np.ndarray:
         epoch = self.epoch if epoch is None else epoch
-        order = list(range(len(self.sample_ids)))
+        n = len(self.sample_ids)
+        order = np.arange(n, dtype=np.int64)
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + epoch)
-            order = torch.randperm(len(order), generator=g).tolist()
-        if self.skip:
-            order = [i for i in order if self.skip.get(self.sample_ids[i], epoch + 1) > epoch]
+            order = torch.randperm(n, generator=g).numpy()
+        skipped = [sid for sid, first in self.skip.items() if first <= epoch]
+        if skipped:
+            drop = pc.is_in(self.sample_ids, value_set=pa.array(skipped, pa.string()))
+            order = order[~np.asarray(drop.to_numpy(zero_copy_only=False), bool)[order]]
         return order
+
+    def _epoch_order(self, epoch: int | None = None) -> np.ndarray:
+        keep = self._order(epoch)[self.offset:]
+        if self.world_size > 1 and len(keep):
+            pad = (-len(keep)) % self.world_size
+            keep = np.concatenate([keep, keep[:pad]])[self.rank:: self.world_size]
+        return keep
+
+    def global_order(self, epoch: int | None = None) -> list[int]:
+        """All ranks' dataset indices for the epoch (permuted, skips removed, not padded)."""
+        return self._order(epoch).tolist()
 
     def epoch_order(self, epoch: int | None = None) -> list[int]:
         """This rank's dataset indices for the epoch, from its beginning (after ``offset``)."""
-        keep = self.global_order(epoch)[self.offset :]
-        if self.world_size > 1 and keep:
-            pad = (-len(keep)) % self.world_size
-            keep = keep + keep[:pad]
-            keep = keep[self.rank :: self.world_size]
-        return keep
+        return self._epoch_order(epoch).tolist()
 
     def epoch_length(self, epoch: int | None = None) -> int:
-        return len(self.epoch_order(epoch))
+        return len(self._epoch_order(epoch))
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_order()[self.start :])
+        for i in self._epoch_order()[self.start:]:
+            yield int(i)
 
     def __len__(self) -> int:
         return max(self.epoch_length() - self.start, 0)

@@ -1,9 +1,11 @@
 """Every curated row tokenised once, kept off the Python heap in two memory-mapped ``.npy`` files.
 
 ``tokens-<key>-<tok>.npy`` is int32 ``[2, T]``: row 0 every sample's ``input_ids`` one after
-another, row 1 their ``labels`` (``-100`` where masked).  ``tokens-<key>-<tok>-index.npy`` is
-int64 ``[rows, 6]``: per row its offset into ``T``, its length, the image tokens' ``[start, end)``,
-whether it was truncated, and its image's slot in the pixel cache (``-1``: a text-only row).
+another, row 1 their ``labels`` (``-100`` where masked), each without its run of image placeholder
+ids (a constant: 729 of them at 384 px would be most of the file).  ``tokens-<key>-<tok>-index.npy``
+is int64 ``[rows, 6]``: per row its offset into ``T``, its stored length, where the image tokens
+go ``[start, end)`` in the full sequence, whether it was truncated, and its image's slot in the
+pixel cache (``-1``: a text-only row).
 Both live under ``<lake>/cache/<version>/`` beside the pixel cache; ``<tok>`` hashes what the
 tokens depend on (the tokenizer's vocabulary and template, the image token, its count, the text
 budget and ``prompting.py`` itself), so another tokenizer or prompt layout gets its own files.
@@ -35,7 +37,7 @@ from openmind_core.prompting import IMAGE_TAG, Encoded, encode_conversations, en
 log = logging.getLogger(__name__)
 
 CHUNK = 16_384  # rows tokenised per batch
-TOKENS_VERSION = 1  # bump when the file layout changes
+TOKENS_VERSION = 2  # bump when the file layout changes
 INDEX_FIELDS = ("offset", "length", "image_start", "image_end", "truncated", "image_slot")
 _PROMPTING = hashlib.sha256(inspect.getsource(prompting).encode()).hexdigest()[:16]
 
@@ -91,6 +93,12 @@ def _encode_chunk(part: pa.Table, slots: np.ndarray, tokenizer, num_image_tokens
     return out  # type: ignore[return-value]
 
 
+def _text(values: list[int], enc: Encoded):
+    """``values`` without the image's placeholder run."""
+    start, end = enc.image_positions
+    return chain(values[:start], values[end:]) if end > start else values
+
+
 def _encoded_chunks(table: pa.Table, slots: np.ndarray, tokenizer, num_image_tokens, image_token_id, max_length,
                     index: np.ndarray):
     """Yield (input_ids, labels) int32 arrays chunk by chunk, filling ``index`` as it goes."""
@@ -101,7 +109,9 @@ def _encoded_chunks(table: pa.Table, slots: np.ndarray, tokenizer, num_image_tok
             part = table.slice(lo, CHUNK)
             encs = _encode_chunk(part, slots[lo: lo + part.num_rows], tokenizer, num_image_tokens, image_token_id,
                                  max_length)
-            lengths = np.fromiter((len(e.input_ids) for e in encs), np.int64, len(encs))
+            # the image's run of placeholder ids is not stored: the index says where it goes
+            lengths = np.fromiter((len(e.input_ids) - (e.image_positions[1] - e.image_positions[0]) for e in encs),
+                                  np.int64, len(encs))
             rows = index[lo: lo + len(encs)]
             rows[:, 0] = offset + np.concatenate([[0], np.cumsum(lengths)[:-1]])
             rows[:, 1] = lengths
@@ -111,8 +121,8 @@ def _encoded_chunks(table: pa.Table, slots: np.ndarray, tokenizer, num_image_tok
             rows[:, 5] = slots[lo: lo + len(encs)]
             total = int(lengths.sum())
             offset += total
-            ids = np.fromiter(chain.from_iterable(e.input_ids for e in encs), np.int32, total)
-            labels = np.fromiter(chain.from_iterable(e.labels for e in encs), np.int32, total)
+            ids = np.fromiter(chain.from_iterable(_text(e.input_ids, e) for e in encs), np.int32, total)
+            labels = np.fromiter(chain.from_iterable(_text(e.labels, e) for e in encs), np.int32, total)
             bar.update(len(encs))
             yield ids, labels
     finally:
