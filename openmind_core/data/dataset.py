@@ -1,9 +1,7 @@
-"""Reading the curated lake: row helper, the map-style training dataset, its collator, inspection.
+"""The map-style training dataset over the curated lake, and its collator.
 
-``read_table`` / ``read_rows`` give the curated rows with ``image`` as plain bytes: the lake's
-Hugging Face image struct (``struct<bytes, path>``) is flattened, a text-only row's image is None,
-and lakes written before the struct (a plain binary column, no ``answers`` / ``conversation``
-columns) read the same way.
+Reading rows is ``curated.py`` (``read_table`` / ``read_rows``, re-exported here: ``image`` as
+bytes, None for a text-only row); ``openmind data inspect`` is ``inspection.py``.
 
 ``VLMDataset`` keeps nothing per row on the Python heap.  The text columns and the image column
 are memory-mapped from uncompressed Arrow copies under ``<lake>/cache/<version>/`` (written once
@@ -37,105 +35,37 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
 from schemas.artifacts import CuratedDataset
 
-from openmind_core.data.lake import CURATED_MANIFEST, read_json
+from openmind_core.data.curated import (  # noqa: F401  (read_table, read_rows, ... re-exported)
+    IMAGE_COLUMNS,
+    OPTIONAL_COLUMNS,
+    ROW_COLUMNS,
+    SPLITS,
+    TEXT_COLUMNS,
+    _filtered,
+    _read_shard,
+    _root,
+    flat_image,
+    read_rows,
+    read_table,
+    shard_paths,
+)
 from openmind_core.imaging import BICUBIC, normalise, preprocess_image, resized_pixels
 from openmind_core.progress import progress
-from openmind_core.prompting import IGNORE_INDEX, has_chat_template
+from openmind_core.prompting import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "answer",
-                "image_width", "image_height", "source_file", "source_line"]
-# columns of schema version 2; a lake written before them reads them as nulls
-OPTIONAL_COLUMNS = {"answers": pa.list_(pa.string()),
-                    "conversation": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))}
-ROW_COLUMNS = TEXT_COLUMNS + list(OPTIONAL_COLUMNS)
-IMAGE_COLUMNS = ["image", "image_sha256", "image_format"]
-SPLITS = ("train", "validation")
 PIXEL_CACHE_BYTES = 2 << 30  # decoded images up to this size are cached; above it, decoded per sample
 PIXELS_VERSION = 1  # bump when resized_pixels changes: old caches are then ignored
 ROWS_VERSION = 2  # bump when the mapped row columns change
 PIXEL_CHUNK = 256  # images a cache-building worker decodes per task
 PARALLEL_PIXELS = 20_000_000  # output pixels from which building the cache uses worker processes
-
-
-def _root(curated: CuratedDataset | str | Path) -> Path:
-    """A curated version's directory (a ``CuratedDataset``'s ``root``, or the path given)."""
-    return Path(curated.root) if isinstance(curated, CuratedDataset) else Path(curated)
-
-
-def shard_paths(curated: CuratedDataset | str | Path) -> list[Path]:
-    """The shards of a curated version (from its manifest, which must be complete)."""
-    if isinstance(curated, CuratedDataset):
-        return [Path(s) for s in curated.shards]
-    root = Path(curated)
-    manifest = read_json(root / CURATED_MANIFEST)
-    if manifest is None:
-        raise FileNotFoundError(f"{root} is not a complete curated lake version (no readable {CURATED_MANIFEST})")
-    return [root / s["path"] for s in manifest["shards"]]
-
-
-def flat_image(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
-    """The image column as nullable binary: the ``bytes`` of the Hugging Face image struct, or a
-    plain binary column as it is (lakes of schema version 1)."""
-    if isinstance(column, pa.Array):
-        column = pa.chunked_array([column])
-    if pa.types.is_struct(column.type):
-        if column.type.get_field_index("bytes") < 0:
-            raise ValueError(f"the image column is a struct without a 'bytes' field: {column.type}")
-        column = pc.struct_field(column, "bytes")  # null where the struct is null (text-only rows)
-    if pa.types.is_large_binary(column.type) or pa.types.is_string(column.type):
-        column = column.cast(pa.binary())
-    return column
-
-
-def _read_shard(path: Path, columns: list[str], with_images: bool) -> pa.Table:
-    names = set(pq.read_schema(path).names)
-    want = [c for c in columns if c in names] + ([c for c in IMAGE_COLUMNS if c in names] if with_images else [])
-    table = pq.read_table(path, columns=want)
-    for c in columns:
-        if c not in names:
-            if c not in OPTIONAL_COLUMNS:
-                raise ValueError(f"curated shard {path} has no column {c!r}")
-            table = table.append_column(c, pa.nulls(table.num_rows, OPTIONAL_COLUMNS[c]))
-    if with_images:
-        table = table.set_column(table.schema.get_field_index("image"), "image", flat_image(table["image"]))
-    return table.select(columns + (IMAGE_COLUMNS if with_images else []))
-
-
-def read_table(curated: CuratedDataset | str | Path, split: str | None = None,
-               kinds: Iterable[str] | None = None, with_images: bool = False,
-               columns: list[str] | None = None) -> pa.Table:
-    """The curated rows as one Arrow table, filtered by split and kind (``image`` as nullable bytes)."""
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-    columns = list(columns or ROW_COLUMNS)
-    tables = [_filtered(_read_shard(p, columns, with_images), split, kinds) for p in shard_paths(curated)]
-    if not tables:
-        return pa.table({c: pa.array([], OPTIONAL_COLUMNS.get(c, pa.string()))
-                         for c in columns + (IMAGE_COLUMNS if with_images else [])})
-    return pa.concat_tables(tables, promote_options="default")
-
-
-def read_rows(curated: CuratedDataset | str | Path, split: str | None = None,
-              kinds: Iterable[str] | None = None, with_images: bool = False) -> list[dict]:
-    """Curated rows as dicts (``image`` bytes, None for a text-only row, only with ``with_images=True``)."""
-    return read_table(curated, split, kinds, with_images).to_pylist()
-
-
-def _filtered(table: pa.Table, split: str | None, kinds: Iterable[str] | None) -> pa.Table:
-    if split is not None:
-        table = table.filter(pc.equal(table["split"], split))
-    if kinds is not None:
-        table = table.filter(pc.is_in(table["kind"], value_set=pa.array(list(kinds), pa.string())))
-    return table
 
 
 def _staging(path: Path) -> Path:
@@ -468,100 +398,4 @@ class Collator:
         }
 
 
-def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, n: int = 3) -> str:
-    """The ``openmind data inspect`` text: ``n`` decoded samples and one collated batch's shapes."""
-    from openmind_core.model.tokens import tokens_for_config
-
-    image_token = model_cfg.tokenizer.image_token
-    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-    if image_token_id is None or image_token_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {image_token!r} token (model.tokenizer.image_token)")
-    n_img = tokens_for_config(model_cfg)
-    split = "train"
-    args = (tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
-    from openmind_core.model.builder import image_processor_settings
-
-    mean, std, resample, _ = image_processor_settings(model_cfg.vision.pretrained)
-    kw = dict(pixel_cache_bytes=0, image_mean=mean, image_std=std, image_resample=resample)
-    try:  # a few samples: decode them, build no pixel cache
-        ds = VLMDataset(curated, split, *args, **kw)
-    except ValueError:
-        split = None
-        ds = VLMDataset(curated, None, *args, **kw)
-    # a mix of kinds when there are several
-    picks: list[int] = []
-    by_kind: dict[str, list[int]] = {}
-    for i, kind in enumerate(ds.kinds()):
-        by_kind.setdefault(kind, []).append(i)
-    while len(picks) < min(n, len(ds)):
-        for idx in by_kind.values():
-            if idx and len(picks) < n:
-                picks.append(idx.pop(0))
-    template = "the tokenizer's chat template" if has_chat_template(tokenizer) else "the fixed USER/ASSISTANT template"
-    lines = [f"curated lake: {_root(curated)}  split: {split or 'all'}  rows: {len(ds)}",
-             f"prompts: {template}",
-             f"image: {model_cfg.vision.img_size} px -> {n_img} image tokens ({image_token!r} id {image_token_id}); "
-             f"max_length {model_cfg.max_length} text tokens", ""]
-    items = []
-    for k, i in enumerate(picks, 1):
-        row, enc, item = ds.row(i), ds.encode_row(i), ds[i]
-        items.append(item)
-        start, end = enc.image_positions
-        spans = _label_spans(enc.labels)
-        targets = [tokenizer.decode(enc.input_ids[a:b]) for a, b in spans]
-        pv = item["pixel_values"]
-        image = ("none (a text-only row)" if pv is None else
-                 f"{row['image_width']}x{row['image_height']} -> pixel_values {tuple(pv.shape)} "
-                 f"range [{pv.min():.2f}, {pv.max():.2f}]")
-        lines += [f"[{k}] {row['kind']} {row['sample_id']} ({row['source_file']}:{row['source_line']}, {row['language']})",
-                  f"    image     {image}"]
-        if row["kind"] == "conversation" and row.get("conversation"):
-            roles = [t["role"] for t in row["conversation"]]
-            lines.append(f"    turns     {len(roles)}: {' '.join(roles)}"
-                         f"{' (trailing turns dropped to fit)' if enc.truncated and len(spans) < roles.count('assistant') else ''}")
-        # the whole sequence as the model sees it (chat template included), image tokens shown once;
-        # with several targets each is shown in its place as <target k>
-        shown, pos = "", 0
-        marks = [(start, end, f"<image x{end - start}>")] if end > start else []
-        if len(spans) > 1:
-            marks += [(a, b, f"<target {j}>") for j, (a, b) in enumerate(spans, 1)]
-        else:
-            marks += [(a, b, "") for a, b in spans]
-        for a, b, label in sorted(marks):
-            shown += tokenizer.decode(enc.input_ids[pos:a]) + label
-            pos = b
-        shown += tokenizer.decode(enc.input_ids[pos:])
-        n_target = sum(b - a for a, b in spans)
-        lines += [
-            f"    prompt    {shown!r}",
-            f"    target    " + (repr(targets[0]) if len(targets) == 1
-                                 else "  ".join(f"<target {j}> {t!r}" for j, t in enumerate(targets, 1))),
-            f"    tokens    {len(enc.input_ids)} total = {start} before the image + {end - start} image + "
-            f"{len(enc.input_ids) - start - (end - start) - n_target} other prompt "
-            f"+ {n_target} target{' (truncated)' if enc.truncated else ''}",
-        ]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = Collator(pad)(items)
-    lines += ["", "collated batch:"]
-    for key, value in batch.items():
-        if value is None:
-            lines.append(f"    {key:15s} None (every row text-only)")
-            continue
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else f"list[{len(value)}]"
-        dtype = str(value.dtype).replace("torch.", "") if isinstance(value, torch.Tensor) else "str"
-        lines.append(f"    {key:15s} {shape} {dtype}")
-    lines.append(f"    label tokens   {int((batch['labels'] != IGNORE_INDEX).sum())} of "
-                 f"{int(batch['attention_mask'].sum())} attended")
-    return "\n".join(lines)
-
-
-def _label_spans(labels: list[int]) -> list[tuple[int, int]]:
-    """[start, end) of each run of label (target) tokens."""
-    spans, start = [], None
-    for i, lab in enumerate(labels + [IGNORE_INDEX]):
-        if lab != IGNORE_INDEX and start is None:
-            start = i
-        elif lab == IGNORE_INDEX and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
+from openmind_core.data.inspection import inspect_samples  # noqa: E402,F401  (re-exported)
