@@ -271,7 +271,7 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
                                                         for b in batches]),
             ("ours: duplicate check", dedup),
             ("ours: ids + splits", lambda: [(content.hex_ids(d), content.splits_of(d, 0.1)) for d in digests]),
-            ("ours: write shards (14 columns)", write_ours),
+            ("ours: write shards (16 columns)", write_ours),
             ("ours: whole convert (threads on)", lambda: shutil.rmtree(
                 Path(convert(raw, cfg, tmp / f"l{time.perf_counter_ns()}").root).parent.parent)),
         ]

@@ -482,3 +482,28 @@ def test_an_image_shared_by_far_apart_rows_is_decoded_once(tmp_path, monkeypatch
     assert cache.get(ref.key, ref)[1].width == 16
     Path(inspected[0]).write_bytes(png((1, 2, 3)))
     assert cache.get(ref.key, ref) is None
+
+
+def test_vqa_answers_agree_in_both_paths(tmp_path, monkeypatch):
+    """An ``answers`` list: kept as given (or stripped), the target is ``answer`` or the most common."""
+    (tmp_path / "a.png").write_bytes(png())
+    j = json.dumps
+    rows = [j({"image": "a.png", "question": "q1", "answer": "red", "answers": ["red", "dark red"]}),
+            j({"image": "a.png", "question": "q2", "answers": ["2", "3", "3", "2", "3"]}),       # target: most common
+            j({"image": "a.png", "question": "q3", "answers": [" pad ", "x"], "answer": "x"}),   # stripped (slow path)
+            j({"image": "a.png", "question": "q4", "answer": "only"}),                           # answers: [answer]
+            j({"image": "a.png", "question": "q5", "answers": [1, 2]}),                           # wrong_type
+            j({"image": "a.png", "question": "q6", "answers": ["ok", ""]}),                       # empty_text
+            j({"image": "a.png", "question": "q7", "answers": []})]                               # missing_field
+    vqa = tmp_path / "v.jsonl"
+    vqa.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = []
+    for fast in (True, False):
+        monkeypatch.setattr(reader_mod, "FAST_PATH", fast)
+        cfg = DataConfig(source="jsonl", jsonl={"vqa": str(vqa)}, num_workers=1)
+        curated = convert(download(cfg, tmp_path / f"lake-{fast}"), cfg, tmp_path / f"lake-{fast}")
+        out.append((files_of(Path(curated.root)), curated.quarantine_by_reason))
+    assert out[0] == out[1] and out[0][1] == {"empty_text": 1, "missing_field": 1, "wrong_type": 1}
+    got = {r["question"]: (r["answer"], r["answers"]) for r in read_rows(curated)}
+    assert got == {"q1": ("red", ["red", "dark red"]), "q2": ("3", ["2", "3", "3", "2", "3"]),
+                   "q3": ("x", ["pad", "x"]), "q4": ("only", ["only"])}

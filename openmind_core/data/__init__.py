@@ -1,6 +1,6 @@
 """The data lake: sources -> raw JSONL + images -> validated, versioned Parquet -> torch datasets.
 
-``download`` (sources.py) brings a source into ``<lake>/raw/``; ``convert`` (convert.py) validates
+``download`` (sources/) brings a source into ``<lake>/raw/``; ``convert`` (convert.py) validates
 every row into ``<lake>/curated/<version>/`` and ``<lake>/quarantine/<version>/``; ``read_rows``,
 ``VLMDataset``, ``Collator`` and ``inspect_samples`` (dataset.py) read the lake for training and
 inference; ``ResumableSampler`` (sampler.py) keeps an epoch's position checkpointable.

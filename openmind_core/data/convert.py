@@ -161,6 +161,9 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
     if tally.rows_bad:
         log.warning("quarantined %d of %d rows (%s); see %s", tally.rows_bad, tally.rows_in,
                     ", ".join(f"{k}: {v}" for k, v in m["quarantine_by_reason"].items()), lake / m["quarantine_path"])
+    if m["normalised"]["crlf_lines"] or m["normalised"]["bom_files"]:
+        log.info("normalised %d CRLF line ends and %d leading byte-order marks (a file's format, not bad rows)",
+                 m["normalised"]["crlf_lines"], m["normalised"]["bom_files"])
     log.info("curated version %s: %d rows kept in %d shards (%s)", version, m["rows_kept"], len(m["shards"]), m["splits"])
     return _artifact(final, read_json(final / CURATED_MANIFEST) or m, lake, reused=False)
 
