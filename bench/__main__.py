@@ -13,6 +13,7 @@ slow.
     python -m bench                 # all, 3 repeats
     python -m bench --quick         # small sizes, 1 repeat (what the tests run)
     python -m bench model trainer   # only these
+    python bench/bench_dataset_memory.py --rows 1000000   # dataset memory at Week-2 scale (default 50,000)
 """
 
 from __future__ import annotations

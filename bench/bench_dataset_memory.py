@@ -1,6 +1,6 @@
 """Benchmark: the training dataset's resident memory per row, and loader images/s with no pixel cache.
 
-A caption lake of ``--rows`` rows (default 100,000; quick 20,000; ``--rows 1000000`` for the
+A caption lake of ``--rows`` rows (default 50,000; quick 20,000; ``--rows 1000000`` for the
 issue's Week-2 scale) is written straight with pyarrow in the curated layout of schema version 2
 (Hugging Face image struct, eight tiny PNGs reused), in a temporary directory.  Each measurement
 runs in a fresh interpreter:
@@ -197,7 +197,7 @@ def _spawn(lake: Path, layout: str, workers_check: bool = False, rate_images: in
 
 
 def run(quick: bool = False, rows: int | None = None) -> list[dict]:
-    rows = rows or (20_000 if quick else 100_000)
+    rows = rows or (20_000 if quick else 50_000)
     rate_images = 128 if quick else 1024
     root = Path(tempfile.mkdtemp(prefix="bench-dsmem-"))
     try:
