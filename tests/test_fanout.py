@@ -1,0 +1,91 @@
+"""Fan-out conversion: one job per raw file, merged into the same bytes a serial conversion writes.
+
+Three local ``data.hf`` entries whose rows overlap (a row of the first repeated in the second, and
+repeated again inside the second), with a bad image and a within-file duplicate, are converted
+serially (``convert``) and fanned out (in this process, then as Prefect tasks on a 2-worker Dask
+``LocalCluster``): the curated shards, manifest and quarantine must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from openmind_core.data import convert, download, fanout
+from schemas import DataConfig
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 10), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory):
+    import datasets
+
+    src = tmp_path_factory.mktemp("hf")
+    feats = datasets.Features({"img": datasets.Image(), "sentence": datasets.Value("string")})
+
+    def table(name, rows):
+        ds = datasets.Dataset.from_dict({"img": [{"bytes": b, "path": None} for b, _ in rows],
+                                         "sentence": [t for _, t in rows]}, features=feats)
+        ds.to_parquet(str(src / f"{name}.parquet"))
+        return {"name": str(src / f"{name}.parquet"), "split": "train", "columns": {"image": "img", "text": "sentence"}}
+
+    red, green, blue = _png((200, 0, 0)), _png((0, 200, 0)), _png((0, 0, 200))
+    entries = [
+        table("a", [(red, "a red square"), (green, "a green square"), (red, "a red square")]),  # dup in a
+        # b: a's first row again (a cross-file duplicate), then again inside b, a bad image, a new row
+        table("b", [(blue, "a blue square"), (red, "a red square"), (b"not an image", "broken"),
+                    (red, "a red square"), (green, "green again")]),
+        table("c", [(_png((9, 9, 9)), f"grey {i}") for i in range(4)] + [(blue, "a blue square")]),
+    ]
+    cfg = DataConfig(source="hf", hf=entries, num_workers=1, val_fraction=0.3)
+    lake = tmp_path_factory.mktemp("lake")
+    raw = download(cfg, lake)
+    serial = tmp_path_factory.mktemp("serial")
+    cur = convert(raw, cfg, serial)
+    return cfg, raw, serial, cur
+
+
+def test_fanned_out_conversion_has_the_serial_bytes(overlapping, tmp_path):
+    cfg, raw, serial, cur = overlapping
+    _, n, _ = fanout.plan(raw, cfg, tmp_path)
+    assert n == 3 and cur.quarantine_by_reason["duplicate"] == 4 and cur.rows_quarantined == 5
+    out = fanout.convert_serially(raw, cfg, tmp_path)
+    assert out.version == cur.version and out.rows_kept == cur.rows_kept and not out.reused
+    assert files_of(tmp_path / "curated") == files_of(serial / "curated")
+    assert files_of(tmp_path / "quarantine") == files_of(serial / "quarantine")
+    q = (tmp_path / out.quarantine_path.split(str(tmp_path) + "/")[-1]).read_text()
+    assert "same content as" in q and "broken" in q
+    assert not list((tmp_path / "curated").glob(".fanout-*"))  # the parts are cleaned up
+    assert fanout.convert_serially(raw, cfg, tmp_path).reused
+
+
+@pytest.mark.slow
+def test_prefect_tasks_on_a_two_worker_dask_cluster(overlapping, tmp_path, prefect_server):
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from tasks.fanout import fan_out_convert
+
+    cfg, raw, serial, cur = overlapping
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
+                                                     "processes": True, "dashboard_address": None}))
+    def fan() -> object:
+        return fan_out_convert(raw, cfg, str(tmp_path))
+
+    out = fan()
+    assert out is not None and out.version == cur.version
+    assert files_of(tmp_path / "curated") == files_of(serial / "curated")
+    assert files_of(tmp_path / "quarantine") == files_of(serial / "quarantine")
