@@ -1,6 +1,7 @@
 """The ``openmind`` command line.
 
     openmind run [--config FILE] [--set key=value ...] [--run-name NAME] [--lake DIR]
+                 [--task-runner thread|dask] [--dask-address tcp://HOST:8786]
     openmind data prepare [--config FILE] [--set ...] [--lake DIR]
     openmind data inspect [--config FILE] [--set ...] [--lake DIR] [-n 3]
     openmind estimate-memory [--config FILE] [--set ...] [--budget-gb 40]
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the Week-1 flow (download, convert, smoke, train, inference)")
     _common(p)
     p.add_argument("--run-name", metavar="NAME", help="run directory name; reuse it to resume")
+    p.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
+                   help="where the per-file conversion tasks run: threads (default) or Dask (a LocalCluster, "
+                        "or --dask-address); needs the dask extra")
+    p.add_argument("--dask-address", metavar="ADDR",
+                   help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --task-runner dask)")
     d = sub.add_parser("data", help="data lake commands").add_subparsers(dest="data_command", required=True)
     _common(d.add_parser("prepare", help="run download + JSONL->Parquet conversion only"))
     i = d.add_parser("inspect", help="show decoded samples and one collated batch (the guide's test_data_pipeline)")
@@ -183,7 +189,11 @@ def cmd_run(args) -> int:
     except ConfigError as e:
         raise UsageError(str(e)) from None
     console.set_resume_hint(console.resume_command(args.argv, name), lake / "runs" / name)
+    runner = _task_runner(args)
     from flows.week1 import week1  # imports prefect: only after the checks
+
+    if runner is not None:
+        week1 = week1.with_options(task_runner=runner)
 
     console.begin(lake, "run", args.debug)
     state = week1(config_path=args.config, overrides=args.overrides, run_name=name, lake=str(lake), return_state=True)
@@ -191,6 +201,18 @@ def cmd_run(args) -> int:
     print(summary(report))
     print(f"  prefect    flow run {name!r} (week1){console.flow_run_url(state)}")
     return 0 if report.passed else 1
+
+
+def _task_runner(args):
+    """``--task-runner`` / ``--dask-address`` as a Prefect task runner (None: the flow's default threads)."""
+    if args.task_runner == "thread" and not args.dask_address:
+        return None
+    from flows.runners import task_runner
+
+    try:  # an address means Dask
+        return task_runner("dask" if args.dask_address else args.task_runner, args.dask_address)
+    except (ImportError, ValueError) as e:
+        raise UsageError(str(e)) from None
 
 
 def summary(report) -> str:

@@ -24,6 +24,7 @@ from schemas import OpenMindConfig, Week1Report, load_config
 from tasks.convert import convert_task
 from tasks.download import download_task, input_stamp
 from tasks.events import emit_verdict
+from tasks.fanout import fan_out_convert
 from tasks.infer import inference_task
 from tasks.smoke import smoke_task
 from tasks.train import train_task
@@ -62,6 +63,7 @@ def week1(
     raw = download_task(cfg.data, str(lake_dir), cfg.run.seed, input_stamp(cfg.data))
     if not Path(raw.manifest).exists():  # the cached result outlived the lake: fetch again
         raw = download_task.with_options(refresh_cache=True)(cfg.data, str(lake_dir), cfg.run.seed, input_stamp(cfg.data))
+    fan_out_convert(raw, cfg.data, lake_dir)  # several raw files: one task each on the task runner, merged
     curated = convert_task(raw, cfg.data, str(lake_dir))
     if not all(Path(s).exists() for s in curated.shards):
         curated = convert_task.with_options(refresh_cache=True)(raw, cfg.data, str(lake_dir))

@@ -89,3 +89,22 @@ def test_prefect_tasks_on_a_two_worker_dask_cluster(overlapping, tmp_path, prefe
     assert out is not None and out.version == cur.version
     assert files_of(tmp_path / "curated") == files_of(serial / "curated")
     assert files_of(tmp_path / "quarantine") == files_of(serial / "quarantine")
+
+
+def test_cli_task_runner_options():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.cli import _task_runner, build_parser
+
+    parse = lambda *a: build_parser().parse_args(["run", *a])  # noqa: E731
+    assert _task_runner(parse()) is None  # the flow's own thread pool
+    local = _task_runner(parse("--task-runner", "dask"))
+    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] >= 1
+    remote = _task_runner(parse("--dask-address", "tcp://10.0.0.5:8786"))
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
+    from flows.runners import task_runner
+
+    assert isinstance(task_runner("thread"), ThreadPoolTaskRunner)
+    with pytest.raises(ValueError, match="choose one of"):
+        task_runner("ray")
