@@ -97,3 +97,17 @@ def test_statistics_and_encodings_only_where_asked(tmp_path):
     assert not blobs.is_stats_set  # min/max of free bytes prune nothing
     assert "DELTA_BINARY_PACKED" in ids.encodings
     assert pq.read_table(tmp_path / shard["path"]).equals(rows(20))
+
+
+def test_content_bytes_of_nested_columns():
+    """The HF image struct and list columns count their values' bytes (shards are sized by images)."""
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    turn = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    table = pa.table({
+        "image": pa.array([{"bytes": b"x" * 100, "path": None}, None, {"bytes": b"yy", "path": "a.png"}], image),
+        "answers": pa.array([["ab", "c"], None, []], pa.list_(pa.string())),
+        "conversation": pa.array([None, [{"role": "user", "content": "hello"}], None], turn),
+        "n": pa.array([1, 2, 3], pa.int64()),
+    })
+    assert content_bytes(table).tolist() == [100 + 3 + 0 + 8, 0 + 0 + 9 + 8, 2 + 5 + 0 + 8]
+    assert content_bytes(table.slice(1)).tolist() == [17, 15]  # offsets respected

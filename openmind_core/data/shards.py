@@ -40,12 +40,17 @@ def content_bytes(table: pa.Table) -> np.ndarray:
     their values), plus 8 per other column."""
     sizes = np.zeros(table.num_rows, dtype=np.int64)
     for col in table.columns:
-        sizes += _value_bytes(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        sizes += _value_bytes(col)
     return sizes
 
 
 def _value_bytes(arr: pa.Array) -> np.ndarray:
     t = arr.type
+    nested = pa.types.is_struct(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+    if nested and arr.null_count == len(arr):  # e.g. the conversation column of caption rows
+        return np.zeros(len(arr), dtype=np.int64)
     if pa.types.is_binary(t) or pa.types.is_string(t) or pa.types.is_large_binary(t) or pa.types.is_large_string(t):
         return pc.fill_null(pc.binary_length(arr), 0).to_numpy().astype(np.int64)
     if pa.types.is_struct(t):
