@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="generated,digits")
     ap.add_argument("--micro", default="1,2,4,8,16")
     ap.add_argument("--epochs", default="1,2,3,4,5")
+    ap.add_argument("--cells", default=None, help="data:micro:epochs,... instead of the full grid, in this order")
     ap.add_argument("--out", default=None)
     ap.add_argument("--lake", default=None, help="reuse a lake directory (default: a temporary one)")
     a = ap.parse_args(argv)
@@ -43,24 +44,34 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(a.lake or tmp)
-        for data in a.data.split(","):
-            if data == "generated":
-                over: list[str] = []
-            else:
-                cap, vqa = digits_jsonl(base / "digits_src")
-                over = ["data.source=jsonl", f"data.jsonl.captions={cap}", f"data.jsonl.vqa={vqa}"]
-            cfg, curated, tok = prepared(base / f"lake-{data}", over)
-            for micro in (int(x) for x in a.micro.split(",")):
-                for epochs in (int(x) for x in a.epochs.split(",")):
-                    t0 = time.time()
-                    losses, warm, res = train_trace(cfg, curated, tok, base / f"run-{data}-{micro}-{epochs}",
-                                                    [f"train.micro_batch_size={micro}", f"train.epochs={epochs}"])
-                    alarms = replay(losses, SpikeDetector.from_config(SpikeConfig(), start_step=warm))
-                    row = {"data": data, "micro_batch_size": micro, "epochs": epochs, "steps": len(losses),
-                           "alarms": len(alarms), "first": alarms[0] if alarms else None,
-                           "loss_first": losses[0], "loss_last": losses[-1], "seconds": round(time.time() - t0, 1)}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        if a.cells:
+            cells = [(d, int(m), int(e)) for d, m, e in (c.split(":") for c in a.cells.split(","))]
+        else:
+            cells = [(d, int(m), int(e)) for d in a.data.split(",") for m in a.micro.split(",")
+                     for e in a.epochs.split(",")]
+        prep = {}
+        for data, micro, epochs in cells:
+            if data not in prep:
+                if data == "generated":
+                    over: list[str] = []
+                else:
+                    cap, vqa = digits_jsonl(base / "digits_src")
+                    over = ["data.source=jsonl", f"data.jsonl.captions={cap}", f"data.jsonl.vqa={vqa}"]
+                prep[data] = prepared(base / f"lake-{data}", over)
+            cfg, curated, tok = prep[data]
+            t0 = time.time()
+            losses, warm, res = train_trace(cfg, curated, tok, base / f"run-{data}-{micro}-{epochs}",
+                                            [f"train.micro_batch_size={micro}", f"train.epochs={epochs}"])
+            alarms = replay(losses, SpikeDetector.from_config(SpikeConfig(), start_step=warm))
+            old = sum(losses[i] > 2 * sum(losses[i - 10:i]) / 10 for i in range(10, len(losses)))
+            row = {"data": data, "micro_batch_size": micro, "epochs": epochs, "steps": len(losses),
+                   "alarms": len(alarms), "first": alarms[0] if alarms else None, "old_rule_alarms": old,
+                   "loss_first": losses[0], "loss_last": losses[-1], "seconds": round(time.time() - t0, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            import shutil
+
+            shutil.rmtree(base / f"run-{data}-{micro}-{epochs}", ignore_errors=True)
     total = sum(r["alarms"] for r in rows)
     print(f"{len(rows)} trainings, {sum(r['steps'] for r in rows)} steps, {total} alarms (rollbacks)", flush=True)
     if a.out:

@@ -106,6 +106,19 @@ def test_poisoned_batch_is_rolled_back_and_skipped(poisoned):
     assert all(math.isfinite(r["loss"]) and r["loss"] < 20 for r in recs if "event" not in r)
 
 
+def test_rollback_lowers_the_lr_and_shows_in_the_summary(tmp_path):
+    from openmind_core.training.optim import Schedule
+    from openmind_core.training.trainer import summary_line
+
+    res = run_toy(tmp_path, make_cfg(spike={"lr_factor": 0.5}), poison={sid: 100.0 for sid in ids_of_step(6)[:2]})
+    assert [(e.step, e.restored_step, e.lr_scale) for e in res.rollbacks] == [(6, 4, 0.5)]
+    lrs = {r["step"]: r["lr"] for r in read_metrics(res.metrics_path) if "event" not in r}
+    sched = Schedule(1, 12)
+    assert lrs[4] == pytest.approx(3e-2 * sched(4)) and lrs[5] == pytest.approx(0.5 * 3e-2 * sched(5))
+    assert "1 rollbacks: step 6 -> 4 (16 samples skipped, LR x 0.5)" in summary_line(res)
+    assert res.state_restore_checked is True
+
+
 def test_rolled_back_run_equals_run_that_never_had_the_samples(poisoned, tmp_path):
     d, res, bad = poisoned
     state = json.loads((sorted((d / "checkpoints").glob("step-*"))[-1] / "trainer_state.json").read_text())

@@ -40,6 +40,10 @@ def test_result_files_and_metrics(clean):
     evals = [r["step"] for r in recs if r.get("event") == "eval"]
     ckpts = [r["step"] for r in recs if r.get("event") == "checkpoint"]
     assert evals == [4, 8, 12] and ckpts == [0, 4, 8, 12]  # optimizer steps only, never micro-batches
+    assert all(r["path"].endswith(f"step-{r['step']:08d}") for r in recs if r.get("event") == "checkpoint")
+    assert all("event" in r for r in recs if "loss" not in r or "val_loss" in r)  # every non-step line is an event
+    assert res.val_losses == [r["val_loss"] for r in recs if r.get("event") == "eval"] and len(res.val_losses) == 3
+    assert res.state_restore_checked is True and res.settings_changes == [] and res.peak_memory_bytes is None
     assert [c["step"] for c in calls] == [2, 4, 6, 8, 10, 12, 12]  # every log_every steps + the end
     for key in ("step", "total_steps", "epoch", "loss", "lr", "tokens_per_s"):
         assert key in calls[0]

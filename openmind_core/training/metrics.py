@@ -2,8 +2,9 @@
 
 ``metrics.jsonl`` holds one JSON object per optimizer step (``{"step", "loss", "lr", "grad_norm",
 "data_time", "step_time", "tokens_per_s", "skipped"}``) and event lines (``{"event": "eval" |
-"checkpoint" | "rollback" | "resume", "step", ...}``).  Every line has the trainer's ``step`` when
-it was written, so on resume (or rollback) ``truncate_after(step)`` drops what the restored state
+"checkpoint" | "rollback" | "rollback_refused" | "resume" | "settings_changed" |
+"world_size_changed", "step", ...}``; a ``checkpoint`` event per checkpoint written, with its
+``path``).  Every line has the trainer's ``step`` when it was written, so on resume (or rollback) ``truncate_after(step)`` drops what the restored state
 has not lived yet and the file never holds duplicates.  Only rank 0 writes.
 
 wandb: ``mode: disabled`` never imports wandb; otherwise ``wandb.init`` with the project and run
@@ -75,7 +76,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | None:
-    """Train loss per step, validation loss per eval, rollbacks as vertical lines (matplotlib Agg)."""
+    """Train loss per step, validation loss per eval, rollbacks (red) and resumes with new settings
+    (gray) as vertical lines, each named in the legend (matplotlib Agg)."""
     records = read_metrics(metrics_path)
     steps = [(r["step"], r["loss"]) for r in records if "event" not in r and r.get("loss") is not None
              and math.isfinite(r["loss"])]
@@ -91,12 +93,19 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
     evals = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval"]
     if evals:
         ax.plot([s for s, _ in evals], [v for _, v in evals], "o-", label="val loss")
-    for r in records:
+    for r in records:  # each rollback a dashed line at its spike, named in the legend
         if r.get("event") == "rollback":
-            ax.axvline(r.get("spike_step", r["step"]), color="red", linestyle="--", linewidth=0.8)
+            spike = r.get("spike_step", r["step"])
+            ax.axvline(spike, color="red", linestyle="--", linewidth=0.8,
+                       label=f"rollback: spike at step {spike} -> step {r.get('restored_step', r['step'])}")
+    for r in records:
+        if r.get("event") == "settings_changed":
+            ax.axvline(r["step"], color="gray", linestyle=":", linewidth=0.8, label=f"resume: {r['key']} changed")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one entry per label (several keys changed at one resume)
+    ax.legend(unique.values(), unique.keys(), fontsize="small")
     fig.tight_layout()
     out_png = Path(out_png)
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")

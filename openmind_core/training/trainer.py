@@ -11,14 +11,15 @@ decoder layers, LM, then the root — before the optimizer is built).  Each opti
    ``set_requires_gradient_sync(False)``);
 3. clip and read the pre-clip norm (under FSDP2 reduced over all ranks' shards) together with the
    step loss in ONE device sync;
-4. spike detector on the unscaled loss -> roll back; gradient check -> skip (no ``optimizer.step``:
-   parameters, Adam moments and Adam's step count untouched; the LR schedule still advances);
+4. spike detector on the unscaled loss (``guard.SpikeDetector``) -> roll back; gradient check ->
+   skip (no ``optimizer.step``: parameters, Adam moments and Adam's step count untouched; the LR
+   schedule still advances);
 5. log (metrics.jsonl, tqdm, progress callback, wandb); evaluate every ``eval_steps``; checkpoint
    every ``save_steps`` optimizer steps (never on micro-batches, never at step 0's loop entry).
 
 Resume is automatic: the newest valid checkpoint in ``run_dir/checkpoints`` is restored (weights,
-optimizer, scheduler, scaler, RNG, loader position, skip ledger, spike window) and the run
-continues as the unbroken run would have.  Frozen weights are not checkpointed: the caller must
+optimizer, scheduler, scaler, RNG, loader position, skip ledger, spike window) and, with
+unchanged settings, the run continues as the unbroken run would have.  Frozen weights are not checkpointed: the caller must
 rebuild the model identically (same seed / pretrained weights) before resuming.  A fresh run
 writes a step-0 checkpoint so a spike before the first periodic checkpoint can still roll back.
 Under FSDP2 every rank joins the gathers (``distributed.full_model_state_dict`` /
@@ -33,15 +34,17 @@ rank materialises only its shards; ``materialise=`` fills parameters built on th
 ``best/`` and ``final/`` of a sharded model are written from a gathered full state dict
 (``save_model_dir(..., state_dict=...)``).  fp16 + FSDP is refused (use bf16).
 
-Rollback: on a spike (or ``max_skipped_in_row`` skipped steps) the newest checkpoint from before
-the onset is restored, every sample id seen since it goes into the persistent skip ledger, the LR
-is optionally lowered, newer checkpoints are deleted and the restored one is rewritten with the
-ledger (so a crash right after a rollback does not forget it).  After ``max_rollbacks`` the run
-stops with ``TrainingError``.  Loader randomness: the DataLoader's worker seed comes from a
-generator seeded with (seed, epoch); datasets should derive any augmentation randomness from the
-sample, not from worker RNG, for resumes to be exact.
-"""
+The settings given to a resume take effect (new LRs, a rebuilt LR schedule, ...; see
+``resume``), each change a ``settings_changed`` event.  Rollback: see ``rollback``.  Loader
+randomness: the DataLoader's worker seed comes from a generator seeded with (seed, epoch); datasets
+should derive any augmentation randomness from the sample, not from worker RNG, for resumes to be
+exact.
 
+The parts live in their own modules: ``state`` (the typed ``TrainerState``), ``rng``,
+``evaluation``, ``rollback``, ``resume`` (checkpoint contents, restore, new settings,
+``check_resume``), ``checkpoint`` (the crash-safe files), ``guard``, ``optim``, ``precision``,
+``distributed``, ``metrics``.  This file is the loop.
+"""
 
 from __future__ import annotations
 
