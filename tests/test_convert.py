@@ -494,7 +494,8 @@ def test_vqa_answers_agree_in_both_paths(tmp_path, monkeypatch):
             j({"image": "a.png", "question": "q4", "answer": "only"}),                           # answers: [answer]
             j({"image": "a.png", "question": "q5", "answers": [1, 2]}),                           # wrong_type
             j({"image": "a.png", "question": "q6", "answers": ["ok", ""]}),                       # empty_text
-            j({"image": "a.png", "question": "q7", "answers": []})]                               # missing_field
+            j({"image": "a.png", "question": "q7", "answers": []}),                               # missing_field
+            j({"image": "a.png", "question": "q8", "answers": [{"answer": "b", "answer_id": 1}] * 2})]  # VQAv2 layout
     vqa = tmp_path / "v.jsonl"
     vqa.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = []
@@ -506,4 +507,4 @@ def test_vqa_answers_agree_in_both_paths(tmp_path, monkeypatch):
     assert out[0] == out[1] and out[0][1] == {"empty_text": 1, "missing_field": 1, "wrong_type": 1}
     got = {r["question"]: (r["answer"], r["answers"]) for r in read_rows(curated)}
     assert got == {"q1": ("red", ["red", "dark red"]), "q2": ("3", ["2", "3", "3", "2", "3"]),
-                   "q3": ("x", ["pad", "x"]), "q4": ("only", ["only"])}
+                   "q3": ("x", ["pad", "x"]), "q4": ("only", ["only"]), "q8": ("b", ["b", "b"])}

@@ -108,6 +108,8 @@ def parse_row(text: str, kind: str, max_text_chars: int) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise Problem("not_an_object", f"got a JSON {type(row).__name__}")
     answers = row.get("answers") if kind == "vqa" else None
+    if isinstance(answers, list) and answers and all(isinstance(a, dict) and "answer" in a for a in answers):
+        answers = [a["answer"] for a in answers]  # VQAv2's own layout: [{answer, answer_confidence, answer_id}]
     if answers is not None:
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
             raise Problem("wrong_type", f"'answers' must be a list of strings, got {_type_of(answers)}")
