@@ -145,12 +145,14 @@ def merge(raw: RawDataset, cfg: DataConfig, lake: str | Path, parts: list[FilePa
         for f, p in zip(files, parts):
             yield from _file_stream(f, p, cfg, raw_root, tally)
 
-    m = write_version(final, lake, version, manifest, cfg, tally, streams)
-    for p in parts:
-        shutil.rmtree(p.work, ignore_errors=True)
-    work_root = Path(parts[0].work).parent if parts else None
-    if work_root is not None and work_root.name.startswith(".fanout-") and not any(work_root.iterdir()):
-        work_root.rmdir()
+    try:
+        m = write_version(final, lake, version, manifest, cfg, tally, streams)
+    finally:  # the parts are scratch: gone whether the merge worked or not (a rerun converts again)
+        for p in parts:
+            shutil.rmtree(p.work, ignore_errors=True)
+        work_root = Path(parts[0].work).parent if parts else Path()
+        if work_root.name.startswith(".fanout-") and work_root.is_dir() and not any(work_root.iterdir()):
+            work_root.rmdir()
     return _artifact(final, read_json(final / CURATED_MANIFEST) or m, lake, reused=False)
 
 
