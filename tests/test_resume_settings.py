@@ -124,3 +124,11 @@ def test_check_resume_refuses_batch_and_seed_changes_before_anything_is_written(
     # another number of processes may bring another per-process batch (full state dicts are resharded)
     check_resume(tmp_path, load_config(overrides=["train.nproc=2", "train.micro_batch_size=8"]))
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_the_trainer_refuses_a_changed_batch_before_writing(tmp_path):
+    run_toy(tmp_path, make_cfg(max_steps=4))
+    files = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    with pytest.raises(ResumeError, match=r"batch: checkpoint '4x2', now '8x2'.*train.micro_batch_size"):
+        run_toy(tmp_path, make_cfg(max_steps=8, micro_batch_size=8))
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == files

@@ -4,8 +4,9 @@
 "data_time", "step_time", "tokens_per_s", "skipped"}``) and event lines (``{"event": "eval" |
 "checkpoint" | "rollback" | "rollback_refused" | "resume" | "settings_changed" |
 "world_size_changed", "step", ...}``; a ``checkpoint`` event per checkpoint written, with its
-``path``).  Every line has the trainer's ``step`` when it was written, so on resume (or rollback) ``truncate_after(step)`` drops what the restored state
-has not lived yet and the file never holds duplicates.  Only rank 0 writes.
+``path``).  Every line has the trainer's ``step`` when it was written, so on resume (or rollback)
+``truncate_after(step)`` drops what the restored state has not lived yet and the file never holds
+duplicates.  Only rank 0 writes.
 
 wandb: ``mode: disabled`` never imports wandb; otherwise ``wandb.init`` with the project and run
 name from the config (no entity: wandb's own default), offline by default.  No keys are logged.

@@ -210,8 +210,8 @@ class ProductionTrainer:
         path = self.ckpt.latest_valid() if self.is_main else None
         path = D.broadcast_object(str(path) if path else None)
         if path is not None:
-            self.metrics.truncate_after(int(Path(path).name.split("-")[1]))
-            self.restore(Path(path), resuming=True)
+            self.restore(Path(path), resuming=True)  # a refused resume (ResumeError) has written nothing
+            self.metrics.truncate_after(self.state.step)  # keeps the events restore wrote at this step
             self.resumed_from = self.state.step
             self.metrics.event("resume", self.state.step, path=path)
             log.info("resumed from %s (step %d, epoch %d)", path, self.state.step, self.state.epoch)
