@@ -362,6 +362,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``openmind`` command.  Called with ``argv`` (a test, a script): returns the exit code.  As the
+    command itself (no ``argv``) it exits as soon as everything is flushed (``console.exit_now``)."""
+    from flows.console import exit_now
+
+    code = _main(argv)
+    if argv is None:
+        exit_now(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     from flows.console import quiet_environment
 
     quiet_environment()  # telemetry, wandb's console output: before prefect or wandb load

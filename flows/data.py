@@ -7,6 +7,7 @@ from prefect import flow
 
 from flows.lake import resolve_lake
 from schemas import CuratedDataset, load_config
+from tasks.common import in_lake
 from tasks.convert import convert_task
 from tasks.download import download_task, input_stamp
 
@@ -16,5 +17,6 @@ def prepare_data(config_path: str | None = None, overrides: list[str] | None = N
                  lake: str | None = None) -> CuratedDataset:
     cfg = load_config(config_path, overrides)
     lake_dir = str(resolve_lake(lake))
-    raw = download_task(cfg.data, lake_dir, cfg.run.seed, input_stamp(cfg.data))
-    return convert_task(raw, cfg.data, lake_dir)
+    # results and cache records in <lake>/.prefect-results; a cache hit needs the stage's files in the lake
+    raw = in_lake(download_task, lake_dir)(cfg.data, lake_dir, cfg.run.seed, input_stamp(cfg.data))
+    return in_lake(convert_task, lake_dir)(raw, cfg.data, lake_dir)

@@ -17,11 +17,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from flows.lake import check_resumable, default_run_name, resolve_lake
+from flows.lake import check_resumable, default_run_name, record_inputs, resolve_lake
 from openmind_core.io import atomic_write_text
 from openmind_core.report import build_report, checklist_markdown
 from schemas import OpenMindConfig, Week1Report, load_config
 from tasks.convert import convert_task
+from tasks.common import in_lake
 from tasks.download import download_task, input_stamp
 from tasks.events import emit_verdict
 from tasks.fanout import fan_out_convert
@@ -30,15 +31,39 @@ from tasks.smoke import smoke_task
 from tasks.train import train_task
 
 def prepare_run_dir(cfg: OpenMindConfig, lake: Path, run_name: str) -> Path:
-    """Create ``<lake>/runs/<run>/`` and write the resolved config, unless it would resume another model."""
+    """Create ``<lake>/runs/<run>/`` and write the resolved config and the inputs' stamps, unless the run
+    would resume checkpoints of another model, other data or another batch (checked before any write)."""
     run_dir = lake / "runs" / run_name
     check_resumable(cfg, run_dir)  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
+    record_inputs(cfg, run_dir)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     return run_dir
 
 
-@flow(name="week1", log_prints=True, validate_parameters=True)
+def _flow_run_name() -> str:
+    """The flow run is named after the run directory (``--run-name``, ``run.name``, else a timestamp)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    if params.get("run_name"):
+        return params["run_name"]
+    try:
+        return load_config(params.get("config_path"), params.get("overrides")).run.name or default_run_name()
+    except Exception:  # a bad config fails in the flow body, with its message
+        return default_run_name()
+
+
+def _run_name(run_name: str | None, cfg: OpenMindConfig) -> str:
+    if run_name or cfg.run.name:
+        return run_name or cfg.run.name
+    from prefect.runtime import flow_run
+
+    name = flow_run.name  # the timestamp _flow_run_name chose, so the flow run and the run directory agree
+    return name if name and name.startswith("run-") else default_run_name()
+
+
+@flow(name="week1", flow_run_name=_flow_run_name, log_prints=True, validate_parameters=True)
 def week1(
     config_path: str | None = None,
     overrides: list[str] | None = None,
@@ -56,17 +81,14 @@ def week1(
     log = get_run_logger()
     cfg = load_config(config_path, overrides)  # ConfigError: nothing written yet
     lake_dir = resolve_lake(lake)
-    name = run_name or cfg.run.name or default_run_name()
+    name = _run_name(run_name, cfg)
     run_dir = prepare_run_dir(cfg, lake_dir, name)
     log.info("run %s in %s", name, run_dir)
 
-    raw = download_task(cfg.data, str(lake_dir), cfg.run.seed, input_stamp(cfg.data))
-    if not Path(raw.manifest).exists():  # the cached result outlived the lake: fetch again
-        raw = download_task.with_options(refresh_cache=True)(cfg.data, str(lake_dir), cfg.run.seed, input_stamp(cfg.data))
+    # results and cache records in <lake>/.prefect-results; a cache hit needs the stage's files in the lake
+    raw = in_lake(download_task, lake_dir)(cfg.data, str(lake_dir), cfg.run.seed, input_stamp(cfg.data))
     fan_out_convert(raw, cfg.data, lake_dir)  # several raw files: one task each on the task runner, merged
-    curated = convert_task(raw, cfg.data, str(lake_dir))
-    if not all(Path(s).exists() for s in curated.shards):
-        curated = convert_task.with_options(refresh_cache=True)(raw, cfg.data, str(lake_dir))
+    curated = in_lake(convert_task, lake_dir)(raw, cfg.data, str(lake_dir))
     smoke = smoke_task(cfg, curated, str(run_dir))
     training = train_task(cfg, curated, smoke, str(run_dir))
     inference = inference_task(cfg, curated, training)

@@ -111,7 +111,12 @@ def train_from_config(
     rank: int = 0,
     world_size: int = 1,
 ) -> TrainingResult:
-    """Build model and data from the config, train (resuming from ``run_dir`` when it can)."""
+    """Build model and data from the config, train (resuming from ``run_dir`` when it can).
+
+    Under the CLI a Ctrl-C or SIGTERM stops training at the next step boundary (``interrupt``): it
+    raises KeyboardInterrupt, the newest checkpoint stays the newest, and a rerun resumes from it.
+    """
+    from openmind_core import interrupt
     from openmind_core.model import load_tokenizer
     from openmind_core.training import CheckpointManager, ProductionTrainer
 
@@ -126,11 +131,22 @@ def train_from_config(
     model = build_model(cfg, tokenizer, device=None if sharded else D.device_for(local_rank))
     train, val, collate = build_datasets(cfg, curated, model)
     fingerprint = {"model": cfg.fingerprint("model"), "data": curated.version}
+    def report(info: dict) -> None:  # called at step boundaries: where a requested stop happens
+        interrupt.check()
+        if progress is not None:
+            progress(info)
+
     trainer = ProductionTrainer(
         model, train, val, collate, cfg.train, run_dir,
-        seed=cfg.run.seed, fingerprint=fingerprint, progress=progress, rank=rank, world_size=world_size,
+        seed=cfg.run.seed, fingerprint=fingerprint, progress=report, rank=rank, world_size=world_size,
     )
-    result = trainer.train()
+    with interrupt.deferred():
+        try:
+            result = trainer.train()
+        except Exception as e:  # e.g. loader workers killed by the same Ctrl-C: the stop, not a failure
+            if interrupt.requested():
+                raise KeyboardInterrupt from e
+            raise
     lora = cfg.model.lm.lora
     result.stage, result.started_from = cfg.model.stage, cfg.model.init_from
     result.lora = lora.model_dump(mode="json") if lora is not None else None

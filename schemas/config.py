@@ -363,6 +363,22 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+def _did_you_mean(loc: tuple) -> str:
+    """`` (did you mean 'lr'?)`` for an unknown key close to one the config section has (difflib)."""
+    import difflib
+
+    model: Any = OpenMindConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(str(part))
+        ann = field.annotation if field is not None else None
+        options = [t for t in (ann, *getattr(ann, "__args__", ())) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not options:  # a plain value, a dict
+            return ""
+        model = options[0]
+    close = difflib.get_close_matches(str(loc[-1]), list(getattr(model, "model_fields", {})), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem: ``config error: train.lr: Input should be greater than 0 (got -1)``."""
     lines = []
@@ -370,7 +386,7 @@ def format_validation_error(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(tuple(e["loc"]))
         got = e.get("input")
         shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{loc}: {msg}{shown}")
@@ -388,7 +404,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
     apply_overrides(data, overrides)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import task
@@ -11,13 +10,15 @@ from prefect.logging import get_run_logger
 
 from openmind_core.data import download
 from schemas import DataConfig, RawDataset
-from tasks.common import CACHED, md_table, retrying
+from tasks.common import cached, md_table, retrying
+from tasks.inputs import check_input_files, input_stamp  # noqa: F401  (input_stamp: re-exported)
 
 
-@task(name="download", **retrying(3), **CACHED)
+@task(name="download", **retrying(3), **cached("raw/*/*/manifest.json"))
 def download_task(data: DataConfig, lake: str, seed: int = 0, input_stamp: str = "") -> RawDataset:
     """``input_stamp`` (size and mtime of the user's input files) is only there for the cache key."""
     log = get_run_logger()
+    check_input_files(data)  # a directory, a missing or unreadable file: fails at once, no retry
     raw = download(data, Path(lake), seed=seed)
     log.info("raw %s: %d caption rows, %d VQA rows, %d images at %s%s", raw.source, raw.caption_rows,
              raw.vqa_rows, raw.images, raw.root, " (reused)" if raw.reused else "")
@@ -30,20 +31,3 @@ def download_task(data: DataConfig, lake: str, seed: int = 0, input_stamp: str =
         ]),
     )
     return raw
-
-
-def input_stamp(data: DataConfig) -> str:
-    """Size and mtime of every local input the source names, so a changed file misses the cache."""
-    parts = []
-    for _, p in data.input_paths():
-        path = Path(p).expanduser()
-        if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.is_file())
-            stat = [(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-            parts.append(f"{p}:{hashlib.sha256(repr(stat).encode()).hexdigest()[:16]}")
-        elif path.exists():
-            st = path.stat()
-            parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
-        else:
-            parts.append(f"{p}:missing")
-    return "|".join(parts)

@@ -12,7 +12,7 @@ from schemas import CuratedDataset, OpenMindConfig, SmokeReport
 @task(name="smoke-test")
 def smoke_task(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str) -> SmokeReport:
     report = run_smoke(cfg, curated, run_dir)
-    rows = "\n".join(f"| {'✅' if c.passed else '❌'} | {c.name} | {c.detail} | {c.seconds:.2f} s |"
+    rows = "\n".join(f"| {'PASS' if c.passed else '**FAIL**'} | {c.name} | {c.detail} | {c.seconds:.2f} s |"
                      for c in report.checks)
     create_markdown_artifact(
         key="week1-smoke",

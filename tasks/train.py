@@ -33,7 +33,8 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport,
         last["step"] = info.get("step")
         update_progress_artifact(progress_id, min(100.0, 100.0 * int(info.get("step", 0)) / total))
         log.info("step %s/%s  loss %.4f  lr %.2e  %s tok/s", info.get("step"), total, info.get("loss") or float("nan"),
-                 info.get("lr") or 0.0, f"{info['tokens_per_s']:.0f}" if info.get("tokens_per_s") else "-")
+                 info.get("lr") or 0.0, f"{info['tokens_per_s']:.0f}" if info.get("tokens_per_s") else "-",
+                 extra={"openmind_progress": True})  # on a terminal the tqdm bar shows it instead (flows/console.py)
 
     # H6 (issue 15.6): a GPU slot while training; trainer events (metrics.jsonl) forwarded as Prefect events
     run_name = Path(run_dir).name

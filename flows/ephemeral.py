@@ -1,0 +1,80 @@
+"""Prefect's temporary server, started in its own session so that Ctrl-C does not kill it.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary ("ephemeral") API server as a child process
+(``prefect.server.api.server.SubprocessASGIServer``).  That child shares the terminal's foreground
+process group, so a Ctrl-C killed it together with the flow, and the flow's last API calls (the
+Crashed state, the final logs) then retried for minutes against a dead server.  ``ensure_server()``
+starts the same server the same way, but in a new session (no controlling terminal, so no Ctrl-C)
+and registers it where Prefect looks for its ephemeral server: every client of this process uses it.
+
+It still dies with this process: Prefect stops it at exit (atexit), and, were this process killed
+with SIGKILL, the server notices its parent is gone (Linux: ``PR_SET_PDEATHSIG``; elsewhere a
+1-second poll) and shuts down.  Run as ``python -m flows.ephemeral PARENT_PID UVICORN_ARGS...``
+it is that server's entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+
+def ensure_server() -> str | None:
+    """Start the temporary server in its own session unless an API URL is configured; its API URL."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class OwnSessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            import prefect
+            from prefect.settings import get_current_settings
+
+            env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                   "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True)}
+            args = ["--app-dir", str(prefect.__module_path__.parent), "--factory",
+                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--log-level", "error", "--lifespan", "on"]
+            repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+            return subprocess.Popen([sys.executable, "-m", "flows.ephemeral", str(os.getpid()), *args], env=env,
+                                    start_new_session=True)
+
+    existing = SubprocessASGIServer._instances.get(None)
+    if existing is not None and existing.running:
+        return existing.api_url
+    server = OwnSessionServer()  # registered under port None: the instance Prefect's clients start and use
+    server.start()
+    return server.api_url
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this server (SIGTERM to itself: uvicorn's graceful shutdown) once ``parent`` is gone."""
+    import threading
+    import time
+
+    try:  # Linux: the kernel sends SIGTERM when the parent dies
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=poll, daemon=True, name="parent-watch").start()
+
+
+if __name__ == "__main__":
+    _watch_parent(int(sys.argv[1]))
+    sys.argv = ["uvicorn", *sys.argv[2:]]
+    from uvicorn.main import main as uvicorn_main
+
+    uvicorn_main()

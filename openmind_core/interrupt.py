@@ -1,0 +1,102 @@
+"""Ctrl-C and SIGTERM: training stops at the next step boundary, any other stage at once.
+
+The CLI calls ``install()`` on its main thread.  A terminal's Ctrl-C reaches the whole foreground
+process group (the CLI, data-loader workers, torchrun); a scheduler's SIGTERM usually the CLI only.
+Either way the first signal is recorded (``requested()``):
+
+- outside training it raises ``KeyboardInterrupt`` at once (Prefect marks the run Crashed);
+- inside ``deferred()`` (the train task) it only sets the flag: ``check()`` at the next step
+  boundary raises ``KeyboardInterrupt``, so no step is cut in half and the newest checkpoint (written
+  atomically anyway) stays the newest.  If no step boundary comes within ``GRACE`` seconds (a long
+  evaluation, a checkpoint of a large model), or a second signal arrives, it raises where it is.
+
+Prefect replaces the SIGTERM handler while a flow runs (``capture_sigterm``); ``deferred()`` puts
+ours back for the length of training and restores Prefect's afterwards.  No prefect import here.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+GRACE = 3.0  # seconds a deferred stop waits for a step boundary before it interrupts where it is
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _State:
+    signum: int | None = None  # the first signal received
+    count = 0
+    deferring = 0
+    installed = False
+    raised = False  # the stop has been raised: a pending grace timer does nothing
+
+
+_state = _State()
+
+
+def requested() -> int | None:
+    """The signal that asked the run to stop (``signal.SIGINT`` / ``SIGTERM``), or None."""
+    return _state.signum
+
+
+def exit_code() -> int:
+    """130 for Ctrl-C (SIGINT), 143 for SIGTERM: 128 + the signal number, as a shell reports it."""
+    return 128 + int(_state.signum or signal.SIGINT)
+
+
+def reset() -> None:
+    _state.signum, _state.count, _state.raised = None, 0, False
+
+
+def _handler(signum, frame) -> None:
+    if _state.signum is None:
+        _state.signum = signum
+    _state.count += 1
+    if _state.deferring and _state.count == 1:
+        timer = threading.Timer(GRACE, _force)
+        timer.daemon = True
+        timer.start()
+        return
+    _state.raised = True
+    raise KeyboardInterrupt
+
+
+def _force() -> None:
+    if not _state.raised and _state.deferring:  # still waiting for a step boundary
+        _thread.interrupt_main(signal.SIGINT)  # runs _handler on the main thread: count 2 -> raise
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM through this module (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in SIGNALS:
+        signal.signal(s, _handler)
+    _state.installed = True
+
+
+def check() -> None:
+    """At a step boundary: stop here if a signal asked for it."""
+    if _state.signum is not None:
+        _state.raised = True
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within: a signal only sets the flag (see the module docstring).  Outside the CLI (no ``install``,
+    or not the main thread: a worker's deployment run, a notebook) it changes nothing."""
+    if not _state.installed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    _state.deferring += 1
+    try:
+        yield
+    finally:
+        _state.deferring -= 1
+        for s, h in previous.items():
+            signal.signal(s, h)
