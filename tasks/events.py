@@ -231,11 +231,12 @@ def emit_training_finished(result, run_name: str, run_dir: str | Path) -> None:
 
 
 def emit_verdict(report) -> None:
-    """``openmind.run.passed`` or ``openmind.run.failed`` with each criterion's pass/fail."""
+    """``openmind.run.passed`` (no criterion failed) or ``openmind.run.failed``, with each criterion's
+    status (pass / fail / not measured) and the names of those that failed."""
     name = RUN_PREFIX + ("passed" if report.passed else "failed")
     emit(name, report.run_name, {
         "passed": report.passed,
-        "criteria": {c.name: c.passed for c in report.criteria},
-        "failed": [c.name for c in report.criteria if not c.passed],
+        "criteria": {c.name: getattr(c, "status", "pass" if c.passed else "fail") for c in report.criteria},
+        "failed": [c.name for c in report.criteria if getattr(c, "failed", not c.passed)],
         "report": str(Path(report.run_dir) / "report.json"),
     }, report.run_dir)

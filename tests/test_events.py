@@ -64,7 +64,9 @@ def test_trainer_events_reach_the_server_related_to_the_flow_run(prefect_server,
             res = run_toy(tmp_path, make_cfg(), poison={sid: 100.0 for sid in step_ids(6)[:2]},
                           nan_ids={step_ids(3)[0]})
         emit_verdict(SimpleNamespace(passed=False, run_name=run_name, run_dir=str(tmp_path),
-                                     criteria=[SimpleNamespace(name="loss fell", passed=False)]))
+                                     criteria=[SimpleNamespace(name="loss fell", status="fail", passed=False, failed=True),
+                                               SimpleNamespace(name="fits 40 GB", status="not measured", passed=False,
+                                                               failed=False)]))
         assert fwd.emitted >= 3 and len(res.rollbacks) == 1 and res.skipped_steps >= 1
         return str(flow_run.id)
 
@@ -86,6 +88,7 @@ def test_trainer_events_reach_the_server_related_to_the_flow_run(prefect_server,
     assert next(p for n, p in got if n == "openmind.train.skipped_step")["step"] == 3
     verdict = next(p for n, p in got if n == "openmind.run.failed")
     assert verdict["failed"] == ["loss fell"] and verdict["passed"] is False
+    assert verdict["criteria"] == {"loss fell": "fail", "fits 40 GB": "not measured"}
     for e in events:
         assert e.resource.id == f"openmind.run.{run_name}" and e.resource.name == run_name
         assert f"prefect.flow-run.{flow_run_id}" in {r.id for r in e.related}, e
