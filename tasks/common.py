@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
-from prefect.utilities.hashing import hash_objects
 from prefect.tasks import exponential_backoff
 
 from schemas import ConfigError
@@ -18,31 +18,53 @@ RESULTS_DIR = ".prefect-results"  # under the lake: task results and cache recor
 
 
 @dataclass
-class LakeContents(CachePolicy):
-    """Part of a stage's cache key: the outputs now in the lake (``<lake>/<pattern>``: names and sizes).
+class LakeChecked(CachePolicy):
+    """``base``'s key, but a cached result whose files in the lake are gone is forgotten first.
 
-    A stage's cached result names files in the lake; once they are deleted or replaced, the key
-    changes and the stage runs again (the core functions are idempotent: what still exists is
-    reused).  So a cached result whose files are gone is never reported as done.
+    The result record (``<lake>/.prefect-results/<key>``) names files in the lake; when one of them is
+    deleted or moved, the record is removed before Prefect looks it up, so the stage runs again (the
+    core functions are idempotent: whatever still exists is reused) and a result pointing at nothing
+    is never reported as done.
     """
 
-    pattern: str = ""
+    base: CachePolicy | None = None
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
+        key = self.base.compute_key(task_ctx, inputs, flow_parameters, **kwargs) if self.base else None
         lake = (inputs or {}).get("lake")
-        if not lake:
-            return None
-        root = Path(lake)
-        found = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.glob(self.pattern) if p.is_file())
-        return hash_objects({"lake": str(root), "files": found})
+        if key is not None and lake:
+            record = Path(lake) / RESULTS_DIR / key
+            if record.is_file() and _missing_files(record, Path(lake)):
+                record.unlink(missing_ok=True)
+        return key
 
 
-def lake_cache(pattern: str) -> CachePolicy:
-    """Re-running a stage is skipped only when its inputs, its code and its outputs in the lake are the
-    same: the default policy also keys on the flow-run id, so a rerun would miss."""
-    return INPUTS + TASK_SOURCE + LakeContents(pattern=pattern)
+def _missing_files(record: Path, lake: Path) -> bool:
+    """True when the persisted result in ``record`` names a path under ``lake`` that no longer exists."""
+    try:
+        result = json.loads(json.loads(record.read_text())["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # unreadable: not worth trusting
+    prefix = str(lake).rstrip("/") + "/"
 
+    def paths(v: Any):
+        if isinstance(v, str) and v.startswith(prefix):
+            yield v
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from paths(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from paths(x)
+
+    return any(not Path(p).exists() for p in paths(result))
+
+
+def lake_cache() -> CachePolicy:
+    """Re-running a stage is skipped only when its inputs and code are the same (the default policy also
+    keys on the flow-run id, so a rerun would miss) and the files its cached result names still exist."""
+    return LakeChecked(base=INPUTS + TASK_SOURCE)
 
 
 def lake_storage(lake: str | Path) -> Path:
@@ -70,10 +92,9 @@ def retrying(retries: int) -> dict:
                 retry_condition_fn=retry_transient)
 
 
-def cached(pattern: str) -> dict:
-    """Task options for a stage whose result later flow runs reuse: cached on inputs + task source + its
-    outputs in the lake (``pattern`` under the lake), the result persisted as JSON (``in_lake``: in the lake)."""
-    return dict(cache_policy=lake_cache(pattern), persist_result=True, result_serializer="json")
+# A stage whose result later flow runs reuse: cached on inputs + task source while the files it names
+# exist, the result persisted as JSON (``in_lake``: in the lake).
+CACHED = dict(cache_policy=lake_cache(), persist_result=True, result_serializer="json")
 
 
 # OSErrors that say the path is wrong, not that the disk or network hiccuped

@@ -10,10 +10,10 @@ from prefect.logging import get_run_logger
 
 from openmind_core.data import convert
 from schemas import CuratedDataset, DataConfig, RawDataset
-from tasks.common import cached, md_table, retrying
+from tasks.common import CACHED, md_table, retrying
 
 
-@task(name="convert", **retrying(2), **cached("curated/*/*"))
+@task(name="convert", **retrying(2), **CACHED)
 def convert_task(raw: RawDataset, data: DataConfig, lake: str) -> CuratedDataset:
     log = get_run_logger()
     cur = convert(raw, data, Path(lake))

@@ -10,11 +10,11 @@ from prefect.logging import get_run_logger
 
 from openmind_core.data import download
 from schemas import DataConfig, RawDataset
-from tasks.common import cached, md_table, retrying
+from tasks.common import CACHED, md_table, retrying
 from tasks.inputs import check_input_files, input_stamp  # noqa: F401  (input_stamp: re-exported)
 
 
-@task(name="download", **retrying(3), **cached("raw/*/*/manifest.json"))
+@task(name="download", **retrying(3), **CACHED)
 def download_task(data: DataConfig, lake: str, seed: int = 0, input_stamp: str = "") -> RawDataset:
     """``input_stamp`` (size and mtime of the user's input files) is only there for the cache key."""
     log = get_run_logger()

@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO
 
 SMALL = [
-    "data.synthetic.num_captions=96", "data.synthetic.num_vqa=48", "train.micro_batch_size=4", "train.epochs=4",
+    "data.synthetic.num_captions=48", "data.synthetic.num_vqa=24", "train.micro_batch_size=4", "train.epochs=2",
     "train.save_steps=4", "train.eval_steps=100", "train.log_every=1", "inference.max_samples=4",
     "inference.max_new_tokens=2",
 ]
@@ -212,4 +212,4 @@ def test_ctrl_c_on_a_terminal_stops_within_5_s_and_the_rerun_resumes(prefect_ser
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a criterion of the tiny run not met
     report = json.loads((run_dir / "report.json").read_text())
     assert report["training"]["resumed_from_step"] >= resumed_from
-    assert report["training"]["epochs_completed"] == 4
+    assert report["training"]["epochs_completed"] == 2
