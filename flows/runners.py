@@ -27,8 +27,11 @@ def task_runner(kind: str = "thread", address: str | None = None, workers: int |
         raise ImportError("--task-runner dask needs prefect-dask: .venv/bin/pip install -e '.[dask]'") from None
     if address:
         return DaskTaskRunner(address=address)
+    import logging
     import os
 
+    # a temporary cluster's workers are killed at the end of the run: not worth a warning per worker
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     n = workers or min(4, os.cpu_count() or 1)
     return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                                           "dashboard_address": None})
