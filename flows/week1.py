@@ -33,8 +33,11 @@ from tasks.train import train_task
 def prepare_run_dir(cfg: OpenMindConfig, lake: Path, run_name: str) -> Path:
     """Create ``<lake>/runs/<run>/`` and write the resolved config and the inputs' stamps, unless the run
     would resume checkpoints of another model, other data or another batch (checked before any write)."""
+    from openmind_core.training.resume import check_resume
+
     run_dir = lake / "runs" / run_name
-    check_resumable(cfg, run_dir)  # before anything is written
+    check_resumable(cfg, run_dir)  # before anything is written: model, data, inputs, seed, batch
+    check_resume(run_dir, cfg)  # the trainer's own early check of the newest checkpoint's fingerprint
     run_dir.mkdir(parents=True, exist_ok=True)
     record_inputs(cfg, run_dir)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
