@@ -251,7 +251,8 @@ class SpikeConfig(Strict):
     window: int = Field(64, ge=2, description="good losses in the rolling mean and deviation")
     min_history: int = Field(16, ge=1, description="good losses (after the LR warm-up) before any is judged")
     rel_floor: float = Field(0.05, ge=0.0, description="the deviation is at least rel_floor x the rolling mean")
-    patience: int = Field(3, ge=1, description="consecutive bad steps that make a spike")
+    patience: int = Field(8, ge=1, description="consecutive bad steps that make a spike (a bump that recovers "
+                          "sooner is no rollback)")
     factor: float = Field(10.0, gt=1.0, description="one loss above factor x the window's largest is a spike at once")
     max_skipped_in_row: int = Field(3, ge=1, description="skipped steps in a row that count as a spike")
     max_rollbacks: int = Field(3, ge=0)

@@ -67,6 +67,31 @@ def test_detector_floor_instant_spikes_and_warmup():
     assert [v.spike for v in vs] == [False] * 5 + [True] and list(warm.history) == [1.0, 1.0]
 
 
+# steps 240-330 of a real clean training (digit scans, micro-batch 8, 5 epochs, LR 3e-3): at step 307
+# the loss jumps from 0.73 to 2.0 for 4 steps at 9-13 sigma and recovers by itself within 10 steps
+SELF_RECOVERING_BUMP = [
+    0.6814, 0.7323, 0.887, 0.7878, 0.822, 0.7576, 0.8578, 0.9021, 0.7109, 0.6404, 0.7172, 0.9211, 0.8414, 0.8237,
+    0.7367, 0.9088, 0.5837, 0.7489, 0.6404, 0.7186, 0.7097, 0.8208, 0.8945, 0.714, 0.7617, 0.6567, 0.7963, 0.7868,
+    0.6989, 0.642, 0.6036, 0.706, 0.5881, 0.7622, 0.5201, 0.6362, 0.7404, 0.8207, 0.6247, 0.6556, 0.803, 0.8047,
+    0.8916, 0.6878, 0.8648, 0.6335, 1.5253, 0.7193, 0.6681, 0.6158, 0.849, 0.7703, 0.6279, 0.7304, 0.7675, 0.6232,
+    0.7836, 0.6753, 0.5913, 0.7663, 0.6257, 0.8331, 0.6243, 0.7456, 0.5993, 0.6334, 0.7313, 2.0206, 1.83, 1.6019,
+    1.8163, 1.288, 1.1363, 1.3862, 0.9936, 1.3618, 0.8181, 0.7191, 0.8329, 0.7282, 0.6573, 0.7836, 0.6315, 0.9198,
+    0.7588, 0.7313, 0.8384, 0.7613, 0.6868, 0.7717, 0.7375]
+
+
+def test_a_self_recovering_bump_on_clean_data_is_no_spike_but_a_divergence_is():
+    from openmind_core.training.guard import replay
+    from schemas.config import SpikeConfig
+
+    assert replay(SELF_RECOVERING_BUMP, SpikeDetector.from_config(SpikeConfig())) == []
+    assert replay(SELF_RECOVERING_BUMP, SpikeDetector.from_config(SpikeConfig(patience=3)))  # patience 3 rolled back
+    old = [i for i in range(10, len(SELF_RECOVERING_BUMP))  # the rule before issue 14: 2x a 10-step mean
+           if SELF_RECOVERING_BUMP[i] > 2 * sum(SELF_RECOVERING_BUMP[i - 10:i]) / 10]
+    assert old
+    diverged = SELF_RECOVERING_BUMP[:60] + [2.0 + 0.1 * i for i in range(12)]
+    assert [(s, o) for s, o, _ in replay(diverged, SpikeDetector.from_config(SpikeConfig()))] == [(68, 61)]
+
+
 def test_default_lowers_the_lr_after_a_rollback():
     from schemas.config import SpikeConfig
 
