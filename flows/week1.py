@@ -105,5 +105,5 @@ def week1(
     create_markdown_artifact(key="week1-checklist", markdown=checklist_markdown(report),
                              description="the guide's Week-1 success criteria")
     for c in report.criteria:
-        log.info("%s %s: %s", "PASS" if c.passed else "FAIL", c.name, c.evidence)
+        log.info("%s %s: %s", c.status.upper(), c.name, c.evidence)
     return report
