@@ -35,15 +35,20 @@ class PipelineError(RuntimeError):
 
 
 def tokenizer_corpus(curated: CuratedDataset) -> list[str]:
-    """The texts a trained tokenizer learns from: train-split captions, questions, answers, templates."""
+    """The texts a trained tokenizer learns from: train-split captions, questions, answers,
+    conversation turns (without their ``<image>`` tag), templates."""
     from openmind_core.data import read_rows
-    from openmind_core.prompting import CAPTION_INSTRUCTION, format_prompt
+    from openmind_core.prompting import CAPTION_INSTRUCTION, IMAGE_TAG, format_prompt
 
     texts: list[str] = [format_prompt(i) for i in CAPTION_INSTRUCTION.values()]
     for row in read_rows(curated, split="train"):
         for key in ("text", "question", "answer"):
             if row.get(key):
                 texts.append(row[key])
+        for turn in row.get("conversation") or ():
+            content = (turn.get("content") or "").replace(IMAGE_TAG, " ").strip()
+            if content:
+                texts.append(content)
     return texts
 
 

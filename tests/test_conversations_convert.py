@@ -136,3 +136,18 @@ def test_image_tag_in_caption_and_vqa_text_is_quarantined(tmp_path):
     cfg = DataConfig(source="jsonl", jsonl={"captions": str(caps), "vqa": str(vqa)}, num_workers=1)
     curated = convert(download(cfg, tmp_path / "lake"), cfg, tmp_path / "lake")
     assert curated.rows_kept == 2 and curated.quarantine_by_reason == {"image_tag_in_text": 4}
+
+
+def test_a_trained_tokenizer_learns_conversation_turns(tmp_path):
+    from openmind_core.pipeline import tokenizer_corpus
+
+    (tmp_path / "a.png").write_bytes(png((200, 0, 0)))
+    jsonl = write(tmp_path / "conv.jsonl", [
+        llava(("human", "<image>\nWhat colour is this?"), ("gpt", "Vermilion, quite plainly.")),
+        llava(("human", "Say hello."), ("gpt", "Hello there!"), image=None),
+    ])
+    curated, _ = _convert(tmp_path, jsonl)
+    corpus = tokenizer_corpus(curated)
+    train_text = " ".join(t["content"] for r in read_rows(curated, split="train") for t in r["conversation"])
+    assert train_text and all(w in " ".join(corpus) for w in train_text.replace("<image>", " ").split())
+    assert not any("<image>" in t for t in corpus)
