@@ -215,6 +215,34 @@ def _task_runner(args):
         raise UsageError(str(e)) from None
 
 
+def raw_rows(raw) -> str:
+    """'1000 caption + 500 VQA rows', with conversation rows when there are any."""
+    conv = getattr(raw, "conversation_rows", 0)
+    return (f"{raw.caption_rows} caption + {raw.vqa_rows} VQA" + (f" + {conv} conversation" if conv else "")
+            + " rows")
+
+
+def normalised_note(cur) -> str:
+    """'; normalised 12 CRLF line ends, 1 BOM' when a Windows-written file was read, else ''."""
+    n = cur.normalised or {}
+    if not (n.get("crlf_lines") or n.get("bom_files")):
+        return ""
+    return f"; normalised {n.get('crlf_lines', 0)} CRLF line ends, {n.get('bom_files', 0)} BOM"
+
+
+def training_events(t) -> list[str]:
+    """The trainer's rollbacks and resume-time settings changes, one line each (nothing on a clean run)."""
+    lines = []
+    for e in t.rollbacks:
+        lines.append(f"rollback at step {e.step} -> step {e.restored_step}: {e.reason} "
+                     f"({e.skipped_samples} samples skipped, LR x {e.lr_scale:.3g})")
+    for c in t.settings_changes:
+        lines.append(f"resumed with {c['key']} {c['old']!r} -> {c['new']!r} at step {c['step']}")
+    if t.skipped_steps:
+        lines.append(f"{t.skipped_steps} optimizer step(s) skipped (reasons in metrics.jsonl)")
+    return lines
+
+
 def summary(report) -> str:
     t, inf, cur = report.training, report.inference, report.curated
     from openmind_core.evaluation import summary_lines
@@ -223,14 +251,16 @@ def summary(report) -> str:
     lines = [
         "",
         f"OpenMind week1 — run {report.run_name}: {verdict(report)}",
-        f"  download   {report.raw.caption_rows} caption + {report.raw.vqa_rows} VQA rows ({report.raw.source})"
+        f"  download   {raw_rows(report.raw)} ({report.raw.source})"
         f"{' [reused]' if report.raw.reused else ''}",
-        f"  convert    {cur.rows_kept} kept, {cur.rows_quarantined} quarantined; splits {cur.splits}",
+        f"  convert    {cur.rows_kept} kept, {cur.rows_quarantined} quarantined; splits {cur.splits}"
+        + normalised_note(cur),
         f"  smoke      {sum(c.passed for c in report.smoke.checks)}/{len(report.smoke.checks)} checks passed; "
         f"{report.smoke.total_params:,} params ({report.smoke.trainable_params:,} trainable)",
         f"  train      {t.steps} steps, {t.epochs_completed} epoch(s): loss {fmt(t.first_loss)} -> {fmt(t.last_loss)}, "
         f"val {fmt(t.first_val_loss)} -> {fmt(t.final_val_loss)}"
         + (f" [resumed from step {t.resumed_from_step}]" if t.resumed_from_step else ""),
+        *(f"             {part}" for part in training_events(t)),
         *(f"  {'inference' if i == 0 else '':<9}  {line}" for i, line in enumerate(summary_lines(inf))),
     ]
     prompts = [p for p in inf.predictions if p.kind == "prompt"][:1]
@@ -261,7 +291,8 @@ def cmd_data_prepare(args) -> int:
 
     console.begin(lake, "data-prepare", args.debug)
     cur = prepare_data(config_path=args.config, overrides=args.overrides, lake=str(lake))
-    print(f"curated {cur.version}: {cur.rows_in} rows in, {cur.rows_kept} kept, {cur.rows_quarantined} quarantined")
+    print(f"curated {cur.version}: {cur.rows_in} rows in, {cur.rows_kept} kept, {cur.rows_quarantined} quarantined"
+          + normalised_note(cur))
     for reason, n in sorted(cur.quarantine_by_reason.items()):
         print(f"  quarantined {n:>6}  {reason}")
     print(f"  splits {cur.splits}; kinds {cur.kinds}; {len(cur.shards)} shard(s)")

@@ -57,7 +57,10 @@ class CuratedDataset(Artifact):
     quarantine_by_reason: dict[str, int] = Field(default_factory=dict)
     quarantine_path: str | None = None
     splits: dict[str, int] = Field(default_factory=dict, description="rows per split (train, validation)")
-    kinds: dict[str, int] = Field(default_factory=dict, description="rows per kind (caption, vqa)")
+    kinds: dict[str, int] = Field(default_factory=dict, description="rows per kind (caption, vqa, conversation)")
+    normalised: dict[str, int] = Field(
+        default_factory=dict,
+        description="file-format normalisations kept, not quarantined: crlf_lines (CRLF line ends), bom_files")
     reused: bool = False
 
 

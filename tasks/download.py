@@ -20,14 +20,15 @@ def download_task(data: DataConfig, lake: str, seed: int = 0, input_stamp: str =
     log = get_run_logger()
     check_input_files(data)  # a directory, a missing or unreadable file: fails at once, no retry
     raw = download(data, Path(lake), seed=seed)
-    log.info("raw %s: %d caption rows, %d VQA rows, %d images at %s%s", raw.source, raw.caption_rows,
-             raw.vqa_rows, raw.images, raw.root, " (reused)" if raw.reused else "")
+    log.info("raw %s: %d caption rows, %d VQA rows, %d conversation rows, %d images at %s%s", raw.source,
+             raw.caption_rows, raw.vqa_rows, raw.conversation_rows, raw.images, raw.root,
+             " (reused)" if raw.reused else "")
     create_markdown_artifact(
         key="week1-download",
         description="raw data",
         markdown="# Download\n\n" + md_table([
             ("source", raw.source), ("fingerprint", f"`{raw.fingerprint}`"), ("caption rows", raw.caption_rows),
-            ("VQA rows", raw.vqa_rows), ("images", raw.images), ("root", f"`{raw.root}`"), ("reused", raw.reused),
+            ("VQA rows", raw.vqa_rows), ("conversation rows", raw.conversation_rows), ("images", raw.images), ("root", f"`{raw.root}`"), ("reused", raw.reused),
         ]),
     )
     return raw

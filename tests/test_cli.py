@@ -86,3 +86,25 @@ def test_estimate_memory_full_size():
     out = proc.stdout.lower()
     assert "weights" in out and "optimizer" in out and "activation" in out
     assert "fits" in out or "does not fit" in out
+
+
+def test_summary_parts_name_rollbacks_settings_changes_conversations_and_normalised_lines():
+    from flows.cli import normalised_note, raw_rows, training_events
+    from schemas.artifacts import CuratedDataset, RawDataset, RollbackEvent, TrainingResult
+
+    t = TrainingResult(run_dir="r", checkpoints_dir="c", best_dir=None, final_dir="f", metrics_path="m", steps=9,
+                       epochs_completed=1, samples_seen=9, first_loss=2.0, last_loss=1.0,
+                       rollbacks=[RollbackEvent(step=6, restored_step=4, reason="loss spike", skipped_samples=16,
+                                                lr_scale=0.5)],
+                       settings_changes=[{"step": 4, "key": "train.lr", "old": 0.03, "new": 0.01}])
+    lines = training_events(t)
+    assert lines[0] == "rollback at step 6 -> step 4: loss spike (16 samples skipped, LR x 0.5)"
+    assert lines[1] == "resumed with train.lr 0.03 -> 0.01 at step 4"
+    assert training_events(t.model_copy(update={"rollbacks": [], "settings_changes": []})) == []
+    raw = RawDataset(source="jsonl", fingerprint="x", root="r", manifest="m", caption_rows=3, vqa_rows=0,
+                     conversation_rows=2)
+    assert raw_rows(raw) == "3 caption + 0 VQA + 2 conversation rows"
+    cur = CuratedDataset(version="v", schema_version=2, root="r", shards=[], rows_in=5, rows_kept=5,
+                         rows_quarantined=0, normalised={"crlf_lines": 5, "bom_files": 1})
+    assert normalised_note(cur) == "; normalised 5 CRLF line ends, 1 BOM"
+    assert normalised_note(cur.model_copy(update={"normalised": {}})) == ""

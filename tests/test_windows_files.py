@@ -57,7 +57,7 @@ def test_crlf_bom_and_backslash_paths_are_kept(tmp_path):
                                                         7: "invalid_utf8"}
     assert bad[4]["detail"].startswith("D:\\OpenMind\\images\\000123.jpg is a Windows absolute path")
     manifest = json.loads(Path(curated.root, "_manifest.json").read_text())
-    assert manifest["normalised"] == {"crlf_lines": 8, "bom_files": 1}
+    assert manifest["normalised"] == {"crlf_lines": 8, "bom_files": 1} == curated.normalised
     assert manifest["inputs"] == [{"file": str(src.resolve()), "kind": "caption", "rows_in": 8, "crlf_lines": 8,
                                    "bom": True}]
 

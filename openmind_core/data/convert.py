@@ -124,6 +124,7 @@ def _artifact(final: Path, m: dict, lake: Path, reused: bool) -> CuratedDataset:
         quarantine_path=str(lake / q) if q else None,
         splits=m["splits"],
         kinds=m["kinds"],
+        normalised=m.get("normalised", {}),
         reused=reused,
     )
 
