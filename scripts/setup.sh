@@ -36,6 +36,12 @@ stamp="$VENV/.openmind-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing openmind and its dependencies"
   quiet "${PIP[@]}" -e ".[dev]"
+  # the lmms-eval adapter's tests need lmms-eval's API, not its full dependency set (which pins
+  # wandb and pulls torchvision): its package and the few modules its import needs, best effort
+  if ! "$VENV/bin/python" -c "import lmms_eval" >/dev/null 2>&1; then
+    quiet "${PIP[@]}" --no-deps "lmms-eval==0.7.3" && quiet "${PIP[@]}" loguru evaluate sacrebleu pytablewriter \
+      || echo "setup: lmms-eval not installed; tests/test_lmms_adapter.py will skip"
+  fi
   touch "$stamp"
 fi
 "$VENV/bin/python" -c "import torch, prefect, transformers; print(f'setup: ok (torch {torch.__version__}, prefect {prefect.__version__}, transformers {transformers.__version__})')"
