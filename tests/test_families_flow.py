@@ -19,6 +19,7 @@ from schemas.config import FULL_CONFIG
 pytestmark = pytest.mark.slow
 
 DATA = ["data.synthetic.num_captions=64", "data.synthetic.num_vqa=32", "data.synthetic.image_size=56",
+        "data.val_fraction=0.2",  # validation holds VQA rows too (the split is by image: few rows, noisy)
         "inference.max_samples=4", "inference.max_new_tokens=6", "inference.batch_size=4",
         "train.wandb.mode=disabled"]
 VISION = ["model.vision.img_size=56", "model.vision.patch_size=8", "model.vision.embed_dim=64",
