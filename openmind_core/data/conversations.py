@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from openmind_core.data.validate import IMAGE_TAG, Problem, _SURROGATE, detect_language
+from openmind_core.data.validate import IMAGE_TAG, Problem, _SURROGATE, detect_language, load_object
 
 FORMATS = {"llava": ("conversations", "from", "value"), "messages": ("messages", "role", "content")}
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -44,12 +44,7 @@ def detect_format(head: bytes) -> str:
 
 def parse_conversation(text: str, fmt: str, max_text_chars: int) -> dict[str, Any]:
     """``{"image": value or None, "conversation": [{role, content}], "language"}`` of one line."""
-    try:
-        row = json.loads(text)
-    except ValueError as e:
-        raise Problem("malformed_json", str(e)) from None
-    if not isinstance(row, dict):
-        raise Problem("not_an_object", f"got a JSON {type(row).__name__}")
+    row = load_object(text)
     key, role_key, text_key = FORMATS[fmt]
     turns = row.get(key)
     if turns is None:

@@ -137,10 +137,9 @@ def _complete(final: Path) -> dict | None:
 
 
 
-def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDataset:
-    """Validate and convert a raw download into ``<lake>/curated/<version>/`` (idempotent)."""
-    lake = Path(lake)
-    raw_root = Path(raw.root)
+def existing_version(lake: Path, raw_root: Path, cfg: DataConfig) -> tuple[dict, str, Path, CuratedDataset | None]:
+    """(raw manifest, version, its final directory, the complete version's artifact or None); a partial
+    version left by a crash is removed, so the caller writes it anew."""
     manifest = load_raw(raw_root)
     version = version_of(manifest, cfg)
     final = lake / "curated" / version
@@ -148,10 +147,20 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
     done = _complete(final)
     if done is not None:
         log.info("curated version %s already complete: reusing it", version)
-        return _artifact(final, done, lake, reused=True)
+        return manifest, version, final, _artifact(final, done, lake, reused=True)
     if final.exists():
         log.warning("removing incomplete curated version %s", final)
         shutil.rmtree(final)
+    return manifest, version, final, None
+
+
+def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDataset:
+    """Validate and convert a raw download into ``<lake>/curated/<version>/`` (idempotent)."""
+    lake = Path(lake)
+    raw_root = Path(raw.root)
+    manifest, version, final, done = existing_version(lake, raw_root, cfg)
+    if done is not None:
+        return done
     tally = Tally()
     pool = Pool(cfg.num_workers or os.cpu_count() or 1)
     try:

@@ -31,9 +31,9 @@ import pyarrow as pa
 from schemas.artifacts import CuratedDataset, RawDataset
 from schemas.config import DataConfig
 
-from openmind_core.data.convert import _artifact, _complete, file_rows, version_of, write_version
+from openmind_core.data.convert import _artifact, _complete, existing_version, file_rows, version_of, write_version
 from openmind_core.data.images import ImageCache, Pool
-from openmind_core.data.lake import CURATED_MANIFEST, clean_stale_tmp, read_json
+from openmind_core.data.lake import CURATED_MANIFEST, read_json
 from openmind_core.data.quarantine import Tally
 from openmind_core.data.reader import candidates, source_files
 from openmind_core.data.rows import SCHEMA, _shown
@@ -123,15 +123,9 @@ def _shown_lines(f, cfg: DataConfig, raw_root: Path, lines: set[int]) -> dict[in
 def merge(raw: RawDataset, cfg: DataConfig, lake: str | Path, parts: list[FilePart]) -> CuratedDataset:
     """Merge the files' parts into ``<lake>/curated/<version>/`` exactly as ``convert.convert`` writes it."""
     lake, raw_root = Path(lake), Path(raw.root)
-    manifest = load_raw(raw_root)
-    version = version_of(manifest, cfg)
-    final = lake / "curated" / version
-    clean_stale_tmp(final.parent, final.name)
-    done = _complete(final)
+    manifest, version, final, done = existing_version(lake, raw_root, cfg)
     if done is not None:
-        return _artifact(final, done, lake, reused=True)
-    if final.exists():
-        shutil.rmtree(final)
+        return done
     parts = sorted(parts, key=lambda p: p.order)
     tally = Tally()
     files = source_files(raw_root, manifest, tally)

@@ -133,8 +133,6 @@ def token_arrays(cache_dir: Path | None, name: str, table: pa.Table, slots: np.n
                  num_image_tokens: int, image_token_id: int, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [2, T] int32, index [rows, 6] int64): memory-mapped from ``cache_dir`` (built there
     once), or in memory when ``cache_dir`` is None or cannot be written."""
-    from openmind_core.data.dataset import _staging  # one staging rule for every cache file
-
     rows = table.num_rows
     key = tokenizer_key(tokenizer, num_image_tokens, image_token_id, max_length)
     args = (tokenizer, num_image_tokens, image_token_id, max_length)

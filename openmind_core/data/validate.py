@@ -99,14 +99,20 @@ def check_encoding(raw: bytes) -> str:
     return text
 
 
-def parse_row(text: str, kind: str, max_text_chars: int) -> dict[str, Any]:
-    """The validated object of one JSONL line (text fields stripped)."""
+def load_object(text: str) -> dict[str, Any]:
+    """One JSONL line's JSON object, or ``Problem`` (malformed_json, not_an_object)."""
     try:
         row = json.loads(text)
     except ValueError as e:
         raise Problem("malformed_json", str(e)) from None
     if not isinstance(row, dict):
         raise Problem("not_an_object", f"got a JSON {type(row).__name__}")
+    return row
+
+
+def parse_row(text: str, kind: str, max_text_chars: int) -> dict[str, Any]:
+    """The validated object of one JSONL line (text fields stripped)."""
+    row = load_object(text)
     answers = row.get("answers") if kind == "vqa" else None
     if isinstance(answers, list) and answers and all(isinstance(a, dict) and "answer" in a for a in answers):
         answers = [a["answer"] for a in answers]  # VQAv2's own layout: [{answer, answer_confidence, answer_id}]
