@@ -238,6 +238,30 @@ def _cli(args, env, **kw):
 def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, prefect_server, tmp_path):
     lake, report, _ = first_run
     env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    # The unbroken reference is a CLI run too.  The in-process run ("e2e") trains in this pytest
+    # process after hundreds of other tests; twice in a full suite it differed from a fresh CLI run
+    # in the last bit of the loss from step 4 on, before any kill.  Fresh processes agree bit for
+    # bit (three CLI runs of this config: identical weights), so that is the comparison made here.
+    # It runs beside the killed run (the lake's data is cached by first_run; nothing is shared).
+    log = open(tmp_path / "unbroken.log", "w+")
+    unbroken = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *sum((["--set", s] for s in SMALL), []),
+                                 "--run-name", "unbroken", "--lake", str(lake)], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _kill_and_rerun(lake, env)
+        unbroken.wait(timeout=600)
+        log.seek(0)
+        assert unbroken.returncode == 0, log.read()[-3000:]
+    finally:
+        if unbroken.poll() is None:
+            os.killpg(unbroken.pid, signal.SIGKILL)
+        log.close()
+    unbroken, resumed = _weights(lake / "runs" / "unbroken"), _weights(lake / "runs" / "killed")
+    assert unbroken.keys() == resumed.keys()
+    assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
+
+
+def _kill_and_rerun(lake: Path, env: dict) -> None:
     args = ["run", *sum((["--set", s] for s in SMALL), []), "--run-name", "killed", "--lake", str(lake)]
     proc = _cli(args, env)
     metrics = lake / "runs" / "killed" / "metrics.jsonl"
@@ -260,9 +284,6 @@ def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, pre
     assert "resumed from step" in out
     result = json.loads((lake / "runs" / "killed" / "report.json").read_text())
     assert result["training"]["resumed_from_step"] >= 4
-    unbroken, resumed = _weights(lake / "runs" / "e2e"), _weights(lake / "runs" / "killed")
-    assert unbroken.keys() == resumed.keys()
-    assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
 
 
 def test_default_run_answers_clearly_better_than_chance(prefect_server, tmp_path):
