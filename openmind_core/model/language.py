@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
+from openmind_core.hub import hub_access
 from openmind_core.progress import hf_bars, weight_bytes
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel
 
@@ -39,7 +40,10 @@ def inline_llama_config(lm_cfg, tokenizer) -> LlamaConfig:
     )
 
 
-def _hub_error(name: str, what: str, e: Exception) -> OSError:
+def _hub_error(name: str, what: str, e: Exception, unreachable: str | None = None) -> OSError:
+    if unreachable:
+        return OSError(f"cannot load {what} from lm.name_or_path {name!r}: the Hugging Face hub is unreachable "
+                       f"({unreachable}) and it is not in the local cache; point it at a local directory")
     where = "local directory" if Path(name).exists() else "hub id (no hub reachable? point it at a local directory)"
     return OSError(f"cannot load {what} from lm.name_or_path {name!r} ({where}): {e}")
 
@@ -48,10 +52,12 @@ def language_model_config(lm_cfg, tokenizer) -> PretrainedConfig:
     """The transformers config of the LM the ``lm`` section describes (reads only config.json)."""
     if lm_cfg.name_or_path is None:
         return inline_llama_config(lm_cfg, tokenizer)
+    unreachable = None
     try:
-        return AutoConfig.from_pretrained(lm_cfg.name_or_path)
+        with hub_access(lm_cfg.name_or_path) as unreachable:
+            return AutoConfig.from_pretrained(lm_cfg.name_or_path)
     except (OSError, ValueError) as e:
-        raise _hub_error(lm_cfg.name_or_path, "a model config", e) from e
+        raise _hub_error(lm_cfg.name_or_path, "a model config", e, unreachable) from e
 
 
 def check_tokenizer_fits(tokenizer, lm_config: PretrainedConfig, model_cfg) -> None:
@@ -99,11 +105,12 @@ def build_language_model(
     if lm_cfg.name_or_path is not None and lm_cfg.pretrained_weights:
         if device is not None and torch.device(device).type != "cpu":
             kw["device_map"] = str(device)
+        unreachable = None
         try:
-            with hf_bars(weight_bytes(lm_cfg.name_or_path)):
+            with hub_access(lm_cfg.name_or_path) as unreachable, hf_bars(weight_bytes(lm_cfg.name_or_path)):
                 lm = AutoModelForCausalLM.from_pretrained(lm_cfg.name_or_path, **kw)
         except (OSError, ValueError) as e:
-            raise _hub_error(lm_cfg.name_or_path, "a causal LM", e) from e
+            raise _hub_error(lm_cfg.name_or_path, "a causal LM", e, unreachable) from e
     else:
         with place:
             lm = AutoModelForCausalLM.from_config(language_model_config(lm_cfg, tokenizer), **kw)

@@ -17,6 +17,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from openmind_core.hub import hub_access
+
 logger = logging.getLogger(__name__)
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -75,9 +77,14 @@ def build_tokenizer(cfg, corpus: Iterable[str] | None = None) -> PreTrainedToken
         if corpus is None:
             raise ValueError("tokenizer.name_or_path is not set, so a BPE is trained: pass a text corpus")
         return train_bpe_tokenizer(corpus, cfg.vocab_size, cfg.image_token)
+    unreachable = None
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.name_or_path)
+        with hub_access(cfg.name_or_path) as unreachable:
+            tok = AutoTokenizer.from_pretrained(cfg.name_or_path)
     except (OSError, ValueError) as e:
+        if unreachable:
+            raise OSError(f"cannot load tokenizer.name_or_path {cfg.name_or_path!r}: the Hugging Face hub is "
+                          f"unreachable ({unreachable}) and it is not in the local cache; use a local path") from e
         where = "local directory" if Path(cfg.name_or_path).exists() else "hub id (no hub reachable? use a local path)"
         raise OSError(f"cannot load tokenizer.name_or_path {cfg.name_or_path!r} ({where}): {e}") from e
     return _add_image_token(tok, cfg.image_token)

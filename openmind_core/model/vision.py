@@ -28,6 +28,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.utils import logging as hf_logging
 
 from openmind_core.model.attention import check_backend, select_backend
+from openmind_core.hub import hub_access
 from openmind_core.progress import hf_bars, weight_bytes
 
 logger = logging.getLogger(__name__)
@@ -148,10 +149,14 @@ class ImprovedVisionEncoder(nn.Module):
             kw["device_map"] = str(device)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a full SigLIP checkpoint lists every text-tower key as unused
+        unreachable = None
         try:
-            with hf_bars(weight_bytes(src)):
+            with hub_access(src) as unreachable, hf_bars(weight_bytes(src)):
                 siglip = SiglipVisionModel.from_pretrained(src, **kw)
         except (OSError, ValueError) as e:
+            if unreachable:
+                raise OSError(f"cannot load a SigLIP vision tower from {src!r}: the Hugging Face hub is unreachable "
+                              f"({unreachable}) and it is not in the local cache; use a local directory") from e
             where = "local directory" if Path(src).exists() else "hub id (is the hub reachable? set HF_HUB_OFFLINE=0 or use a local path)"
             raise OSError(f"cannot load a SigLIP vision tower from {src!r} ({where}): {e}") from e
         finally:

@@ -12,9 +12,7 @@ import base64
 import hashlib
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +22,13 @@ from schemas.config import DataConfig
 from openmind_core.data.images import looks_inline
 from openmind_core.data.lake import RAW_MANIFEST, DataError, HubUnreachableError, read_json, stable_hash
 from openmind_core.data.sources.hf_presets import OPTIONAL, HFSpec, resolve
+from openmind_core.hub import hub_access
 from openmind_core.data.sources.raw import IMAGE_DIR, commit, hash_file_into, table_name
 from openmind_core.progress import tracked
 
 
 def _local_files(p: Path) -> list[Path]:
     return [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and ".cache" not in f.parts)
-
-
-def _env_offline() -> bool:
-    return any(os.environ.get(k, "0").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-@contextmanager
-def _offline_mode(offline: bool) -> Iterator[None]:
-    """Honour HF_HUB_OFFLINE set after ``datasets`` was imported (it reads it at import time)."""
-    if not offline:
-        yield
-        return
-    import datasets
-    import huggingface_hub.constants as hub_constants
-
-    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
 def _load_hf(name: str, config_name: str | None, split: str):
@@ -87,17 +64,17 @@ def _load_hf(name: str, config_name: str | None, split: str):
         return datasets.load_dataset(str(p), config_name, split=split)
     if name.startswith((".", "/", "~")):
         raise FileNotFoundError(f"data.hf.name: file not found: {p}")
-    offline = _env_offline()
     try:
-        with _offline_mode(offline):
+        with hub_access(name) as unreachable:  # unreachable: offline mode, the local cache only
             return datasets.load_dataset(name, config_name, split=split)
     except Exception as e:  # noqa: BLE001 - classify, then re-raise with a clear message
         text = f"{type(e).__name__}: {e}"
         network = any(k in text for k in ("ConnectionError", "Couldn't reach", "offline", "Offline",
                                           "Max retries", "Temporary failure", "Network", "timed out"))
-        if offline or network:
+        if unreachable or network:
+            why = f"{unreachable}; not in the local cache" if unreachable else text.splitlines()[0][:200]
             raise HubUnreachableError(
-                f"data.hf.name {name!r}: the Hugging Face hub is unreachable ({text.splitlines()[0][:200]}). "
+                f"data.hf.name {name!r}: the Hugging Face hub is unreachable ({why}). "
                 "Use a local data set directory or Parquet files for data.hf.name, set data.source=jsonl "
                 "or data.source=synthetic, or run where the hub can be reached."
             ) from None
