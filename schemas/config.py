@@ -352,15 +352,30 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"--set {item!r}: empty key")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):  # a list section (data.hf: [...]): index it, data.hf.0.name=...
+                where = ".".join(parts[:i])
+                if not (part.isdigit() and int(part) < len(node)):
+                    raise ConfigError(f"--set {key}: {where} is a list of {len(node)} entries; index one "
+                                      f"({where}.0.{'.'.join(parts[i:]) if part.isdigit() else part}=...) "
+                                      f"or set the whole list (--set '{where}=[...]')")
+                part = int(part)
+                if last:
+                    node[part] = _parse_value(raw)
+                    break
+                child = node[part]
+            else:
+                if last:
+                    node[part] = _parse_value(raw)
+                    break
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
-        node[parts[-1]] = _parse_value(raw)
     return data
 
 

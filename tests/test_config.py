@@ -47,6 +47,24 @@ def test_overrides_parse_yaml_values():
         apply_overrides({"a": 1}, ["a.b=2"])
 
 
+def test_overrides_index_a_list_section():
+    """data.hf may be a list (several hub data sets): an override indexes an entry, and a key that
+    does not index says how to."""
+    d = {"data": {"hf": [{"name": "a", "split": "train"}, {"name": "b"}]}}
+    apply_overrides(d, ["data.hf.1.split=train[:500]", "data.hf.0.name=./mirror/a"])
+    assert d["data"]["hf"] == [{"name": "./mirror/a", "split": "train"}, {"name": "b", "split": "train[:500]"}]
+    with pytest.raises(ConfigError, match=r"data.hf is a list of 2 entries; index one \(data.hf.0.name=...\) "
+                                          r"or set the whole list \(--set 'data.hf=\[...\]'\)"):
+        apply_overrides(d, ["data.hf.name=x"])
+    with pytest.raises(ConfigError, match="data.hf is a list of 2 entries"):
+        apply_overrides(d, ["data.hf.2.name=x"])
+    with pytest.raises(ConfigError, match=r"data.hf.1.name is not a section"):
+        apply_overrides(d, ["data.hf.1.name.x=1"])
+    cfg = load_config(overrides=["data.source=hf", "data.hf=[{name: org/a, kind: caption}, {name: org/b, kind: vqa}]",
+                                 "data.hf.1.split=validation[:10]"])
+    assert [(h.name, h.split) for h in cfg.data.hf][1] == ("org/b", "validation[:10]")
+
+
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
