@@ -217,17 +217,15 @@ def _task_runner(args):
 
 def raw_rows(raw) -> str:
     """'1000 caption + 500 VQA rows', with conversation rows when there are any."""
-    conv = getattr(raw, "conversation_rows", 0)
+    conv = raw.conversation_rows
     return (f"{raw.caption_rows} caption + {raw.vqa_rows} VQA" + (f" + {conv} conversation" if conv else "")
             + " rows")
 
 
 def normalised_note(cur) -> str:
     """'; normalised 12 CRLF line ends, 1 BOM' when a Windows-written file was read, else ''."""
-    n = cur.normalised or {}
-    if not (n.get("crlf_lines") or n.get("bom_files")):
-        return ""
-    return f"; normalised {n.get('crlf_lines', 0)} CRLF line ends, {n.get('bom_files', 0)} BOM"
+    text = cur.normalised_text()
+    return f"; normalised {text}" if text else ""
 
 
 def training_events(t) -> list[str]:

@@ -84,6 +84,12 @@ def offline_mode() -> Iterator[None]:
             t.HF_HUB_OFFLINE = v
 
 
+def unreachable_error(subject: str, reason: str, instead: str) -> OSError:
+    """The one wording of a load that failed because the hub is unreachable and the cache lacks it."""
+    return OSError(f"cannot load {subject}: the Hugging Face hub is unreachable ({reason}) and it is not in "
+                   f"the local cache; {instead}")
+
+
 @contextmanager
 def hub_access(name_or_path: str | os.PathLike) -> Iterator[str | None]:
     """Around a ``from_pretrained`` / ``load_dataset`` of ``name_or_path``: yields why the hub is

@@ -63,6 +63,13 @@ class CuratedDataset(Artifact):
         description="file-format normalisations kept, not quarantined: crlf_lines (CRLF line ends), bom_files")
     reused: bool = False
 
+    def normalised_text(self) -> str:
+        """'12 CRLF line ends, 1 BOM', or '' when no Windows-written file was read."""
+        n = self.normalised
+        if not (n.get("crlf_lines") or n.get("bom_files")):
+            return ""
+        return f"{n.get('crlf_lines', 0)} CRLF line ends, {n.get('bom_files', 0)} BOM"
+
 
 # --------------------------------------------------------------------------- smoke
 

@@ -354,28 +354,22 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             raise ConfigError(f"--set {item!r}: empty key")
         node: Any = data
         for i, part in enumerate(parts):
-            last = i == len(parts) - 1
+            slot: int | str = part
             if isinstance(node, list):  # a list section (data.hf: [...]): index it, data.hf.0.name=...
-                where = ".".join(parts[:i])
+                where, rest = ".".join(parts[:i]), ".".join(parts[i + 1:] if part.isdigit() else parts[i:])
                 if not (part.isdigit() and int(part) < len(node)):
                     raise ConfigError(f"--set {key}: {where} is a list of {len(node)} entries; index one "
-                                      f"({where}.0.{'.'.join(parts[i:]) if part.isdigit() else part}=...) "
+                                      f"({where}.0{'.' + rest if rest else ''}=...) "
                                       f"or set the whole list (--set '{where}=[...]')")
-                part = int(part)
-                if last:
-                    node[part] = _parse_value(raw)
-                    break
-                child = node[part]
-            else:
-                if last:
-                    node[part] = _parse_value(raw)
-                    break
-                child = node.get(part)
-                if child is None:
-                    child = node[part] = {}
-            if not isinstance(child, (dict, list)):
+                slot = int(part)
+            elif node.get(part) is None and i < len(parts) - 1:
+                node[part] = {}
+            if i == len(parts) - 1:
+                node[slot] = _parse_value(raw)
+            elif not isinstance(node[slot], (dict, list)):
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
-            node = child
+            else:
+                node = node[slot]
     return data
 
 

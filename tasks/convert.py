@@ -28,8 +28,7 @@ def convert_task(raw: RawDataset, data: DataConfig, lake: str) -> CuratedDataset
             ("version", f"`{cur.version}`"), ("rows in", cur.rows_in), ("rows kept", cur.rows_kept),
             ("rows quarantined", cur.rows_quarantined), ("quarantine reasons", reasons),
             ("splits", cur.splits), ("kinds", cur.kinds), ("shards", len(cur.shards)), ("root", f"`{cur.root}`"),
-            ("normalised (kept)", f"{cur.normalised.get('crlf_lines', 0)} CRLF line ends, "
-                                  f"{cur.normalised.get('bom_files', 0)} BOM"),
+            ("normalised (kept)", cur.normalised_text() or "none"),
         ]),
     )
     return cur

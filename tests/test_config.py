@@ -56,7 +56,7 @@ def test_overrides_index_a_list_section():
     with pytest.raises(ConfigError, match=r"data.hf is a list of 2 entries; index one \(data.hf.0.name=...\) "
                                           r"or set the whole list \(--set 'data.hf=\[...\]'\)"):
         apply_overrides(d, ["data.hf.name=x"])
-    with pytest.raises(ConfigError, match="data.hf is a list of 2 entries"):
+    with pytest.raises(ConfigError, match=r"data.hf is a list of 2 entries; index one \(data.hf.0.name=...\)"):
         apply_overrides(d, ["data.hf.2.name=x"])
     with pytest.raises(ConfigError, match=r"data.hf.1.name is not a section"):
         apply_overrides(d, ["data.hf.1.name.x=1"])

@@ -230,9 +230,9 @@ def test_retried_training_task_resumes_from_its_checkpoint(first_run, monkeypatc
     assert all(torch.equal(unbroken[k], retried[k]) for k in unbroken)
 
 
-def _cli(args, env, **kw):
+def _cli(args, env, stdout=subprocess.PIPE):
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, prefect_server, tmp_path):
@@ -244,9 +244,8 @@ def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, pre
     # bit (three CLI runs of this config: identical weights), so that is the comparison made here.
     # It runs beside the killed run (the lake's data is cached by first_run; nothing is shared).
     log = open(tmp_path / "unbroken.log", "w+")
-    unbroken = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *sum((["--set", s] for s in SMALL), []),
-                                 "--run-name", "unbroken", "--lake", str(lake)], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    unbroken = _cli(["run", *sum((["--set", s] for s in SMALL), []), "--run-name", "unbroken", "--lake", str(lake)],
+                    env, stdout=log)
     try:
         _kill_and_rerun(lake, env)
         unbroken.wait(timeout=600)

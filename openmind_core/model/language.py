@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
-from openmind_core.hub import hub_access
+from openmind_core.hub import hub_access, unreachable_error
 from openmind_core.progress import hf_bars, weight_bytes
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel
 
@@ -42,8 +42,7 @@ def inline_llama_config(lm_cfg, tokenizer) -> LlamaConfig:
 
 def _hub_error(name: str, what: str, e: Exception, unreachable: str | None = None) -> OSError:
     if unreachable:
-        return OSError(f"cannot load {what} from lm.name_or_path {name!r}: the Hugging Face hub is unreachable "
-                       f"({unreachable}) and it is not in the local cache; point it at a local directory")
+        return unreachable_error(f"{what} from lm.name_or_path {name!r}", unreachable, "point it at a local directory")
     where = "local directory" if Path(name).exists() else "hub id (no hub reachable? point it at a local directory)"
     return OSError(f"cannot load {what} from lm.name_or_path {name!r} ({where}): {e}")
 

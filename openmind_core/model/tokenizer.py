@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from openmind_core.hub import hub_access
+from openmind_core.hub import hub_access, unreachable_error
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def build_tokenizer(cfg, corpus: Iterable[str] | None = None) -> PreTrainedToken
             tok = AutoTokenizer.from_pretrained(cfg.name_or_path)
     except (OSError, ValueError) as e:
         if unreachable:
-            raise OSError(f"cannot load tokenizer.name_or_path {cfg.name_or_path!r}: the Hugging Face hub is "
-                          f"unreachable ({unreachable}) and it is not in the local cache; use a local path") from e
+            raise unreachable_error(f"tokenizer.name_or_path {cfg.name_or_path!r}", unreachable, "use a local path") from e
         where = "local directory" if Path(cfg.name_or_path).exists() else "hub id (no hub reachable? use a local path)"
         raise OSError(f"cannot load tokenizer.name_or_path {cfg.name_or_path!r} ({where}): {e}") from e
     return _add_image_token(tok, cfg.image_token)

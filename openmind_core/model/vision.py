@@ -28,7 +28,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.utils import logging as hf_logging
 
 from openmind_core.model.attention import check_backend, select_backend
-from openmind_core.hub import hub_access
+from openmind_core.hub import hub_access, unreachable_error
 from openmind_core.progress import hf_bars, weight_bytes
 
 logger = logging.getLogger(__name__)
@@ -155,8 +155,7 @@ class ImprovedVisionEncoder(nn.Module):
                 siglip = SiglipVisionModel.from_pretrained(src, **kw)
         except (OSError, ValueError) as e:
             if unreachable:
-                raise OSError(f"cannot load a SigLIP vision tower from {src!r}: the Hugging Face hub is unreachable "
-                              f"({unreachable}) and it is not in the local cache; use a local directory") from e
+                raise unreachable_error(f"a SigLIP vision tower from {src!r}", unreachable, "use a local directory") from e
             where = "local directory" if Path(src).exists() else "hub id (is the hub reachable? set HF_HUB_OFFLINE=0 or use a local path)"
             raise OSError(f"cannot load a SigLIP vision tower from {src!r} ({where}): {e}") from e
         finally:

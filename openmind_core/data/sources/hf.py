@@ -22,8 +22,8 @@ from schemas.config import DataConfig
 from openmind_core.data.images import looks_inline
 from openmind_core.data.lake import RAW_MANIFEST, DataError, HubUnreachableError, read_json, stable_hash
 from openmind_core.data.sources.hf_presets import OPTIONAL, HFSpec, resolve
-from openmind_core.hub import hub_access
 from openmind_core.data.sources.raw import IMAGE_DIR, commit, hash_file_into, table_name
+from openmind_core.hub import hub_access
 from openmind_core.progress import tracked
 
 
