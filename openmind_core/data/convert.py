@@ -55,12 +55,12 @@ from schemas.config import DataConfig
 
 from openmind_core.data import rows as rows_mod
 from openmind_core.data.images import ImageCache, Pool
-from openmind_core.data.lake import CURATED_MANIFEST, SCHEMA_VERSION, DataError, clean_stale_tmp, read_json, stable_hash, staged_dir
+from openmind_core.data.lake import CURATED_MANIFEST, SCHEMA_VERSION, DataError, read_json, stable_hash
 from openmind_core.data.quarantine import SPOOL_FILE, Tally, write_quarantine
 from openmind_core.data.reader import SourceFile, candidates, source_files
 from openmind_core.data.rows import SCHEMA, shard_writer
 from openmind_core.data.sources import load_raw
-from openmind_core.io import atomic_write_text
+from openmind_core.io import atomic_write_text, clean_stale, staged_dir
 from openmind_core.progress import progress
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def existing_version(lake: Path, raw_root: Path, cfg: DataConfig) -> tuple[dict,
     manifest = load_raw(raw_root)
     version = version_of(manifest, cfg)
     final = lake / "curated" / version
-    clean_stale_tmp(final.parent, final.name)
+    clean_stale(final.parent, final.name)
     done = _complete(final)
     if done is not None:
         log.info("curated version %s already complete: reusing it", version)

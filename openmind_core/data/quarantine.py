@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from openmind_core.data.content import SeenContent
-from openmind_core.data.lake import clean_stale_tmp, staged_dir
+from openmind_core.io import clean_stale, staged_dir
 from openmind_core.data.validate import Problem
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def write_quarantine(lake: Path, version: str, spool: Path) -> str:
     """Move the spooled bad rows into ``<lake>/quarantine/<version>/`` (atomic directory); returns
     the path relative to the lake."""
     final = lake / "quarantine" / version
-    clean_stale_tmp(final.parent, final.name)
+    clean_stale(final.parent, final.name)
     if final.exists():
         shutil.rmtree(final)
     with staged_dir(final) as tmp:

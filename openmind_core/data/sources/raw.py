@@ -15,8 +15,8 @@ from typing import Any
 
 from schemas.artifacts import RawDataset, RawFile
 
-from openmind_core.data.lake import RAW_MANIFEST, clean_stale_tmp, read_json, staged_dir
-from openmind_core.io import atomic_write_json, sha256_file
+from openmind_core.data.lake import RAW_MANIFEST, read_json
+from openmind_core.io import atomic_write_json, clean_stale, sha256_file, staged_dir
 from openmind_core.progress import tracked
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def load_raw(root: str | Path) -> dict:
 
 def commit(cfg_source: str, lake: Path, fingerprint: str, build, extra: dict | None = None) -> RawDataset:
     final = lake / "raw" / cfg_source / fingerprint
-    clean_stale_tmp(final.parent, final.name)
+    clean_stale(final.parent, final.name)
     manifest = _existing(final)
     if manifest is not None:
         log.info("raw %s download %s already complete: reusing it", cfg_source, fingerprint)
