@@ -189,7 +189,7 @@ def test_auto_class_in_a_fresh_process(tmp_path, llama3_dir, siglip_dir):
     model, _ = family_model(llama3_dir, siglip_dir)
     model.save_pretrained(tmp_path / "final")
     code = (
-        "import openmind_core, torch\n"
+        "import openmind_core.model, torch\n"
         "from transformers import AutoConfig, AutoModelForImageTextToText\n"
         f"d = {str(tmp_path / 'final')!r}\n"
         "assert AutoConfig.from_pretrained(d).model_type == 'openmind'\n"
