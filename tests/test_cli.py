@@ -89,7 +89,7 @@ def test_estimate_memory_full_size():
 
 
 def test_summary_parts_name_rollbacks_settings_changes_conversations_and_normalised_lines():
-    from flows.cli import normalised_note, raw_rows, training_events
+    from flows.summary import normalised_note, raw_rows, training_events
     from schemas.artifacts import CuratedDataset, RawDataset, RollbackEvent, TrainingResult
 
     t = TrainingResult(run_dir="r", checkpoints_dir="c", best_dir=None, final_dir="f", metrics_path="m", steps=9,

@@ -95,13 +95,14 @@ def test_cli_task_runner_options():
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from flows.cli import _task_runner, build_parser
+    from flows.commands import task_runner_from_args
+    from flows.parser import build_parser
 
     parse = lambda *a: build_parser().parse_args(["run", *a])  # noqa: E731
-    assert _task_runner(parse()) is None  # the flow's own thread pool
-    local = _task_runner(parse("--task-runner", "dask"))
+    assert task_runner_from_args(parse()) is None  # the flow's own thread pool
+    local = task_runner_from_args(parse("--task-runner", "dask"))
     assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] >= 1
-    remote = _task_runner(parse("--dask-address", "tcp://10.0.0.5:8786"))
+    remote = task_runner_from_args(parse("--dask-address", "tcp://10.0.0.5:8786"))
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
     from flows.runners import task_runner
 

@@ -376,7 +376,7 @@ def test_align_then_finetune_lora_then_inference(prefect_server, tmp_path):
 
 
 def test_run_refuses_a_missing_init_from_before_anything_runs(tmp_path):
-    from flows.cli import UsageError, check_inputs
+    from flows.preflight import UsageError, check_inputs
 
     cfg = load_config(RECIPE, [f"model.init_from={tmp_path / 'nope'}"])
     with pytest.raises(UsageError, match=r"model.init_from: .* holds no model.safetensors"):
