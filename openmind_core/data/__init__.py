@@ -8,7 +8,7 @@ inference; ``ResumableSampler`` (sampler.py) keeps an epoch's position checkpoin
 
 from openmind_core.data.convert import SCHEMA, convert
 from openmind_core.data.dataset import Collator, VLMDataset, inspect_samples, read_rows
-from openmind_core.data.lake import SCHEMA_VERSION, DataError, HubUnreachableError
+from openmind_core.data.layout import SCHEMA_VERSION, DataError, HubUnreachableError
 from openmind_core.data.sampler import ResumableSampler
 from openmind_core.data.sources import download
 from openmind_core.data.validate import REASONS

@@ -16,7 +16,7 @@ and ``_manifest.json`` last, with the bad rows (file, line, reason, detail, the 
 - Images are embedded as bytes with their sha256, width, height and format; decoding them for
   validation runs in ``cfg.num_workers`` processes (default: all cores) when there are many.
 
-The parts, one concept a file: ``reader`` (blocks of lines, text checks: ``validate``), ``images``
+The parts, one concept a file: ``reader`` (blocks of lines, text checks: ``validate``), ``image_checks``
 (references, inspection, the image cache and worker pool), ``rows`` (Arrow row assembly),
 ``quarantine`` (the bad rows), ``shards`` (Parquet layout).  This driver is two separable steps:
 ``file_rows`` converts one raw file into its kept rows (the bad ones go to the ``Tally``), and
@@ -54,8 +54,8 @@ from schemas.artifacts import CuratedDataset, RawDataset
 from schemas.config import DataConfig
 
 from openmind_core.data import rows as rows_mod
-from openmind_core.data.images import ImageCache, Pool
-from openmind_core.data.lake import CURATED_MANIFEST, SCHEMA_VERSION, DataError, read_json, stable_hash
+from openmind_core.data.image_checks import ImageCache, Pool
+from openmind_core.data.layout import CURATED_MANIFEST, SCHEMA_VERSION, DataError, read_json, stable_hash
 from openmind_core.data.quarantine import SPOOL_FILE, Tally, write_quarantine
 from openmind_core.data.reader import SourceFile, candidates, source_files
 from openmind_core.data.rows import SCHEMA, shard_writer

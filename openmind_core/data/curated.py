@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from schemas.artifacts import CuratedDataset
 
-from openmind_core.data.lake import CURATED_MANIFEST, read_json
+from openmind_core.data.layout import CURATED_MANIFEST, read_json
 
 TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "answer",
                 "image_width", "image_height", "source_file", "source_line"]

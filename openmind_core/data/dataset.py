@@ -7,7 +7,7 @@ bytes, None for a text-only row); ``openmind data inspect`` is ``inspection.py``
 are memory-mapped from uncompressed Arrow copies under ``<lake>/cache/<version>/`` (written once
 per version, split and kinds); every row is tokenised once, in batches, into a flat int32 array
 of token ids and labels plus an index, saved as ``.npy`` beside them and memory-mapped too
-(``openmind_core.data.tokens``).  Forked loader workers share all of these pages; a spawned
+(``openmind_core.data.token_cache``).  Forked loader workers share all of these pages; a spawned
 worker receives their paths, not their data.  When the decoded, resized images fit
 ``pixel_cache_bytes`` (default 2 GiB) they are written once (by worker processes when there are
 many) to a memory-mapped uint8 array, and ``__getitem__`` only normalises; otherwise
@@ -265,7 +265,7 @@ class VLMDataset(Dataset):
         image_std: Sequence[float] | None = None,
         image_resample: int = BICUBIC,
     ) -> None:
-        from openmind_core.data.tokens import image_slots, token_arrays
+        from openmind_core.data.token_cache import image_slots, token_arrays
 
         kinds = sorted(kinds) if kinds is not None else None  # read more than once below
         if image_token_id is None or image_token_id < 0:

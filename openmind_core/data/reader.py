@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from schemas.config import DataConfig
 
 from openmind_core.data.conversations import as_json, detect_format, parse_conversation
-from openmind_core.data.images import ImageRef, resolve_image
+from openmind_core.data.image_checks import ImageRef, resolve_image
 from openmind_core.data.quarantine import Tally
 from openmind_core.data.sources.raw import CAPTIONS, VQA, kind_of
 from openmind_core.data.validate import BOM, FIELDS, ParsedBlock, Problem, check_encoding, parse_block, parse_row

@@ -1,7 +1,7 @@
 """Arrow row assembly: candidates with inspected images become the curated lake's rows.
 
 ``assemble`` takes one batch of text-checked candidates (``reader.candidates``), inspects each
-distinct image once (``images``), quarantines the rows whose image is bad or whose content was
+distinct image once (``image_checks``), quarantines the rows whose image is bad or whose content was
 seen before, and builds the rows of ``SCHEMA``: content-hash ids, splits, the embedded image
 bytes with their sha256, size and format.  The image column is Hugging Face's Parquet image layout
 (``struct<bytes, path>``) and the schema carries the ``huggingface`` features entry, so
@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 from schemas.config import DataConfig
 
 from openmind_core.data.content import digests_of, hex_ids, splits_by_image
-from openmind_core.data.images import ImageCache, ImageInfo, ImageRef, Pool, load_and_inspect
-from openmind_core.data.lake import SCHEMA_VERSION
+from openmind_core.data.image_checks import ImageCache, ImageInfo, ImageRef, Pool, load_and_inspect
+from openmind_core.data.layout import SCHEMA_VERSION
 from openmind_core.data.quarantine import Tally
 from openmind_core.data.reader import TURN, SourceFile
 from openmind_core.data.shards import ShardWriter, rows_that_fit

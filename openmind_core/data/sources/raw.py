@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas.artifacts import RawDataset, RawFile
 
-from openmind_core.data.lake import RAW_MANIFEST, read_json
+from openmind_core.data.layout import RAW_MANIFEST, read_json
 from openmind_core.io import atomic_write_json, clean_stale, sha256_file, staged_dir
 from openmind_core.progress import tracked
 

@@ -32,8 +32,8 @@ from schemas.artifacts import CuratedDataset, RawDataset
 from schemas.config import DataConfig
 
 from openmind_core.data.convert import _artifact, _complete, existing_version, file_rows, version_of, write_version
-from openmind_core.data.images import ImageCache, Pool
-from openmind_core.data.lake import CURATED_MANIFEST, read_json
+from openmind_core.data.image_checks import ImageCache, Pool
+from openmind_core.data.layout import CURATED_MANIFEST, read_json
 from openmind_core.data.quarantine import Tally
 from openmind_core.data.reader import candidates, source_files
 from openmind_core.data.rows import SCHEMA, _shown
