@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +60,7 @@ from openmind_core.data.quarantine import SPOOL_FILE, ConversionLedger, write_qu
 from openmind_core.data.reader import SourceFile, candidates, source_files
 from openmind_core.data.rows import SCHEMA, shard_writer
 from openmind_core.data.sources import load_raw
-from openmind_core.io import atomic_write_text, clean_stale, staged_dir
+from openmind_core.io import atomic_write_text, clean_stale, remove_dir, staged_dir
 from openmind_core.progress import progress
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ def existing_version(lake: Path, raw_root: Path, cfg: DataConfig) -> tuple[dict,
         return manifest, version, final, _artifact(final, done, lake, reused=True)
     if final.exists():
         log.warning("removing incomplete curated version %s", final)
-        shutil.rmtree(final)
+        remove_dir(final)  # renamed away first: a crash mid-delete leaves no half version under its name
     return manifest, version, final, None
 
 

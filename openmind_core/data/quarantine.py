@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from openmind_core.data.content import SeenContent
-from openmind_core.io import clean_stale, staged_dir
+from openmind_core.io import clean_stale, remove_dir, staged_dir
 from openmind_core.data.validate import Problem
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def write_quarantine(lake: Path, version: str, spool: Path) -> str:
     final = lake / "quarantine" / version
     clean_stale(final.parent, final.name)
     if final.exists():
-        shutil.rmtree(final)
+        remove_dir(final)
     with staged_dir(final) as tmp:
         shutil.move(spool, tmp / QUARANTINE_FILE)  # a rename within the lake's file system
     return f"quarantine/{version}/{QUARANTINE_FILE}"
