@@ -33,6 +33,13 @@ __all__ = [
 ]
 
 
+_ON_FIRST_USE = ("VLMDataset", "Collator", "ResumableSampler")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ON_FIRST_USE))
+
+
 def __getattr__(name: str):
     # imported here, on first use, for start-up cost only: these three import torch
     if name == "VLMDataset":
