@@ -132,7 +132,7 @@ def _child(lake: Path, layout: str, workers_check: bool, rate_images: int) -> di
     from torch.utils.data import DataLoader
 
     from openmind_core.data import Collator, ResumableSampler, VLMDataset
-    from openmind_core.data.dataset import read_table
+    from openmind_core.data.curated import read_table
     from openmind_core.prompting import encode_many, instruction_for
 
     torch.set_num_threads(1)

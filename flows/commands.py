@@ -85,7 +85,8 @@ def cmd_data_inspect(args) -> int:
     lake = resolve_lake(args.lake)
     check_lake(lake)
     check_inputs(cfg)
-    from openmind_core.data import convert, download, inspect_samples
+    from openmind_core.app.inspect_data import inspect_samples
+    from openmind_core.data import convert, download
     from openmind_core.model import build_tokenizer
     from openmind_core.pipeline import tokenizer_corpus
 

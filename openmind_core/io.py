@@ -16,7 +16,8 @@ at any instant leaves either the old content or the whole new content, never a t
 * ``remove_dir(path)``: deletion that a crash cannot leave half done (rename to ``.del-<name>``,
   fsync, then delete; ``clean_stale`` finishes it).
 * ``build_once(path, build)``: a derived file (a cache) built once by whichever process gets
-  there first, readers seeing it only when complete.
+  there first, readers seeing it only when complete; ``build_files_once(paths, build)`` the same
+  for files that belong together (renamed in order, the last one last).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,24 @@ def build_once(path: str | Path, build: Callable[[Path], None]) -> bool:
         return False
     with staged_file(path) as tmp:
         build(tmp)
+    return True
+
+
+def build_files_once(paths: Sequence[str | Path], build: Callable[..., None]) -> bool:
+    """``build_once`` for files that belong together: ``build(*tmps)`` writes every one of them.
+
+    Each is staged (``staged_file``) and renamed in the order given, so a reader that needs them
+    all finds the last one (an index) only once the others are in place.  Nothing is built when
+    every file exists; returns True when this call built them.  ``OSError`` propagates, and then
+    no staged file is left.
+    """
+    paths = [Path(p) for p in paths]
+    if all(p.exists() for p in paths):
+        return False
+    with ExitStack() as stack:
+        # entered last to first, so that leaving the stack renames them first to last
+        tmps = [stack.enter_context(staged_file(p)) for p in reversed(paths)][::-1]
+        build(*tmps)
     return True
 
 

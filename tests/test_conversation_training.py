@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from families import llama3_dir, qwen2_dir  # noqa: F401  (fixtures)
 from openmind_core import prompting
-from openmind_core.data import Collator, VLMDataset, inspect_samples, read_rows
+from openmind_core.app.inspect_data import inspect_samples
+from openmind_core.data import Collator, VLMDataset, read_rows
 from openmind_core.prompting import IGNORE_INDEX, encode_turns
 from schemas.config import load_config
 

@@ -21,7 +21,7 @@ from openmind_core.data.synthetic import generate
 from schemas.config import DataConfig
 
 convert_mod = importlib.import_module("openmind_core.data.convert")  # the package exports the function
-from openmind_core.data import images as images_mod  # noqa: E402
+from openmind_core.data import image_checks as images_mod  # noqa: E402
 from openmind_core.data import reader as reader_mod  # noqa: E402
 from openmind_core.data import rows as rows_mod  # noqa: E402
 

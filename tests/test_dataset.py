@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from openmind_core.data import Collator, ResumableSampler, VLMDataset, convert, download, inspect_samples, read_rows
+from openmind_core.app.inspect_data import inspect_samples
+from openmind_core.data import Collator, ResumableSampler, VLMDataset, convert, download, read_rows
 from openmind_core.prompting import IGNORE_INDEX, format_prompt, instruction_for
 from schemas.config import DataConfig, load_config
 
@@ -177,11 +178,12 @@ def test_images_come_from_a_memory_mapped_cache(curated, tokenizer, monkeypatch,
 def test_pixel_cache_gives_the_same_tensors_as_decoding(curated, tokenizer, monkeypatch, caplog):
     import numpy as np
 
-    from openmind_core.data import dataset as dataset_mod
+    from openmind_core.data import cache as cache_mod
+    from openmind_core.data import pixels as pixels_mod
 
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     cached = make(curated, tokenizer)
-    path = dataset_mod._cache_path(curated, "train", None, f"pixels-{{key}}-{SIZE}px-v{dataset_mod.PIXELS_VERSION}.npy")
+    path = cache_mod.cache_path(curated, "train", None, f"pixels-{{key}}-{SIZE}px-v{pixels_mod.PIXELS_VERSION}.npy")
     assert cached.pixels is not None and path.is_file() and isinstance(cached.pixels, np.memmap)
     built = path.stat().st_mtime_ns
     decoded = VLMDataset(curated, "train", tokenizer, SIZE, N_IMG, image_id, 32, pixel_cache_bytes=0)
@@ -191,7 +193,7 @@ def test_pixel_cache_gives_the_same_tensors_as_decoding(curated, tokenizer, monk
     again = make(curated, tokenizer)  # reuses the file
     assert path.stat().st_mtime_ns == built and torch.equal(again[0]["pixel_values"], decoded[0]["pixel_values"])
     # a cache that cannot be written: decoded per sample, with a warning
-    monkeypatch.setattr(dataset_mod.np.lib.format, "open_memmap",
+    monkeypatch.setattr(pixels_mod.np.lib.format, "open_memmap",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("read-only file system")))
     path.unlink()
     fallback = make(curated, tokenizer)
@@ -213,7 +215,7 @@ def test_dataset_pickles_its_pixel_cache_by_path(curated, tokenizer):
 def test_cache_builds_left_by_dead_processes_are_removed(tmp_path):
     import subprocess
 
-    from openmind_core.data.dataset import _staging
+    from openmind_core.io import _staging_name as _staging
 
     path = tmp_path / "pixels.npy"
     proc = subprocess.Popen(["true"])
@@ -227,26 +229,26 @@ def test_cache_builds_left_by_dead_processes_are_removed(tmp_path):
 
 
 def test_pixel_cache_built_by_worker_processes_is_the_same(curated, tokenizer, monkeypatch):
-    from openmind_core.data import dataset as dataset_mod
+    from openmind_core.data import pixels as pixels_mod
 
-    monkeypatch.setattr(dataset_mod, "PARALLEL_PIXELS", 0)  # always the worker processes
-    monkeypatch.setattr(dataset_mod, "PIXEL_CHUNK", 8)
+    monkeypatch.setattr(pixels_mod, "PARALLEL_PIXELS", 0)  # always the worker processes
+    monkeypatch.setattr(pixels_mod, "PIXEL_CHUNK", 8)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     size = SIZE + 4  # a cache of its own
     parallel = VLMDataset(curated, "train", tokenizer, size, N_IMG, image_id, 32)
     decoded = VLMDataset(curated, "train", tokenizer, size, N_IMG, image_id, 32, pixel_cache_bytes=0)
-    assert parallel.pixels is not None and len(parallel) > 2 * dataset_mod.PIXEL_CHUNK
+    assert parallel.pixels is not None and len(parallel) > 2 * pixels_mod.PIXEL_CHUNK
     for i in range(len(parallel)):
         assert torch.equal(parallel[i]["pixel_values"], decoded[i]["pixel_values"])
 
 
 def test_a_failed_pixel_cache_build_leaves_nothing_and_falls_back(curated, tokenizer, monkeypatch):
-    from openmind_core.data import dataset as dataset_mod
+    from openmind_core.data import pixels as pixels_mod
 
-    def broken(bounds):
+    def broken(job, bounds):
         raise OSError("disk full")
 
-    monkeypatch.setattr(dataset_mod, "_fill_range", broken)
+    monkeypatch.setattr(pixels_mod, "_fill_range", broken)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     ds = VLMDataset(curated, "validation", tokenizer, SIZE + 8, N_IMG, image_id, 32)
     assert ds.pixels is None and ds[0]["pixel_values"].shape == (3, SIZE + 8, SIZE + 8)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from openmind_core.data import ResumableSampler, VLMDataset
-from openmind_core.data import tokens as tokens_mod
+from openmind_core.data import token_cache as tokens_mod
 from test_conversation_training import MIXED, N_IMG, SIZE, tok, write_lake  # noqa: F401  (tok: fixture)
 
 

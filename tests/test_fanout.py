@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from openmind_core.data import convert, download, fanout
+from openmind_core.data import convert, download
+from openmind_core.data import parallel_convert as fanout
 from schemas import DataConfig
 
 

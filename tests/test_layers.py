@@ -23,6 +23,13 @@ def test_core_library_does_not_import_prefect():
     assert not any(m == "prefect" or m.startswith("prefect.") for m in mods)
 
 
+def test_data_package_imports_no_torch_transformers_or_peft():
+    # conversion workers (Dask), the CLI's pre-flight and data-only subprocesses import these
+    mods = _imported_after("import openmind_core.data, openmind_core.data.convert, openmind_core.data.parallel_convert")
+    assert "openmind_core.data.convert" in mods and "openmind_core.data.parallel_convert" in mods
+    assert not [m for m in mods if m.split(".")[0] in ("torch", "transformers", "peft")]
+
+
 def test_schemas_do_not_import_torch():
     mods = _imported_after("import schemas")
     assert "schemas" in mods and "torch" not in mods

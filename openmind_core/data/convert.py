@@ -16,11 +16,12 @@ and ``_manifest.json`` last, with the bad rows (file, line, reason, detail, the 
 - Images are embedded as bytes with their sha256, width, height and format; decoding them for
   validation runs in ``cfg.num_workers`` processes (default: all cores) when there are many.
 
-The parts, one concept a file: ``reader`` (blocks of lines, text checks: ``validate``), ``images``
-(references, inspection, the image cache and worker pool), ``rows`` (Arrow row assembly),
-``quarantine`` (the bad rows), ``shards`` (Parquet layout).  This driver is two separable steps:
-``file_rows`` converts one raw file into its kept rows (the bad ones go to the ``Tally``), and
-``write_version`` merges the row streams of every file, in order, into one curated version.
+The parts, one concept a file: ``reader`` (blocks of lines, text checks: ``validate``),
+``image_checks`` (references, inspection, the image cache and worker pool), ``rows`` (Arrow row
+assembly), ``quarantine`` (the bad rows and the ``ConversionLedger``), ``shards`` (Parquet
+layout).  This driver is two separable steps: ``file_rows`` converts one raw file into its kept
+rows (the bad ones go to the ``ConversionLedger``), and ``write_version`` merges the row streams
+of every file, in order, into one curated version.
 
 Speed: blocks of lines are parsed by ``pyarrow.json`` in a background thread, one or two blocks
 ahead, and checked column-wise (``validate.parse_block``); only the rows it cannot accept (and
@@ -42,7 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,13 +54,13 @@ from schemas.artifacts import CuratedDataset, RawDataset
 from schemas.config import DataConfig
 
 from openmind_core.data import rows as rows_mod
-from openmind_core.data.images import ImageCache, Pool
-from openmind_core.data.lake import CURATED_MANIFEST, SCHEMA_VERSION, DataError, read_json, stable_hash
-from openmind_core.data.quarantine import SPOOL_FILE, Tally, write_quarantine
+from openmind_core.data.image_checks import ImageCache, Pool
+from openmind_core.data.layout import CURATED_MANIFEST, SCHEMA_VERSION, DataError, read_json, stable_hash
+from openmind_core.data.quarantine import SPOOL_FILE, ConversionLedger, write_quarantine
 from openmind_core.data.reader import SourceFile, candidates, source_files
 from openmind_core.data.rows import SCHEMA, shard_writer
 from openmind_core.data.sources import load_raw
-from openmind_core.io import atomic_write_text, clean_stale, staged_dir
+from openmind_core.io import atomic_write_text, clean_stale, remove_dir, staged_dir
 from openmind_core.progress import progress
 
 log = logging.getLogger(__name__)
@@ -80,34 +80,35 @@ def version_of(raw_manifest: dict, cfg: DataConfig) -> str:
                         "problems": raw_manifest.get("image_problems")})
 
 
-def file_rows(f: SourceFile, cfg: DataConfig, tally: Tally, raw_root: Path, cache: ImageCache, pool: Pool,
+def file_rows(f: SourceFile, cfg: DataConfig, ledger: ConversionLedger, raw_root: Path, cache: ImageCache, pool: Pool,
               bar=None) -> Iterator[pa.Table]:
-    """One raw file's kept rows, in line order (its bad rows go to ``tally``, flushed per block)."""
-    first = done = tally.rows_in  # rows on the bar
-    for cand, refs in candidates(f, cfg, tally, raw_root):
-        before = tally.rows_in - cand.num_rows  # rows of earlier batches, and the text checks' rejects
+    """One raw file's kept rows, in line order (its bad rows go to ``ledger``, flushed per block)."""
+    first = done = ledger.rows_in  # rows on the bar
+    for cand, refs in candidates(f, cfg, ledger, raw_root):
+        before = ledger.rows_in - cand.num_rows  # rows of earlier batches, and the text checks' rejects
         if bar is not None:
             bar.update(before - done)
         done = before
         for start, stop in rows_mod.slices(f, cand, refs):
-            rows = rows_mod.assemble(f, cand.slice(start, stop - start), refs, cfg, tally, cache, pool)
+            rows = rows_mod.assemble(f, cand.slice(start, stop - start), refs, cfg, ledger, cache, pool)
             if bar is not None:
                 bar.update(stop - start)
             done += stop - start
             if rows is not None:
                 yield rows
-        tally.flush()
+        ledger.flush()
     if bar is not None:
-        bar.update(tally.rows_in - done)
-    f.rows_in = tally.rows_in - first
+        bar.update(ledger.rows_in - done)
+    f.rows_in = ledger.rows_in - first
 
 
-def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, tally: Tally, pool: Pool) -> Iterator[pa.Table]:
+def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, ledger: ConversionLedger,
+               pool: Pool) -> Iterator[pa.Table]:
     cache = ImageCache()
     total = sum(int(manifest.get(k) or 0) for k in ("caption_rows", "vqa_rows", "conversation_rows"))
     with progress(total, "converting", unit="row") as bar:
-        for f in source_files(raw_root, manifest, tally):
-            yield from file_rows(f, cfg, tally, raw_root, cache, pool, bar)
+        for f in source_files(raw_root, manifest, ledger):
+            yield from file_rows(f, cfg, ledger, raw_root, cache, pool, bar)
 
 
 def _artifact(final: Path, m: dict, lake: Path, reused: bool) -> CuratedDataset:
@@ -150,7 +151,7 @@ def existing_version(lake: Path, raw_root: Path, cfg: DataConfig) -> tuple[dict,
         return manifest, version, final, _artifact(final, done, lake, reused=True)
     if final.exists():
         log.warning("removing incomplete curated version %s", final)
-        shutil.rmtree(final)
+        remove_dir(final)  # renamed away first: a crash mid-delete leaves no half version under its name
     return manifest, version, final, None
 
 
@@ -161,15 +162,15 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
     manifest, version, final, done = existing_version(lake, raw_root, cfg)
     if done is not None:
         return done
-    tally = Tally()
+    ledger = ConversionLedger()
     pool = Pool(cfg.num_workers or os.cpu_count() or 1)
     try:
-        m = write_version(final, lake, version, manifest, cfg, tally,
-                          lambda: _lake_rows(raw_root, manifest, cfg, tally, pool))
+        m = write_version(final, lake, version, manifest, cfg, ledger,
+                          lambda: _lake_rows(raw_root, manifest, cfg, ledger, pool))
     finally:
         pool.shutdown()
-    if tally.rows_bad:
-        log.warning("quarantined %d of %d rows (%s); see %s", tally.rows_bad, tally.rows_in,
+    if ledger.rows_bad:
+        log.warning("quarantined %d of %d rows (%s); see %s", ledger.rows_bad, ledger.rows_in,
                     ", ".join(f"{k}: {v}" for k, v in m["quarantine_by_reason"].items()), lake / m["quarantine_path"])
     if m["normalised"]["crlf_lines"] or m["normalised"]["bom_files"]:
         log.info("normalised %d CRLF line ends and %d leading byte-order marks (a file's format, not bad rows)",
@@ -178,11 +179,11 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
     return _artifact(final, read_json(final / CURATED_MANIFEST) or m, lake, reused=False)
 
 
-def write_version(final: Path, lake: Path, version: str, manifest: dict, cfg: DataConfig, tally: Tally,
+def write_version(final: Path, lake: Path, version: str, manifest: dict, cfg: DataConfig, ledger: ConversionLedger,
                   streams) -> dict:
     """Merge row tables, in order, into the curated version ``final`` (staged, manifest last) and
     its quarantine; returns the manifest.  ``streams()`` gives the row tables (e.g. ``file_rows``
-    of every file in turn) while ``tally``, which they fill, is spooled to disk."""
+    of every file in turn) while ``ledger``, which they fill, is spooled to disk."""
     raw_root = f"raw/{manifest['source']}/{manifest['fingerprint']}"
     splits: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -190,23 +191,23 @@ def write_version(final: Path, lake: Path, version: str, manifest: dict, cfg: Da
         spool = tmp / SPOOL_FILE  # the bad rows as they come; moved to the quarantine below
         writer = shard_writer(tmp, cfg)  # encodes in a background thread while rows are validated
         try:
-            with open(spool, "w", encoding="utf-8") as tally.spool:
+            with open(spool, "w", encoding="utf-8") as ledger.spool:
                 for rows in streams():
                     splits.update({d["values"]: d["counts"] for d in pc.value_counts(rows["split"]).to_pylist()})
                     kinds.update({d["values"]: d["counts"] for d in pc.value_counts(rows["kind"]).to_pylist()})
                     writer.write(rows)
-                tally.flush()
+                ledger.flush()
             shards = writer.close()
         finally:
             writer.abort()
         kept = sum(s["rows"] for s in shards)
-        by_reason = dict(sorted(tally.reasons.items()))
-        assert tally.rows_in == kept + tally.rows_bad, (tally.rows_in, kept, tally.rows_bad)
-        qpath = write_quarantine(lake, version, spool) if tally.rows_bad else None
+        by_reason = dict(sorted(ledger.reasons.items()))
+        assert ledger.rows_in == kept + ledger.rows_bad, (ledger.rows_in, kept, ledger.rows_bad)
+        qpath = write_quarantine(lake, version, spool) if ledger.rows_bad else None
         spool.unlink(missing_ok=True)
         if kept == 0:
             raise DataError(
-                f"no usable rows in {lake / raw_root}: all {tally.rows_in} rows were quarantined "
+                f"no usable rows in {lake / raw_root}: all {ledger.rows_in} rows were quarantined "
                 f"({', '.join(f'{k}: {v}' for k, v in by_reason.items()) or 'the input is empty'})"
                 + (f"; see {lake / qpath}" if qpath else "")
             )
@@ -216,17 +217,17 @@ def write_version(final: Path, lake: Path, version: str, manifest: dict, cfg: Da
             "raw": {"source": manifest["source"], "fingerprint": manifest["fingerprint"], "root": raw_root},
             "shards": shards,
             "columns": SCHEMA.names,
-            "rows_in": tally.rows_in,
+            "rows_in": ledger.rows_in,
             "rows_kept": kept,
-            "rows_quarantined": tally.rows_bad,
+            "rows_quarantined": ledger.rows_bad,
             "quarantine_by_reason": by_reason,
             "quarantine_path": qpath,
             "splits": dict(sorted(splits.items())),
             "kinds": dict(sorted(kinds.items())),
             # per input file: rows read, CRLF line ends and a leading BOM normalised, a conversation file's form
-            "inputs": [f.summary() for f in tally.files],
-            "normalised": {"crlf_lines": sum(f.crlf_lines for f in tally.files),
-                           "bom_files": sum(f.bom for f in tally.files)},
+            "inputs": [f.summary() for f in ledger.files],
+            "normalised": {"crlf_lines": sum(f.crlf_lines for f in ledger.files),
+                           "bom_files": sum(f.bom for f in ledger.files)},
             "settings": cfg.model_dump(mode="json", include=LAYOUT_SETTINGS),
         }
         atomic_write_text(tmp / CURATED_MANIFEST, json.dumps(m, indent=2, ensure_ascii=False, sort_keys=True) + "\n")

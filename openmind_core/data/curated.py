@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from schemas.artifacts import CuratedDataset
 
-from openmind_core.data.lake import CURATED_MANIFEST, read_json
+from openmind_core.data.layout import CURATED_MANIFEST, read_json
 
 TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "answer",
                 "image_width", "image_height", "source_file", "source_line"]
@@ -29,7 +29,7 @@ IMAGE_COLUMNS = ["image", "image_sha256", "image_format"]
 SPLITS = ("train", "validation")
 
 
-def _root(curated: CuratedDataset | str | Path) -> Path:
+def curated_root(curated: CuratedDataset | str | Path) -> Path:
     """A curated version's directory (a ``CuratedDataset``'s ``root``, or the path given)."""
     return Path(curated.root) if isinstance(curated, CuratedDataset) else Path(curated)
 
@@ -59,7 +59,9 @@ def flat_image(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     return column
 
 
-def _read_shard(path: Path, columns: list[str], with_images: bool) -> pa.Table:
+def read_shard(path: Path, columns: list[str], with_images: bool) -> pa.Table:
+    """One shard's ``columns`` (a missing optional column as nulls), plus the image columns
+    (``image`` flattened to bytes) when ``with_images``."""
     names = set(pq.read_schema(path).names)
     want = [c for c in columns if c in names] + ([c for c in IMAGE_COLUMNS if c in names] if with_images else [])
     table = pq.read_table(path, columns=want)
@@ -80,7 +82,7 @@ def read_table(curated: CuratedDataset | str | Path, split: str | None = None,
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     columns = list(columns or ROW_COLUMNS)
-    tables = [_filtered(_read_shard(p, columns, with_images), split, kinds) for p in shard_paths(curated)]
+    tables = [filter_rows(read_shard(p, columns, with_images), split, kinds) for p in shard_paths(curated)]
     if not tables:
         return pa.table({c: pa.array([], OPTIONAL_COLUMNS.get(c, pa.string()))
                          for c in columns + (IMAGE_COLUMNS if with_images else [])})
@@ -93,7 +95,8 @@ def read_rows(curated: CuratedDataset | str | Path, split: str | None = None,
     return read_table(curated, split, kinds, with_images).to_pylist()
 
 
-def _filtered(table: pa.Table, split: str | None, kinds: Iterable[str] | None) -> pa.Table:
+def filter_rows(table: pa.Table, split: str | None, kinds: Iterable[str] | None) -> pa.Table:
+    """The rows of ``split`` whose kind is one of ``kinds`` (None: any)."""
     if split is not None:
         table = table.filter(pc.equal(table["split"], split))
     if kinds is not None:

@@ -1,8 +1,9 @@
 """The quarantine: rows in, bad rows by reason, spooled to disk in file and line order.
 
-``Tally`` counts every row read and every row quarantined (with its file, line, reason, detail
-and text); ``flush`` writes one block's bad rows to the spool file at a time, so memory holds a
-block's bad rows, not the input's.  ``write_quarantine`` moves the spool into
+``ConversionLedger`` is a conversion's bookkeeping: the files read, every row read and every row
+quarantined (with its file, line, reason, detail and text), and the content hashes of the rows
+kept so far (duplicates); ``flush`` writes one block's bad rows to the spool file at a time, so
+memory holds a block's bad rows, not the input's.  ``write_quarantine`` moves the spool into
 ``<lake>/quarantine/<version>/quarantine.jsonl`` (an atomic directory).
 """
 
@@ -18,7 +19,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from openmind_core.data.content import SeenContent
-from openmind_core.io import clean_stale, staged_dir
+from openmind_core.io import clean_stale, remove_dir, staged_dir
 from openmind_core.data.validate import Problem
 
 if TYPE_CHECKING:
@@ -29,9 +30,9 @@ SPOOL_FILE = ".quarantine.jsonl"  # the bad rows while converting, inside the st
 
 
 @dataclass
-class Tally:
-    """Rows in, rows quarantined (by reason, and spooled to a file in file and line order), and
-    content hashes seen."""
+class ConversionLedger:
+    """A conversion's bookkeeping: the files read, rows in, rows quarantined (by reason, and spooled
+    to a file in file and line order), and the content hashes of the rows kept so far."""
 
     files: "list[SourceFile]" = field(default_factory=list)
     rows_in: int = 0
@@ -73,7 +74,7 @@ def write_quarantine(lake: Path, version: str, spool: Path) -> str:
     final = lake / "quarantine" / version
     clean_stale(final.parent, final.name)
     if final.exists():
-        shutil.rmtree(final)
+        remove_dir(final)
     with staged_dir(final) as tmp:
         shutil.move(spool, tmp / QUARANTINE_FILE)  # a rename within the lake's file system
     return f"quarantine/{version}/{QUARANTINE_FILE}"

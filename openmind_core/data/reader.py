@@ -4,10 +4,10 @@ A file's own format is not a bad row: a UTF-8 byte-order mark at its start is dr
 line ends become LF before any check (line numbers do not change); ``SourceFile`` counts both
 for the conversion summary.
 
-``candidates(f, cfg, tally, raw_root)`` yields, in file order, batches of the rows of one raw
+``candidates(f, cfg, ledger, raw_root)`` yields, in file order, batches of the rows of one raw
 file that passed the text checks (``validate``) with their image references resolved
 (``images.resolve_image``): a ``CANDIDATE`` table and the images its ``key`` column names.  Rows
-that fail are quarantined in the ``Tally`` on the way.
+that fail are quarantined in the ``ConversionLedger`` on the way.
 
 Blocks of lines (``BLOCK_BYTES``) are parsed by ``pyarrow.json`` in a background thread, one or two
 blocks ahead, and checked column-wise (``validate.parse_block``); only the rows it cannot accept
@@ -33,8 +33,8 @@ import pyarrow.compute as pc
 from schemas.config import DataConfig
 
 from openmind_core.data.conversations import as_json, detect_format, parse_conversation
-from openmind_core.data.images import ImageRef, resolve_image
-from openmind_core.data.quarantine import Tally
+from openmind_core.data.image_checks import ImageRef, resolve_image
+from openmind_core.data.quarantine import ConversionLedger
 from openmind_core.data.sources.raw import CAPTIONS, VQA, kind_of
 from openmind_core.data.validate import BOM, FIELDS, ParsedBlock, Problem, check_encoding, parse_block, parse_row
 
@@ -79,7 +79,7 @@ CANDIDATE = pa.schema([("line", pa.int64()), ("text", pa.string()), ("question",
 Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their ``key`` names (None: text-only)
 
 
-def source_files(raw_root: Path, manifest: dict, tally: Tally) -> list[SourceFile]:
+def source_files(raw_root: Path, manifest: dict, ledger: ConversionLedger) -> list[SourceFile]:
     inputs = manifest.get("inputs") or {}
     images = {os.path.join(str(raw_root), f["path"]): int(f["bytes"]) for f in manifest["files"] if f["kind"] == "image"}
     out: list[SourceFile] = []
@@ -96,7 +96,7 @@ def source_files(raw_root: Path, manifest: dict, tally: Tally) -> list[SourceFil
         if kind == "conversation":
             with open(raw_root / name, "rb") as fh:
                 out[-1].format = detect_format(fh.read(1 << 16))
-    tally.files = out
+    ledger.files = out
     return out
 
 
@@ -113,13 +113,13 @@ def _resolve(f: SourceFile, value: Any, raw_root: Path) -> ImageRef | Problem:
     return ref
 
 
-def _slow_lines(f: SourceFile, lines: list[tuple[int, bytes]], cfg: DataConfig, tally: Tally,
+def _slow_lines(f: SourceFile, lines: list[tuple[int, bytes]], cfg: DataConfig, ledger: ConversionLedger,
                 raw_root: Path) -> Batch:
     """The line-by-line path: every check in order, the first failure is the row's reason."""
     cols: dict[str, list] = {name: [] for name in CANDIDATE.names}
     refs: dict[str, ImageRef] = {}
     for lineno, raw in lines:
-        tally.rows_in += 1
+        ledger.rows_in += 1
         try:
             text = check_encoding(raw)
             if f.kind == "conversation":
@@ -132,7 +132,7 @@ def _slow_lines(f: SourceFile, lines: list[tuple[int, bytes]], cfg: DataConfig, 
             if isinstance(ref, Problem):
                 raise ref
         except Problem as p:
-            tally.quarantine(f, lineno, p, raw.decode("utf-8", errors="replace"))
+            ledger.quarantine(f, lineno, p, raw.decode("utf-8", errors="replace"))
             continue
         if ref is not None:
             refs[ref.key] = ref
@@ -143,7 +143,7 @@ def _slow_lines(f: SourceFile, lines: list[tuple[int, bytes]], cfg: DataConfig, 
     return pa.Table.from_pydict(cols, schema=CANDIDATE), refs
 
 
-def _fast_block(f: SourceFile, block: bytes, first_line: int, cfg: DataConfig, tally: Tally,
+def _fast_block(f: SourceFile, block: bytes, first_line: int, cfg: DataConfig, ledger: ConversionLedger,
                 raw_root: Path, pb: ParsedBlock | None = None) -> Batch | None:
     """The vectorised path for a block; rows it cannot accept go through ``_slow_lines``.
 
@@ -171,9 +171,9 @@ def _fast_block(f: SourceFile, block: bytes, first_line: int, cfg: DataConfig, t
     pos = pc.fill_null(pc.index_in(values, value_set=uniq), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     good = clean & np.array([isinstance(r, ImageRef) for r in found] or [False], dtype=bool)[pos]
     for i in np.flatnonzero(clean & ~good):  # the image path itself is bad: missing, escaping, ...
-        tally.quarantine(f, int(lines[i]), found[pos[i]], raw(int(i)).decode("utf-8", errors="replace"))
+        ledger.quarantine(f, int(lines[i]), found[pos[i]], raw(int(i)).decode("utf-8", errors="replace"))
     rest = np.flatnonzero(~clean)
-    tally.rows_in += len(lines) - len(rest)
+    ledger.rows_in += len(lines) - len(rest)
     keys = pa.array([r.key if isinstance(r, ImageRef) else None for r in found], pa.string())
     mask = pa.array(good)
     n_good = int(good.sum())
@@ -186,7 +186,7 @@ def _fast_block(f: SourceFile, block: bytes, first_line: int, cfg: DataConfig, t
          pa.nulls(n_good, CANDIDATE.field("conversation").type), pa.nulls(n_good, pa.string())], schema=CANDIDATE)
     if not len(rest):
         return fast, refs
-    slow, slow_refs = _slow_lines(f, [(int(lines[i]), raw(int(i))) for i in rest], cfg, tally, raw_root)
+    slow, slow_refs = _slow_lines(f, [(int(lines[i]), raw(int(i))) for i in rest], cfg, ledger, raw_root)
     refs.update(slow_refs)
     both = pa.concat_tables([fast, slow])
     return both.take(pc.sort_indices(both["line"])), refs
@@ -227,7 +227,7 @@ def _normalised(f: SourceFile, blocks: Iterator[tuple[int, bytes]]) -> Iterator[
         yield first, block
 
 
-def candidates(f: SourceFile, cfg: DataConfig, tally: Tally, raw_root: Path) -> Iterator[Batch]:
+def candidates(f: SourceFile, cfg: DataConfig, ledger: ConversionLedger, raw_root: Path) -> Iterator[Batch]:
     """Every non-blank line of a raw JSONL file, text-validated, in file order.
 
     The next block is parsed in a background thread (``pyarrow.json`` releases the GIL) while
@@ -236,7 +236,7 @@ def candidates(f: SourceFile, cfg: DataConfig, tally: Tally, raw_root: Path) -> 
     blocks = _normalised(f, _blocks(f.path, BLOCK_BYTES))
     if not FAST_PATH or f.kind not in FIELDS:
         for first, block in blocks:
-            yield from _block_batches(f, block, first, None, cfg, tally, raw_root)
+            yield from _block_batches(f, block, first, None, cfg, ledger, raw_root)
         return
     parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsonl-parser")
     parse = partial(parse_block, kind=f.kind, max_text_chars=cfg.max_text_chars)
@@ -245,15 +245,15 @@ def candidates(f: SourceFile, cfg: DataConfig, tally: Tally, raw_root: Path) -> 
         while ahead:
             ahead += [(first, block, parser.submit(parse, block, first)) for first, block in islice(blocks, 1)]
             first, block, parsed = ahead.pop(0)
-            yield from _block_batches(f, block, first, parsed.result(), cfg, tally, raw_root)
+            yield from _block_batches(f, block, first, parsed.result(), cfg, ledger, raw_root)
     finally:
         parser.shutdown(wait=True, cancel_futures=True)
 
 
-def _block_batches(f: SourceFile, block: bytes, first: int, pb: ParsedBlock | None, cfg: DataConfig, tally: Tally,
-                   raw_root: Path) -> Iterator[Batch]:
+def _block_batches(f: SourceFile, block: bytes, first: int, pb: ParsedBlock | None, cfg: DataConfig,
+                   ledger: ConversionLedger, raw_root: Path) -> Iterator[Batch]:
     if pb is not None:
-        batch = _fast_block(f, block, first, cfg, tally, raw_root, pb)
+        batch = _fast_block(f, block, first, cfg, ledger, raw_root, pb)
         assert batch is not None
         yield batch
         return
@@ -261,12 +261,12 @@ def _block_batches(f: SourceFile, block: bytes, first: int, pb: ParsedBlock | No
     if FAST_PATH and f.kind in FIELDS and len(lines) > 2 * SUB_BLOCK_LINES:  # retry in pieces: one bad line spoils only its piece
         for i in range(0, len(lines), SUB_BLOCK_LINES):
             piece = b"\n".join(lines[i:i + SUB_BLOCK_LINES])
-            batch = _fast_block(f, piece, first + i, cfg, tally, raw_root)
+            batch = _fast_block(f, piece, first + i, cfg, ledger, raw_root)
             if batch is None:
                 batch = _slow_lines(f, [(first + i + j, ln) for j, ln in enumerate(lines[i:i + SUB_BLOCK_LINES])
-                                        if ln.strip()], cfg, tally, raw_root)
+                                        if ln.strip()], cfg, ledger, raw_root)
             yield batch
         return
-    yield _slow_lines(f, [(first + j, ln) for j, ln in enumerate(lines) if ln.strip()], cfg, tally, raw_root)
+    yield _slow_lines(f, [(first + j, ln) for j, ln in enumerate(lines) if ln.strip()], cfg, ledger, raw_root)
 
 

@@ -1,7 +1,7 @@
 """Arrow row assembly: candidates with inspected images become the curated lake's rows.
 
 ``assemble`` takes one batch of text-checked candidates (``reader.candidates``), inspects each
-distinct image once (``images``), quarantines the rows whose image is bad or whose content was
+distinct image once (``image_checks``), quarantines the rows whose image is bad or whose content was
 seen before, and builds the rows of ``SCHEMA``: content-hash ids, splits, the embedded image
 bytes with their sha256, size and format.  The image column is Hugging Face's Parquet image layout
 (``struct<bytes, path>``) and the schema carries the ``huggingface`` features entry, so
@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 from schemas.config import DataConfig
 
 from openmind_core.data.content import digests_of, hex_ids, splits_by_image
-from openmind_core.data.images import ImageCache, ImageInfo, ImageRef, Pool, load_and_inspect
-from openmind_core.data.lake import SCHEMA_VERSION
-from openmind_core.data.quarantine import Tally
+from openmind_core.data.image_checks import ImageCache, ImageInfo, ImageRef, Pool, load_and_inspect
+from openmind_core.data.layout import SCHEMA_VERSION
+from openmind_core.data.quarantine import ConversionLedger
 from openmind_core.data.reader import TURN, SourceFile
 from openmind_core.data.shards import ShardWriter, rows_that_fit
 from openmind_core.data.validate import Problem
@@ -100,7 +100,7 @@ def _constant(value: str, n: int, cache: dict[str, pa.Array]) -> pa.Array:
     return arr.slice(0, n)
 
 
-def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, tally: Tally,
+def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: DataConfig, ledger: ConversionLedger,
           cache: ImageCache, pool: Pool) -> pa.Table | None:
     """Inspect the images of a batch of candidates, hash and de-duplicate: the lake's rows (None
     when none is kept)."""
@@ -119,7 +119,7 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     if not ok.all():
         lines = cand["line"].to_numpy()
         for i in np.flatnonzero(~ok):
-            tally.quarantine(f, int(lines[i]), results[idx[i]], _shown(cand, int(i), refs[ulist[idx[i]]]))
+            ledger.quarantine(f, int(lines[i]), results[idx[i]], _shown(cand, int(i), refs[ulist[idx[i]]]))
         if not ok.any():
             return None
         cand, idx = cand.filter(pa.array(ok)), idx[ok]
@@ -129,10 +129,10 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     shas = pa.array([i.sha256 if k is not None else None for k, i in zip(ulist, info)], pa.string()).take(take)
     digests = digests_of(f.kind, cand, shas)
     lines = cand["line"].to_numpy()
-    keep = tally.seen.keep_new(f.order, digests, lines)
+    keep = ledger.seen.keep_new(f.order, digests, lines)
     if keep is not None:
         for i in np.flatnonzero(~keep):
-            tally.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {tally.first(digests[i])}"),
+            ledger.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {ledger.first(digests[i])}"),
                              _shown(cand, int(i), refs[ulist[idx[i]]]))
         if not keep.any():
             return None

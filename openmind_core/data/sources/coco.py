@@ -10,7 +10,7 @@ from pathlib import Path
 from schemas.artifacts import RawDataset
 from schemas.config import DataConfig
 
-from openmind_core.data.lake import DataError, stable_hash
+from openmind_core.data.layout import DataError, stable_hash
 from openmind_core.data.sources.raw import CAPTIONS, IMAGE_DIR, commit, hash_file_into, is_within, require
 from openmind_core.progress import tracked
 

@@ -8,7 +8,7 @@ from schemas.artifacts import RawDataset
 from schemas.config import DataConfig
 
 from openmind_core.data import synthetic
-from openmind_core.data.lake import stable_hash
+from openmind_core.data.layout import stable_hash
 from openmind_core.data.sources.raw import CAPTIONS, IMAGE_DIR, VQA, commit
 
 

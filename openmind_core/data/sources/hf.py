@@ -19,8 +19,8 @@ from typing import Any
 from schemas.artifacts import RawDataset
 from schemas.config import DataConfig
 
-from openmind_core.data.images import looks_inline
-from openmind_core.data.lake import RAW_MANIFEST, DataError, HubUnreachableError, read_json, stable_hash
+from openmind_core.data.image_checks import looks_inline
+from openmind_core.data.layout import RAW_MANIFEST, DataError, HubUnreachableError, read_json, stable_hash
 from openmind_core.data.sources.hf_presets import OPTIONAL, HFSpec, resolve
 from openmind_core.data.sources.raw import IMAGE_DIR, commit, hash_file_into, table_name
 from openmind_core.hub import hub_access

@@ -49,7 +49,7 @@ def resolve(name: str, config_name: str | None, split: str, kind: str | None, co
             where: str = "data.hf") -> HFSpec:
     """The data set's kind and full column mapping: the preset's (when ``name`` has one) under the
     user's own; an unknown field is an error naming it."""
-    from openmind_core.data.lake import DataError
+    from openmind_core.data.layout import DataError
 
     preset = preset_of(name)
     kind = kind or preset.get("kind") or "caption"

@@ -23,8 +23,8 @@ import pyarrow.json as pa_json
 from schemas.artifacts import RawDataset
 from schemas.config import DataConfig
 
-from openmind_core.data.images import looks_inline, windows_absolute
-from openmind_core.data.lake import stable_hash
+from openmind_core.data.image_checks import looks_inline, windows_absolute
+from openmind_core.data.layout import stable_hash
 from openmind_core.data.sources.raw import CAPTIONS, CONVERSATIONS, IMAGE_DIR, VQA, commit, hash_file_into, is_within, require
 from openmind_core.progress import tracked
 

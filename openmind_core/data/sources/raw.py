@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from schemas.artifacts import RawDataset, RawFile
 
-from openmind_core.data.lake import RAW_MANIFEST, read_json
-from openmind_core.io import atomic_write_json, clean_stale, sha256_file, staged_dir
+from openmind_core.data.layout import RAW_MANIFEST, read_json
+from openmind_core.io import atomic_write_json, clean_stale, remove_dir, sha256_file, staged_dir
 from openmind_core.progress import tracked
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def _existing(final: Path) -> dict | None:
         return manifest
     if final.exists():
         log.warning("removing incomplete raw download %s", final)
-        shutil.rmtree(final)
+        remove_dir(final)
     return None
 
 

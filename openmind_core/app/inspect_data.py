@@ -1,5 +1,9 @@
 """``openmind data inspect``: a few decoded samples of the curated lake and one collated batch.
 
+The stage that checks the data pipeline end to end as the model will see it: the model's config
+gives the image size, the number of image tokens and the image processor's settings, the data
+layer the dataset and the collator.
+
 Each sample shows the whole sequence as the model sees it (chat template included), the image's
 tokens once as ``<image xN>`` (a text-only row says so), its targets (several assistant turns of a
 conversation each in its place as ``<target k>``), and its token counts.
@@ -13,14 +17,16 @@ import torch
 
 from schemas.artifacts import CuratedDataset
 
+from openmind_core.data.collate import Collator
+from openmind_core.data.curated import curated_root
+from openmind_core.data.dataset import VLMDataset
+from openmind_core.model.builder import image_processor_settings
+from openmind_core.model.tokens import tokens_for_config
 from openmind_core.prompting import IGNORE_INDEX, has_chat_template
 
 
 def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, n: int = 3) -> str:
     """The ``openmind data inspect`` text: ``n`` decoded samples and one collated batch's shapes."""
-    from openmind_core.data.dataset import Collator, VLMDataset, _root
-    from openmind_core.model.tokens import tokens_for_config
-
     image_token = model_cfg.tokenizer.image_token
     image_token_id = tokenizer.convert_tokens_to_ids(image_token)
     if image_token_id is None or image_token_id == tokenizer.unk_token_id:
@@ -28,8 +34,6 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
     n_img = tokens_for_config(model_cfg)
     split = "train"
     args = (tokenizer, model_cfg.vision.img_size, n_img, image_token_id, model_cfg.max_length)
-    from openmind_core.model.builder import image_processor_settings
-
     mean, std, resample, _ = image_processor_settings(model_cfg.vision.pretrained)
     kw = dict(pixel_cache_bytes=0, image_mean=mean, image_std=std, image_resample=resample)
     try:  # a few samples: decode them, build no pixel cache
@@ -47,7 +51,7 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
             if idx and len(picks) < n:
                 picks.append(idx.pop(0))
     template = "the tokenizer's chat template" if has_chat_template(tokenizer) else "the fixed USER/ASSISTANT template"
-    lines = [f"curated lake: {_root(curated)}  split: {split or 'all'}  rows: {len(ds)}",
+    lines = [f"curated lake: {curated_root(curated)}  split: {split or 'all'}  rows: {len(ds)}",
              f"prompts: {template}",
              f"image: {model_cfg.vision.img_size} px -> {n_img} image tokens ({image_token!r} id {image_token_id}); "
              f"max_length {model_cfg.max_length} text tokens", ""]

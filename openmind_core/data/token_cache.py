@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import logging
-import os
 from itertools import chain
 from pathlib import Path
 
@@ -31,10 +29,9 @@ import numpy as np
 import pyarrow as pa
 
 from openmind_core import prompting
+from openmind_core.data.cache import mapped_cache
 from openmind_core.progress import progress
 from openmind_core.prompting import IMAGE_TAG, Encoded, encode_conversations, encode_many, instruction_for
-
-log = logging.getLogger(__name__)
 
 CHUNK = 16_384  # rows tokenised per batch
 TOKENS_VERSION = 2  # bump when the file layout changes
@@ -54,14 +51,6 @@ def tokenizer_key(tokenizer, num_image_tokens: int, image_token_id: int, max_len
                          tokenizer.eos_token_id, num_image_tokens, image_token_id, max_length, TOKENS_VERSION,
                          _PROMPTING], default=str).encode())
     return h.hexdigest()[:16]
-
-
-def image_slots(images: pa.ChunkedArray) -> np.ndarray:
-    """Each row's index among the rows that have an image (-1 for a text-only row)."""
-    valid = np.asarray(images.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    slots = np.cumsum(valid, dtype=np.int64) - 1
-    slots[~valid] = -1
-    return slots
 
 
 def _encode_chunk(part: pa.Table, slots: np.ndarray, tokenizer, num_image_tokens: int, image_token_id: int,
@@ -93,8 +82,8 @@ def _encode_chunk(part: pa.Table, slots: np.ndarray, tokenizer, num_image_tokens
     return out  # type: ignore[return-value]
 
 
-def _text(values: list[int], enc: Encoded):
-    """``values`` without the image's placeholder run."""
+def _without_image_run(values: list[int], enc: Encoded):
+    """``values`` without the image's run of placeholder ids (the index says where it goes)."""
     start, end = enc.image_positions
     return chain(values[:start], values[end:]) if end > start else values
 
@@ -121,8 +110,8 @@ def _encoded_chunks(table: pa.Table, slots: np.ndarray, tokenizer, num_image_tok
             rows[:, 5] = slots[lo: lo + len(encs)]
             total = int(lengths.sum())
             offset += total
-            ids = np.fromiter(chain.from_iterable(_text(e.input_ids, e) for e in encs), np.int32, total)
-            labels = np.fromiter(chain.from_iterable(_text(e.labels, e) for e in encs), np.int32, total)
+            ids = np.fromiter(chain.from_iterable(_without_image_run(e.input_ids, e) for e in encs), np.int32, total)
+            labels = np.fromiter(chain.from_iterable(_without_image_run(e.labels, e) for e in encs), np.int32, total)
             bar.update(len(encs))
             yield ids, labels
     finally:
@@ -132,39 +121,48 @@ def _encoded_chunks(table: pa.Table, slots: np.ndarray, tokenizer, num_image_tok
 def token_arrays(cache_dir: Path | None, name: str, table: pa.Table, slots: np.ndarray, tokenizer,
                  num_image_tokens: int, image_token_id: int, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [2, T] int32, index [rows, 6] int64): memory-mapped from ``cache_dir`` (built there
-    once), or in memory when ``cache_dir`` is None or cannot be written."""
+    once, ``cache.mapped_cache``), or in memory when ``cache_dir`` is None or cannot be written."""
     rows = table.num_rows
-    key = tokenizer_key(tokenizer, num_image_tokens, image_token_id, max_length)
     args = (tokenizer, num_image_tokens, image_token_id, max_length)
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{name}-{key}.npy"
-        index_path = path.with_name(f"{name}-{key}-index.npy")
-        try:
-            if not (path.exists() and index_path.exists()):
-                _build_files(path, index_path, table, slots, args)
-            tokens, index = np.load(path, mmap_mode="r"), np.load(index_path, mmap_mode="r")
-            total = int(index[-1, 0] + index[-1, 1]) if rows else 0
-            if index.shape == (rows, len(INDEX_FIELDS)) and tokens.shape == (2, total):
-                return tokens, index
-            log.warning("token cache %s does not match %d rows; rebuilding it next time", path, rows)
-            path.unlink(missing_ok=True)
-            index_path.unlink(missing_ok=True)
-        except (OSError, ValueError) as e:
-            log.warning("token cache %s not usable (%s); keeping token ids in memory", path, e)
-    index = np.zeros((rows, len(INDEX_FIELDS)), np.int64)
-    parts = list(_encoded_chunks(table, slots, *args, index))
-    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
-    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
-    return np.stack([ids, labels]), index
+
+    def in_memory() -> tuple[np.ndarray, np.ndarray]:
+        index = np.zeros((rows, len(INDEX_FIELDS)), np.int64)
+        parts = list(_encoded_chunks(table, slots, *args, index))
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
+        return np.stack([ids, labels]), index
+
+    if cache_dir is None:
+        return in_memory()
+    key = tokenizer_key(tokenizer, num_image_tokens, image_token_id, max_length)
+    path = Path(cache_dir) / f"{name}-{key}.npy"
+    index_path = path.with_name(f"{name}-{key}-index.npy")
+
+    def mismatch(arrays: tuple[np.ndarray, np.ndarray]) -> str | None:
+        tokens, index = arrays
+        total = int(index[-1, 0] + index[-1, 1]) if rows else 0
+        if index.shape == (rows, len(INDEX_FIELDS)) and tokens.shape == (2, total):
+            return None
+        return f"does not match {rows} rows"
+
+    def build(tmp: Path, index_tmp: Path) -> None:
+        _write_files(tmp, index_tmp, table, slots, args)
+
+    def open_mapped(p: Path, ip: Path) -> tuple[np.ndarray, np.ndarray]:
+        return np.load(p, mmap_mode="r"), np.load(ip, mmap_mode="r")
+
+    # the index last: a reader needs both files, and finds the index only once the tokens are in place
+    arrays, _ = mapped_cache([path, index_path], build, open_mapped, mismatch, in_memory, what="token",
+                             fallback="keeping token ids in memory", errors=(OSError, ValueError))
+    return arrays
 
 
-def _build_files(path: Path, index_path: Path, table: pa.Table, slots: np.ndarray, args) -> None:
-    from openmind_core.data.dataset import _staging
+def _write_files(tmp: Path, index_tmp: Path, table: pa.Table, slots: np.ndarray, args) -> None:
+    """Tokenise every row into the (staged) token file ``tmp`` and index file ``index_tmp``.
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _staging(path)
+    The ids and labels are streamed chunk by chunk to two raw scratch files first (their total
+    length, the array's shape, is known only at the end), then copied into the ``.npy``."""
     raw_ids, raw_labels = tmp.with_suffix(".ids"), tmp.with_suffix(".labels")
-    index_tmp = _staging(index_path)
     try:
         index = np.zeros((table.num_rows, len(INDEX_FIELDS)), np.int64)
         total = 0
@@ -183,8 +181,6 @@ def _build_files(path: Path, index_path: Path, table: pa.Table, slots: np.ndarra
         del out
         with open(index_tmp, "wb") as f:
             np.save(f, index)
-        os.replace(tmp, path)
-        os.replace(index_tmp, index_path)  # the index last: a reader needs both
     finally:
-        for f in (tmp, raw_ids, raw_labels, index_tmp):
+        for f in (raw_ids, raw_labels):
             f.unlink(missing_ok=True)

@@ -32,9 +32,9 @@ from schemas.artifacts import CuratedDataset, RawDataset
 from schemas.config import DataConfig
 
 from openmind_core.data.convert import _artifact, _complete, existing_version, file_rows, version_of, write_version
-from openmind_core.data.images import ImageCache, Pool
-from openmind_core.data.lake import CURATED_MANIFEST, read_json
-from openmind_core.data.quarantine import Tally
+from openmind_core.data.image_checks import ImageCache, Pool
+from openmind_core.data.layout import CURATED_MANIFEST, read_json
+from openmind_core.data.quarantine import ConversionLedger
 from openmind_core.data.reader import candidates, source_files
 from openmind_core.data.rows import SCHEMA, _shown
 from openmind_core.data.sources import load_raw
@@ -62,7 +62,7 @@ def plan(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> tuple[str, int, 
     """(curated version, number of raw files, the fan-out's work directory in the lake)."""
     manifest = load_raw(Path(raw.root))
     version = version_of(manifest, cfg)
-    n = len(source_files(Path(raw.root), manifest, Tally()))
+    n = len(source_files(Path(raw.root), manifest, ConversionLedger()))
     return version, n, Path(lake) / "curated" / f".fanout-{version}"
 
 
@@ -78,22 +78,22 @@ def convert_file(raw_root: str | Path, cfg: DataConfig, order: int, work: str | 
         shutil.rmtree(work)
     work.mkdir(parents=True)
     manifest = load_raw(raw_root)
-    tally = Tally()
-    f = source_files(raw_root, manifest, tally)[order]
+    ledger = ConversionLedger()
+    f = source_files(raw_root, manifest, ledger)[order]
     pool = Pool(cfg.num_workers or 1)  # the fan-out is the parallelism: one core a file unless asked
     tables: list[int] = []
     try:
-        with open(work / SPOOL, "w", encoding="utf-8") as tally.spool, \
+        with open(work / SPOOL, "w", encoding="utf-8") as ledger.spool, \
                 pa.OSFile(str(work / PARTS), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-            for rows in file_rows(f, cfg, tally, raw_root, ImageCache(), pool):
+            for rows in file_rows(f, cfg, ledger, raw_root, ImageCache(), pool):
                 batches = rows.to_batches()
                 for b in batches:
                     writer.write_batch(b)
                 tables.append(len(batches))
-            tally.flush()
+            ledger.flush()
     finally:
         pool.shutdown()
-    return FilePart(order=order, work=str(work), rows_in=tally.rows_in, reasons=dict(tally.reasons),
+    return FilePart(order=order, work=str(work), rows_in=ledger.rows_in, reasons=dict(ledger.reasons),
                     crlf_lines=f.crlf_lines, bom=f.bom, format=f.format, tables=tables)
 
 
@@ -108,7 +108,7 @@ def _shown_lines(f, cfg: DataConfig, raw_root: Path, lines: set[int]) -> dict[in
     the file's record so its counts (CRLF lines, BOM) are not counted twice."""
     out: dict[int, str] = {}
     f = replace(f, resolved={}, constants={}, crlf_lines=0, bom=False)
-    scratch = Tally(files=[f])
+    scratch = ConversionLedger(files=[f])
     for cand, refs in candidates(f, cfg, scratch, raw_root):
         scratch.pending.clear()
         got = cand["line"].to_numpy()
@@ -127,20 +127,20 @@ def merge(raw: RawDataset, cfg: DataConfig, lake: str | Path, parts: list[FilePa
     if done is not None:
         return done
     parts = sorted(parts, key=lambda p: p.order)
-    tally = Tally()
-    files = source_files(raw_root, manifest, tally)
+    ledger = ConversionLedger()
+    files = source_files(raw_root, manifest, ledger)
     if [p.order for p in parts] != list(range(len(files))):
         raise ValueError(f"merge: parts for files {[p.order for p in parts]}, the download has {len(files)} files")
     for f, p in zip(files, parts):
         f.rows_in, f.crlf_lines, f.bom, f.format = p.rows_in, p.crlf_lines, p.bom, p.format
-        tally.rows_in += p.rows_in
+        ledger.rows_in += p.rows_in
 
     def streams():
         for f, p in zip(files, parts):
-            yield from _file_stream(f, p, cfg, raw_root, tally)
+            yield from _file_stream(f, p, cfg, raw_root, ledger)
 
     try:
-        m = write_version(final, lake, version, manifest, cfg, tally, streams)
+        m = write_version(final, lake, version, manifest, cfg, ledger, streams)
     finally:  # the parts are scratch: gone whether the merge worked or not (a rerun converts again)
         for p in parts:
             shutil.rmtree(p.work, ignore_errors=True)
@@ -150,7 +150,7 @@ def merge(raw: RawDataset, cfg: DataConfig, lake: str | Path, parts: list[FilePa
     return _artifact(final, read_json(final / CURATED_MANIFEST) or m, lake, reused=False)
 
 
-def _file_stream(f, p: FilePart, cfg: DataConfig, raw_root: Path, tally: Tally):
+def _file_stream(f, p: FilePart, cfg: DataConfig, raw_root: Path, ledger: ConversionLedger):
     """One file's row tables, without rows an earlier file kept; then its quarantine records."""
     reader = pa.ipc.open_file(pa.memory_map(os.path.join(p.work, PARTS)))
     dropped: dict[int, str] = {}  # line -> "file:line" of the globally first copy
@@ -159,10 +159,10 @@ def _file_stream(f, p: FilePart, cfg: DataConfig, raw_root: Path, tally: Tally):
         rows = pa.Table.from_batches([reader.get_batch(k + j) for j in range(n)], schema=SCHEMA)
         k += n
         digests, lines = _digests(rows["sample_id"]), rows["source_line"].to_numpy()
-        keep = tally.seen.keep_new(f.order, digests, lines)
+        keep = ledger.seen.keep_new(f.order, digests, lines)
         if keep is not None:
             for i in np.flatnonzero(~keep):
-                dropped[int(lines[i])] = tally.first(digests[i])
+                dropped[int(lines[i])] = ledger.first(digests[i])
             if not keep.any():
                 continue
             rows = rows.filter(pa.array(keep))
@@ -179,13 +179,13 @@ def _file_stream(f, p: FilePart, cfg: DataConfig, raw_root: Path, tally: Tally):
                     rec["detail"] = f"same content as {dropped[first]}"
             records.append((f.order, rec["line"], rec))
     for reason, count in p.reasons.items():
-        tally.reasons[reason] += count
+        ledger.reasons[reason] += count
     if dropped:
         shown = _shown_lines(f, cfg, raw_root, set(dropped))
         for line, first in dropped.items():
-            tally.quarantine(f, line, Problem("duplicate", f"same content as {first}"), shown[line])
-    tally.pending += records
-    tally.flush()
+            ledger.quarantine(f, line, Problem("duplicate", f"same content as {first}"), shown[line])
+    ledger.pending += records
+    ledger.flush()
 
 
 def convert_serially(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDataset:
