@@ -15,9 +15,8 @@ at any instant leaves either the old content or the whole new content, never a t
   concurrent writer finished first) and the staged copy is dropped.
 * ``remove_dir(path)``: deletion that a crash cannot leave half done (rename to ``.del-<name>``,
   fsync, then delete; ``clean_stale`` finishes it).
-* ``build_once(path, build)``: a derived file (a cache) built once by whichever process gets
-  there first, readers seeing it only when complete; ``build_files_once(paths, build)`` the same
-  for files that belong together (renamed in order, the last one last).
+* ``build_files_once(paths, build)``: derived files (a cache) built once by whichever process
+  gets there first, readers seeing them only when complete (renamed in order, the last one last).
 """
 
 from __future__ import annotations
@@ -126,23 +125,8 @@ def staged_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def build_once(path: str | Path, build: Callable[[Path], None]) -> bool:
-    """Make sure the derived file ``path`` exists: ``build(tmp)`` writes it under a staged name.
-
-    Returns True when this call built it.  Readers never see a partial file; two processes that
-    build at once both finish and the second rename wins with identical content.  ``OSError`` (a
-    read-only lake, a full disk) propagates: callers fall back to holding the data in memory.
-    """
-    path = Path(path)
-    if path.exists():
-        return False
-    with staged_file(path) as tmp:
-        build(tmp)
-    return True
-
-
 def build_files_once(paths: Sequence[str | Path], build: Callable[..., None]) -> bool:
-    """``build_once`` for files that belong together: ``build(*tmps)`` writes every one of them.
+    """Make sure the derived files ``paths`` exist: ``build(*tmps)`` writes every one of them.
 
     Each is staged (``staged_file``) and renamed in the order given, so a reader that needs them
     all finds the last one (an index) only once the others are in place.  Nothing is built when
