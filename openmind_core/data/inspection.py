@@ -19,7 +19,7 @@ from openmind_core.prompting import IGNORE_INDEX, has_chat_template
 def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, n: int = 3) -> str:
     """The ``openmind data inspect`` text: ``n`` decoded samples and one collated batch's shapes."""
     from openmind_core.data.dataset import Collator, VLMDataset, _root
-    from openmind_core.model.tokens import tokens_for_config
+    from openmind_core.model.image_tokens import tokens_for_config
 
     image_token = model_cfg.tokenizer.image_token
     image_token_id = tokenizer.convert_tokens_to_ids(image_token)

@@ -6,7 +6,7 @@ from openmind_core.model.language import build_language_model, inline_llama_conf
 from openmind_core.model.memory import MemoryEstimate, estimate_memory
 from openmind_core.model.projector import ImprovedProjector
 from openmind_core.model.tokenizer import build_tokenizer, load_tokenizer, train_bpe_tokenizer
-from openmind_core.model.tokens import num_image_tokens, tokens_for_config
+from openmind_core.model.image_tokens import num_image_tokens, tokens_for_config
 from openmind_core.model.vision import ImprovedVisionEncoder
 from openmind_core.model.vlm import MultimodalReasoningModel
 

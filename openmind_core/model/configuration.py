@@ -70,7 +70,7 @@ class MultimodalReasoningConfig(PreTrainedConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        from openmind_core.model.tokens import num_image_tokens
+        from openmind_core.model.image_tokens import num_image_tokens
 
         return num_image_tokens(self.grid, self.projector_type, self.pooling_kernel)
 

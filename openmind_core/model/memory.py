@@ -40,7 +40,7 @@ from transformers import AutoModelForCausalLM
 
 from openmind_core.model.language import language_model_config
 from openmind_core.model.projector import ImprovedProjector
-from openmind_core.model.tokens import tokens_for_config
+from openmind_core.model.image_tokens import tokens_for_config
 from openmind_core.model.vision import ImprovedVisionEncoder
 
 GIB = 1 << 30
