@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_model import _batch, _time_train  # noqa: E402  (the same batch and timed steps)
 from openmind_core.model.lora import is_lora_name  # noqa: E402
-from openmind_core.model import MultimodalReasoningModel, build_tokenizer  # noqa: E402
+from openmind_core.model import build_model, build_tokenizer  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
@@ -45,9 +45,9 @@ def _models(quick: bool):
     tok = build_tokenizer(base.model.tokenizer.model_copy(update={"vocab_size": 400}), CORPUS)
     lora = load_config(overrides=size + ["model.stage=finetune", "model.lm.lora.r=16"])
     torch.manual_seed(0)
-    frozen = MultimodalReasoningModel.from_config(base.model, tok)
+    frozen = build_model(base.model, tok)
     torch.manual_seed(0)
-    adapted = MultimodalReasoningModel.from_config(lora.model, tok)
+    adapted = build_model(lora.model, tok)
     return tok, frozen, adapted, lora.model.lm.lora
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
-from openmind_core.model import MultimodalReasoningModel, build_tokenizer  # noqa: E402
+from openmind_core.model import build_model, build_tokenizer  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
@@ -41,7 +41,7 @@ def _build(quick: bool):
                                         "model.vision.use_flash_attn=false"])
     tok = build_tokenizer(cfg.model.tokenizer.model_copy(update={"vocab_size": 400}), CORPUS)
     torch.manual_seed(0)
-    ours = MultimodalReasoningModel.from_config(cfg.model, tok)
+    ours = build_model(cfg.model, tok)
     v = ours.vision_encoder.siglip.config
     lcfg = ours.language_model.config
     llava_cfg = LlavaConfig(

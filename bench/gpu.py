@@ -191,14 +191,14 @@ def build(cfg, device: str):
     """(model, tokenizer) for ``cfg`` on ``device``: random init (no hub), in ``model.dtype``."""
     import torch
 
-    from openmind_core.model import MultimodalReasoningModel, train_bpe_tokenizer
+    from openmind_core.model import build_model, train_bpe_tokenizer
 
     words = "a red blue green circle square triangle on the left right of small large image what colour is".split()
     corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
     tok = train_bpe_tokenizer(corpus, vocab_size=300, image_token=cfg.model.tokenizer.image_token)
     torch.manual_seed(cfg.run.seed)
     with torch.device(device):  # initialise directly on the GPU (fp32 init, then the model casts itself)
-        model = MultimodalReasoningModel.from_config(cfg.model, tok)
+        model = build_model(cfg.model, tok)
     model.train()
     gc.collect()
     if device.startswith("cuda"):

@@ -116,7 +116,7 @@ def cmd_export(args) -> int:
         raise UsageError(f"{src}: neither a run directory with final/ nor a saved model directory")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--merge {out}: exists and is not empty")
-    from openmind_core.model.lora import export_merged
+    from openmind_core.app.export import export_merged
 
     print(f"merged model written to {export_merged(src, out)}")
     return 0

@@ -76,10 +76,10 @@ def build_model(cfg: OpenMindConfig, tokenizer, device=None):
 
     ``device``: where the towers are created or loaded (default CPU; the trainer moves or shards it).
     """
-    from openmind_core.model import MultimodalReasoningModel
+    from openmind_core.model import builder
 
     seed_everything(cfg.run.seed)
-    return MultimodalReasoningModel.from_config(cfg.model, tokenizer, device=device)  # stage, dtype, checkpointing
+    return builder.build_model(cfg.model, tokenizer, device=device)  # stage, dtype, checkpointing
 
 
 def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):

@@ -12,7 +12,7 @@ Two layouts, chosen by the tokenizer:
 * **No template** (the tiny default's trained BPE): ``[bos] [image] * N "\\nUSER: {instruction}\\nASSISTANT:"
   " {target}" [eos]``.
 
-In both, the image placeholder is inserted as ``N`` token ids (``openmind_core.model.tokens``),
+In both, the image placeholder is inserted as ``N`` token ids (``openmind_core.model.image_tokens``),
 never parsed out of text: a literal ``<image>`` inside an instruction, caption or answer is
 tokenised as the plain characters it is.  The text budget (``max_length``) counts text tokens
 only: truncation shortens the target first, then the instruction, and never cuts an image token

@@ -40,7 +40,7 @@ def _run(name: str, fn: Callable[[], str]) -> Check:
 
 def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path,
               device: str | torch.device | None = None) -> SmokeReport:
-    from openmind_core.model.tokens import tokens_for_config
+    from openmind_core.model.image_tokens import tokens_for_config
     from openmind_core.pipeline import build_datasets, build_model, prepare_tokenizer
 
     from openmind_core.training.precision import autocast, resolve_amp

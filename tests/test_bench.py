@@ -42,12 +42,12 @@ def tokenizer():
 
 
 def tiny_model(tokenizer, stage: str, checkpointing: bool = False):
-    from openmind_core.model import MultimodalReasoningModel
+    from openmind_core.model import build_model
     from schemas.config import load_config
 
     cfg = load_config(None, [f"model.stage={stage}", f"model.gradient_checkpointing={str(checkpointing).lower()}"])
     torch.manual_seed(0)
-    model = MultimodalReasoningModel.from_config(cfg.model, tokenizer)
+    model = build_model(cfg.model, tokenizer)
     model.train()
     return model, cfg
 

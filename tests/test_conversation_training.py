@@ -234,11 +234,11 @@ def test_collator_stacks_only_the_images_present(lake, tok):
 
 
 def test_a_tiny_model_trains_on_a_mixed_lake(lake, tok):
-    from openmind_core.model import MultimodalReasoningModel
+    from openmind_core.model import build_model
 
     cfg = load_config(overrides=["model.stage=finetune"]).model
     torch.manual_seed(0)
-    model = MultimodalReasoningModel.from_config(cfg, tok)
+    model = build_model(cfg, tok)
     ds = VLMDataset(lake, "train", tok, model.img_size, model.num_image_tokens, model.image_token_id, 64)
     loader = DataLoader(ds, batch_size=6, shuffle=False, collate_fn=Collator(tok.pad_token_id))
     batches = list(loader)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from families import llama3_dir, make_siglip_vision, qwen2_dir, siglip_dir  # noqa: F401  (fixtures)
 from openmind_core import prompting
-from openmind_core.model import MultimodalReasoningModel, build_tokenizer
+from openmind_core.model import MultimodalReasoningModel, build_model, build_tokenizer
 from schemas.config import load_config
 
 IGNORE = prompting.IGNORE_INDEX
@@ -28,7 +28,7 @@ def family_model(lm_dir, vision_dir, stage="finetune", extra=()):
                                  f"model.stage={stage}", "model.max_length=160", *extra]).model
     tok = build_tokenizer(cfg.tokenizer)
     torch.manual_seed(0)
-    return MultimodalReasoningModel.from_config(cfg, tok), tok
+    return build_model(cfg, tok), tok
 
 
 def overfit(model, tok, question, answer, steps=60):
@@ -254,7 +254,7 @@ def test_legacy_format_directory_still_loads(tmp_path):
     tok = train_bpe_tokenizer(["a red circle", "What color is it?", "blue"], vocab_size=300)
     cfg = load_config(overrides=["model.stage=align"]).model
     torch.manual_seed(0)
-    model = MultimodalReasoningModel.from_config(cfg, tok).eval()
+    model = build_model(cfg, tok).eval()
     d = tmp_path / "old"
     d.mkdir()
     tok.save_pretrained(d)

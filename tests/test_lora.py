@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from openmind_core.model import MultimodalReasoningModel, build_tokenizer, estimate_memory
+from openmind_core.model import MultimodalReasoningModel, build_model, build_tokenizer, estimate_memory
 from schemas.config import ConfigError, load_config
 from families import llama3_dir, siglip_dir  # noqa: F401  (fixtures)
 from trainer_helpers import assert_same_state, final_state, make_cfg, run_toy
@@ -76,14 +76,14 @@ def test_trainable_is_adapters_plus_projector_and_matches_peft(tok, caplog):
     cfg = lora_cfg()
     torch.manual_seed(0)
     with caplog.at_level("INFO"):
-        m = MultimodalReasoningModel.from_config(cfg.model, tok)
+        m = build_model(cfg.model, tok)
     names = [n for n, p in m.named_parameters() if p.requires_grad]
     assert names and all(n.startswith("projector.") or ("lora_" in n and n.startswith("language_model.")) for n in names)
     assert any(n.startswith("projector.") for n in names) and any("lora_A" in n for n in names)
     counts = m.parameter_counts()
     assert counts["vision_encoder"][0] == 0 and "language_model (LoRA)" in counts
     # PEFT's own count on the same LM shape (get_peft_model = what print_trainable_parameters reports)
-    base = MultimodalReasoningModel.from_config(cfg.model.model_copy(update={"lm": cfg.model.lm.model_copy(
+    base = build_model(cfg.model.model_copy(update={"lm": cfg.model.lm.model_copy(
         update={"lora": None})}), tok).language_model
     pm = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=32, lora_dropout=0.05,
                                                    target_modules=cfg.model.lm.lora.target_modules))
@@ -95,7 +95,7 @@ def test_trainable_is_adapters_plus_projector_and_matches_peft(tok, caplog):
 def test_adapters_take_lr_lm(tok):
     from openmind_core.training.optim import param_groups
 
-    m = MultimodalReasoningModel.from_config(lora_cfg().model, tok)
+    m = build_model(lora_cfg().model, tok)
     tc = make_cfg(lr=1e-3, lr_lm=2e-4, lr_projector=5e-3)
     groups = {g["name"]: g for g in param_groups(m, tc)}
     lm = [g for n, g in groups.items() if n.startswith("language_model")]
@@ -193,7 +193,7 @@ def test_lora_fsdp_two_ranks_matches_one_process(tmp_path):
 def saved(tok, tmp_path_factory):
     d = tmp_path_factory.mktemp("lora_saved")
     torch.manual_seed(0)
-    m = _trained_like(MultimodalReasoningModel.from_config(lora_cfg().model, tok)).eval()
+    m = _trained_like(build_model(lora_cfg().model, tok)).eval()
     m.save_pretrained(d)
     return m, d
 
@@ -210,7 +210,7 @@ def test_saved_dir_is_peft_format_without_the_base(saved):
     assert cfg["openmind"]["lm"]["lora"]["r"] == 4 and "name_or_path" in cfg["openmind"]["lm"]
     assert "pretrained" in cfg["openmind"]["vision"]
     # PeftModel.from_pretrained onto the base LM gives the LoRA LM's outputs
-    base = MultimodalReasoningModel.from_config(lora_cfg().model.model_copy(update={"lm": lora_cfg().model.lm.model_copy(
+    base = build_model(lora_cfg().model.model_copy(update={"lm": lora_cfg().model.lm.model_copy(
         update={"lora": None})}), m.tokenizer).language_model
     base.load_state_dict({k.replace(".base_layer", ""): v for k, v in m.language_model.state_dict().items()
                           if "lora_" not in k})
@@ -235,7 +235,7 @@ def test_pretrained_bases_are_not_stored(tmp_path, llama3_dir, siglip_dir):  # n
                                  "model.stage=finetune", "model.max_length=160", "model.lm.lora.r=4"]).model
     tk = build_tokenizer(cfg.tokenizer)
     torch.manual_seed(0)
-    m = _trained_like(MultimodalReasoningModel.from_config(cfg, tk)).eval()
+    m = _trained_like(build_model(cfg, tk)).eval()
     m.save_pretrained(tmp_path)
     rest = safetensors.torch.load_file(str(tmp_path / "model.safetensors"))
     lm_keys = [k for k in rest if k.startswith("language_model.")]
@@ -248,7 +248,7 @@ def test_pretrained_bases_are_not_stored(tmp_path, llama3_dir, siglip_dir):  # n
 
 
 def test_merged_export_equals_unmerged_and_loads_without_peft(saved, tmp_path):
-    from openmind_core.model.lora import export_merged
+    from openmind_core.app.export import export_merged
 
     m, d = saved
     out = export_merged(d, tmp_path / "merged")
@@ -290,7 +290,7 @@ def test_memory_exact_parts_and_activations_with_lora(tok, dropout, checkpointin
                    f"model.gradient_checkpointing={str(checkpointing).lower()}")
     est = estimate_memory(cfg, device="cpu", tokenizer=tok)
     torch.manual_seed(0)
-    m = MultimodalReasoningModel.from_config(cfg.model, tok).train()
+    m = build_model(cfg.model, tok).train()
     assert est.weights == nbytes(m.parameters())
     trainable = [p for p in m.parameters() if p.requires_grad]
     assert est.params["total"] == (sum(p.numel() for p in trainable), sum(p.numel() for p in m.parameters()))
@@ -329,7 +329,7 @@ def test_recipe_validates_and_fits_40_gb():
 def test_init_from_loads_the_projector(saved, tok):
     m, d = saved
     cfg = lora_cfg(f"model.init_from={d}")
-    fresh = MultimodalReasoningModel.from_config(cfg.model, tok)
+    fresh = build_model(cfg.model, tok)
     for k, v in m.projector.state_dict().items():
         assert torch.equal(fresh.projector.state_dict()[k], v)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from openmind_core.model import MultimodalReasoningModel, build_tokenizer, estimate_memory
+from openmind_core.model import build_model, build_tokenizer, estimate_memory
 from schemas.config import FULL_CONFIG, load_config
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
@@ -32,7 +32,7 @@ def test_exact_parts_match_real_tensors(tok, stage, dtype):
     cfg = tiny(stage, dtype=dtype)
     est = estimate_memory(cfg, device="cpu", tokenizer=tok)
     torch.manual_seed(0)
-    m = MultimodalReasoningModel.from_config(cfg.model, tok)
+    m = build_model(cfg.model, tok)
     assert est.weights == nbytes(m.parameters())  # parameters() lists tied weights once
     trainable = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
@@ -68,7 +68,7 @@ def test_activation_term_within_10_percent(tok, stage, checkpointing):
     cfg = tiny(stage, checkpointing)
     est = estimate_memory(cfg, device="cpu", tokenizer=tok)
     torch.manual_seed(0)
-    m = MultimodalReasoningModel.from_config(cfg.model, tok).train()
+    m = build_model(cfg.model, tok).train()
     b, s = cfg.train.micro_batch_size, est.seq_len
     ids = torch.randint(5, len(tok), (b, s))
     ids[:, 0] = tok.bos_token_id

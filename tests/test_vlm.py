@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from openmind_core import prompting
-from openmind_core.model import MultimodalReasoningModel, build_tokenizer
+from openmind_core.model import MultimodalReasoningModel, build_model, build_tokenizer
 from schemas.config import FULL_CONFIG, load_config
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
@@ -24,7 +24,7 @@ def tok():
 def make_model(tok, stage="full", seed=0, **overrides):
     cfg = load_config(overrides=[f"model.stage={stage}"] + [f"model.{k}={v}" for k, v in overrides.items()]).model
     torch.manual_seed(seed)
-    return MultimodalReasoningModel.from_config(cfg, tok)
+    return build_model(cfg, tok)
 
 
 def make_batch(model, pairs):
@@ -195,7 +195,7 @@ def test_generate_learns_answer(tok):
 def test_full_size_on_meta_device(tok):
     cfg = load_config(FULL_CONFIG).model
     with torch.device("meta"):
-        m = MultimodalReasoningModel.from_config(cfg, tok)
+        m = build_model(cfg, tok)
     counts = m.parameter_counts()
     total = counts["total"][1]
     assert 8.4e9 < total < 8.5e9, total
@@ -238,7 +238,7 @@ def test_save_pretrained_from_a_given_state_dict_round_trips(tmp_path):
 
     tok = train_bpe_tokenizer(["a red circle", "What color is it?", "blue square"], vocab_size=300, image_token="<image>")
     torch.manual_seed(0)
-    model = M.from_config(cfg, tok)
+    model = build_model(cfg, tok)
     full = {k: v.clone() for k, v in model.state_dict().items()}
     model.save_pretrained(tmp_path / "own")
     model.save_pretrained(tmp_path / "given", state_dict=full)
@@ -253,7 +253,7 @@ def test_bf16_model_keeps_fp32_master_weights_for_what_it_trains(tmp_path):
 
     tok = train_bpe_tokenizer(["a red circle", "What color is it?", "blue square"], vocab_size=300, image_token="<image>")
     cfg = load_config(overrides=["model.dtype=bfloat16", "model.stage=align"]).model
-    model = M.from_config(cfg, tok)
+    model = build_model(cfg, tok)
     dtypes = {name: {p.dtype for p in getattr(model, name).parameters()} for name in ("vision_encoder", "projector", "language_model")}
     assert dtypes == {"vision_encoder": {torch.bfloat16}, "projector": {torch.float32}, "language_model": {torch.bfloat16}}
     ids = torch.full((2, 1 + model.num_image_tokens + 4), 7)

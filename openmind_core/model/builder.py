@@ -1,18 +1,24 @@
-"""Building the towers of a ``MultimodalReasoningModel`` from a ``schemas.config.ModelConfig``, without waste.
+"""``build_model``: a ``MultimodalReasoningModel`` assembled from a ``schemas.config.ModelConfig``, without waste.
 
-Each tower is created once, in the dtype it will train or stay frozen in, on the device it will
-run on:
+Each tower is created once, in the dtype it will train or stay frozen in
+(``openmind_core.model.stages.tower_dtype``), on the device it will run on:
 
 * a pretrained tower (``model.vision.pretrained``, ``model.lm.name_or_path``) is loaded with
   transformers' ``from_pretrained(dtype=..., device_map=...)``, which builds on the meta device
   and puts the checkpoint's tensors straight in place: no random initialisation, no fp32 copy;
 * a random tower (the tiny default, the full-size shape without checkpoints) is created directly in
-  its target dtype (``_from_config(dtype=...)``) on the target device.
+  its target dtype on the target device (``openmind_core.model.vision.random_siglip``).
 
 The target dtype is fp32 for what the stage trains (master weights) and ``model.dtype`` for the
 rest.  Only the projector and any embedding rows added for new tokens (the image placeholder, a
 pad token) are initialised.  The tokenizer must fit the LM: a tokenizer with more ids than the
 LM's embedding table (before the added tokens) is refused with both named.
+
+Then the model is put together: the composite config and the generation config
+(``openmind_core.model.configuration``), the projector initialised from an earlier run's
+``final/`` (``model.init_from``), LoRA adapters injected (``model.lm.lora``,
+``openmind_core.model.lora``) and frozen for the stage, the tokenizer attached, activation
+checkpointing on when configured.  The model class never calls back into this module.
 
 Image normalisation comes from the vision checkpoint's image processor (``AutoImageProcessor``,
 ``preprocessor_config.json``) when it has one; otherwise SigLIP's mean/std 0.5.
@@ -20,46 +26,29 @@ Image normalisation comes from the vision checkpoint's image processor (``AutoIm
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, SiglipVisionConfig, SiglipVisionModel
+from safetensors import safe_open
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from openmind_core.model.attention import select_backend
+from openmind_core.model.configuration import config_for, generation_config_for
 from openmind_core.model.language import build_language_model, check_tokenizer_fits, language_model_config
-from openmind_core.model.vision import ImprovedVisionEncoder
+from openmind_core.model.lora import apply_lora
+from openmind_core.model.modeling import MultimodalReasoningModel
+from openmind_core.model.stages import DTYPES, tower_dtype
+from openmind_core.model.vision import ImprovedVisionEncoder, random_siglip, siglip_config
 
 logger = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class Parts:
-    config: object
-    vision_encoder: ImprovedVisionEncoder
-    language_model: PreTrainedModel
-    generation_config: GenerationConfig
-
-
-def tower_dtype(model_cfg, tower: str) -> torch.dtype:
-    from openmind_core.model.vlm import trainable_modules
-
-    trained = trainable_modules(model_cfg.stage, lora=model_cfg.lm.lora is not None)
-    return torch.float32 if tower in trained else DTYPES[model_cfg.dtype]
-
-
-def _on(device: torch.device | None):
-    return torch.device(device) if device is not None else contextlib.nullcontext()
 
 
 def image_processor_settings(path: str | None) -> tuple[list[float] | None, list[float] | None, int, int | None]:
     """(mean, std, resample, size) from a vision checkpoint's image processor; Nones when it has none."""
     if not path or not (Path(path) / "preprocessor_config.json").is_file():
         return None, None, 3, None
-    from transformers import AutoImageProcessor
+    from transformers import AutoImageProcessor  # start-up cost: image-processing modules load only when needed
 
     proc = AutoImageProcessor.from_pretrained(path)
     size = getattr(proc, "size", None) or {}
@@ -90,13 +79,8 @@ def build_vision(model_cfg, device: torch.device | None = None) -> tuple[Improve
             raise ValueError(f"model.vision.pretrained {v.pretrained!r}: its image processor resizes to "
                              f"{settings[3]} px, but model.vision.img_size is {v.img_size}")
         return enc, settings
-    cfg = SiglipVisionConfig(
-        image_size=v.img_size, patch_size=v.patch_size, hidden_size=v.embed_dim, num_hidden_layers=v.depth,
-        num_attention_heads=v.num_heads, intermediate_size=v.mlp_dim, layer_norm_eps=v.layer_norm_eps,
-        hidden_act="gelu_pytorch_tanh", vision_use_head=False,
-    )
-    with _on(device):
-        siglip = SiglipVisionModel._from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    cfg = siglip_config(v.img_size, v.patch_size, v.embed_dim, v.depth, v.num_heads, v.mlp_dim, v.layer_norm_eps)
+    siglip = random_siglip(cfg, dtype=dtype, device=device)
     enc = ImprovedVisionEncoder(feature_layer=v.feature_layer, use_flash_attn=v.use_flash_attn, _siglip=siglip)
     return enc, (None, None, 3, None)
 
@@ -116,43 +100,51 @@ def lm_attention(model_cfg, device: torch.device | None) -> str:
     return name
 
 
-def generation_config_for(tokenizer, lm_config, lm_generation: GenerationConfig | None) -> GenerationConfig:
-    """The LM's generation settings, stopping on every stop id: the LM's own list, the tokenizer's eos
-    and the chat template's end-of-turn token; a pad id always set (left-padded batches)."""
-    from openmind_core.prompting import turn_end_ids
-
-    gen = GenerationConfig.from_dict(lm_generation.to_dict()) if lm_generation is not None else GenerationConfig()
-    stops: list[int] = []
-
-    def add(x):
-        for e in (x if isinstance(x, (list, tuple)) else [x]):
-            if e is not None and int(e) not in stops:
-                stops.append(int(e))
-
-    add(gen.eos_token_id)
-    add(getattr(lm_config, "eos_token_id", None))
-    add(tokenizer.eos_token_id)
-    add(turn_end_ids(tokenizer))
-    gen.eos_token_id = stops or None
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else gen.pad_token_id
-    gen.pad_token_id = pad if pad is not None else (stops[0] if stops else 0)
-    if gen.bos_token_id is None:
-        gen.bos_token_id = tokenizer.bos_token_id
-    return gen
+def init_projector_from(model: MultimodalReasoningModel, path: str | Path) -> None:
+    """Load the projector weights of a saved model directory (an earlier run's ``final/``, ``model.init_from``)."""
+    f = Path(path) / SAFE_WEIGHTS_NAME
+    if not f.is_file():
+        raise FileNotFoundError(f"model.init_from {str(path)!r}: {f} does not exist (point it at a run's final/)")
+    own = model.projector.state_dict()
+    got = {}
+    with safe_open(str(f), framework="pt") as sf:
+        for key in sf.keys():
+            if key.startswith("projector."):
+                got[key[len("projector."):]] = sf.get_tensor(key)
+    if set(got) != set(own):
+        raise ValueError(f"model.init_from {str(path)!r}: its projector tensors {sorted(got)} do not match this "
+                         f"model's {sorted(own)}")
+    for k, v in got.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ValueError(f"model.init_from {str(path)!r}: projector.{k} has shape {tuple(v.shape)}, this model "
+                             f"needs {tuple(own[k].shape)} (same vision/LM widths and projector settings?)")
+    model.projector.load_state_dict({k: v.to(own[k].dtype) for k, v in got.items()})
+    logger.info("projector initialised from %s", f)
 
 
-def build_parts(model_cfg, tokenizer, device: str | torch.device | None = None) -> Parts:
-    """Both towers in place and the composite config (the projector is built by the model)."""
-    from openmind_core.model.vlm import config_for
-
-    device = torch.device(device) if device is not None else None
-    if device is not None and device.type == "cpu":
-        device = None  # the default: no device context, no device_map
+def build_model(model_cfg, tokenizer, device: str | torch.device | None = None) -> MultimodalReasoningModel:
+    """The model for a ``ModelConfig`` and its tokenizer, its towers created or loaded on ``device`` (see the
+    module docstring): frozen for ``model.stage``, in ``model.dtype``, checkpointing as configured."""
+    place = torch.device(device) if device is not None else None
+    if place is not None and place.type == "cpu":
+        place = None  # the default: no device context, no device_map
     if model_cfg.lm.name_or_path:
         check_tokenizer_fits(tokenizer, language_model_config(model_cfg.lm, tokenizer), model_cfg)
-    vision, (mean, std, resample, _) = build_vision(model_cfg, device)
+    vision, (mean, std, resample, _) = build_vision(model_cfg, place)
     lm = build_language_model(model_cfg.lm, tokenizer, dtype=tower_dtype(model_cfg, "language_model"),
-                              device=device, attn_implementation=lm_attention(model_cfg, device))
+                              device=place, attn_implementation=lm_attention(model_cfg, place))
     config = config_for(model_cfg, tokenizer, vision.siglip.config, lm.config, mean, std, resample)
-    gen = generation_config_for(tokenizer, lm.config, lm.generation_config)  # from_pretrained read the LM's own
-    return Parts(config, vision, lm, gen)
+    generation = generation_config_for(tokenizer, lm.config, lm.generation_config)  # from_pretrained read the LM's own
+
+    model = MultimodalReasoningModel(config, vision_encoder=vision, language_model=lm)
+    model.projector.to(device=torch.device(device) if device is not None else None)
+    if model_cfg.init_from:
+        init_projector_from(model, model_cfg.init_from)
+    if model_cfg.lm.lora is not None:
+        apply_lora(model.language_model, model_cfg.lm.lora, base=model_cfg.lm.name_or_path)
+        model.freeze(model.config.stage)
+    model.tokenizer = tokenizer
+    model.generation_config = generation
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model

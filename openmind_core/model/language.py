@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from openmind_core.hub import hub_access, unreachable_error
+from openmind_core.model.tokenizer import PAD, build_tokenizer
 from openmind_core.progress import hf_bars, weight_bytes
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel
 
@@ -62,8 +63,6 @@ def language_model_config(lm_cfg, tokenizer) -> PretrainedConfig:
 def check_tokenizer_fits(tokenizer, lm_config: PretrainedConfig, model_cfg) -> None:
     """Refuse a tokenizer with ids past the LM's embedding table other than the tokens OpenMind adds
     (the image placeholder, a ``<pad>``): those ids would index rows the LM never learned."""
-    from openmind_core.model.tokenizer import PAD
-
     vocab = getattr(lm_config, "vocab_size", None)
     if vocab is None or len(tokenizer) <= vocab:
         return
@@ -122,8 +121,6 @@ def preflight(model_cfg) -> None:
 
     Raises OSError (unloadable) or ValueError (does not fit) with the config keys named.
     """
-    from openmind_core.model.tokenizer import build_tokenizer
-
     if not model_cfg.lm.name_or_path:  # the tokenizer then defaults to the LM's own (schemas.config)
         return
     tokenizer = build_tokenizer(model_cfg.tokenizer)

@@ -38,9 +38,11 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoModelForCausalLM
 
-from openmind_core.model.language import language_model_config
+from openmind_core.model.image_tokens import tokens_for_config
+from openmind_core.model.language import inline_llama_config, language_model_config
+from openmind_core.model.lora import apply_lora, is_lora_name
 from openmind_core.model.projector import ImprovedProjector
-from openmind_core.model.tokens import tokens_for_config
+from openmind_core.model.stages import trainable_modules
 from openmind_core.model.vision import ImprovedVisionEncoder
 
 GIB = 1 << 30
@@ -191,8 +193,6 @@ def meta_modules(cfg, tokenizer=None) -> dict[str, torch.nn.Module]:
     with torch.device("meta"):
         vision = ImprovedVisionEncoder.from_config(m.vision)
         if m.lm.name_or_path is None:
-            from openmind_core.model.language import inline_llama_config
-
             vocab = m.lm.vocab_size or (len(tokenizer) if tokenizer is not None else tok.n)
             lm_cfg = inline_llama_config(m.lm.model_copy(update={"vocab_size": vocab}), tok)
         else:
@@ -200,8 +200,6 @@ def meta_modules(cfg, tokenizer=None) -> dict[str, torch.nn.Module]:
         lm = AutoModelForCausalLM.from_config(lm_cfg, attn_implementation="sdpa")
         projector = ImprovedProjector.from_config(m.projector, vision.embed_dim, lm.config.hidden_size)
         if m.lm.lora is not None:
-            from openmind_core.model.lora import apply_lora
-
             apply_lora(lm, m.lm.lora)
     return {"vision_encoder": vision, "projector": projector, "language_model": lm}
 
@@ -223,9 +221,6 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
     w = ELEMENT_SIZE[m.dtype]
     amp_16bit = device != "cpu" and tr.amp in ("auto", "bf16", "fp16")
     e = 2 if (w == 2 or amp_16bit) else 4
-    from openmind_core.model.lora import is_lora_name
-    from openmind_core.model.vlm import trainable_modules
-
     lora = m.lm.lora
     trainable = trainable_modules(m.stage, lora=lora is not None)
 

@@ -14,7 +14,7 @@ Three types (``schemas.config.ProjectorConfig.type``):
 * ``pixel_shuffle``: SmolVLM/Idefics3's space-to-depth: pad the grid to a multiple of k (27 -> 28),
   fold each k x k block into one token of width C * k * k (14 x 14 = 196 tokens), then the MLP.
 
-The token count always comes from ``openmind_core.model.tokens.num_image_tokens`` -- the same
+The token count always comes from ``openmind_core.model.image_tokens.num_image_tokens`` -- the same
 function the data collator uses to insert image placeholders -- and is asserted on every forward.
 """
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmind_core.model.tokens import num_image_tokens
+from openmind_core.model.image_tokens import num_image_tokens
 
 PROJECTOR_TYPES = ("token_pooling", "mlp", "pixel_shuffle")
 

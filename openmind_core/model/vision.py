@@ -19,6 +19,7 @@ back to SDPA with a single log line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -42,6 +43,38 @@ def enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def siglip_config(img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, mlp_dim: int,
+                  layer_norm_eps: float) -> SiglipVisionConfig:
+    """A SigLIP vision tower's config from OpenMind's ``model.vision`` fields (no pooling head)."""
+    return SiglipVisionConfig(
+        image_size=img_size,
+        patch_size=patch_size,
+        hidden_size=embed_dim,
+        num_hidden_layers=depth,
+        num_attention_heads=num_heads,
+        intermediate_size=mlp_dim,
+        layer_norm_eps=layer_norm_eps,
+        hidden_act="gelu_pytorch_tanh",
+        vision_use_head=False,
+    )
+
+
+def random_siglip(config: SiglipVisionConfig, dtype: torch.dtype | None = None,
+                  device: torch.device | None = None) -> SiglipVisionModel:
+    """The one way a SigLIP tower with random weights is made, with SDPA attention (the encoder picks
+    flash-attn at forward time).
+
+    With ``dtype`` it is created directly in that dtype (recorded in ``config.dtype``, as
+    ``from_pretrained`` does) and, with ``device``, directly on that device: no fp32 copy, no move.
+    Without, in torch's default dtype and device, the config's ``dtype`` left as it is.
+    """
+    config._attn_implementation = "sdpa"
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if dtype is None:
+            return SiglipVisionModel(config)
+        return SiglipVisionModel._from_config(config, dtype=dtype)
 
 
 def kept_layers(depth: int, feature_layer: int) -> int:
@@ -73,19 +106,8 @@ class ImprovedVisionEncoder(nn.Module):
         if not qkv_bias:
             raise ValueError("ImprovedVisionEncoder: SigLIP always has qkv biases; qkv_bias=False is not supported")
         if _siglip is None:
-            cfg = SiglipVisionConfig(
-                image_size=img_size,
-                patch_size=patch_size,
-                hidden_size=embed_dim,
-                num_hidden_layers=depth,
-                num_attention_heads=num_heads,
-                intermediate_size=mlp_dim,
-                layer_norm_eps=layer_norm_eps,
-                hidden_act="gelu_pytorch_tanh",
-                vision_use_head=False,
-            )
-            cfg._attn_implementation = "sdpa"
-            _siglip = SiglipVisionModel(cfg)
+            _siglip = random_siglip(siglip_config(img_size, patch_size, embed_dim, depth, num_heads, mlp_dim,
+                                                  layer_norm_eps))
         cfg = _siglip.config
         self.img_size = cfg.image_size
         self.patch_size = cfg.patch_size
