@@ -275,12 +275,12 @@ def test_legacy_format_directory_still_loads(tmp_path):
 def test_language_model_attention_choice(monkeypatch):
     """flash-attn 2 for the LM only on CUDA in 16 bits with the package installed; SDPA otherwise, quietly on CPU."""
     import openmind_core.model.attention as attention
-    from openmind_core.model.builder import lm_attention
+    from openmind_core.model.assembly import lm_attention
 
     cfg = load_config(overrides=["model.dtype=bfloat16"]).model
     assert cfg.lm.attn_implementation == "auto" and lm_attention(cfg, torch.device("cpu")) == "sdpa"
     monkeypatch.setattr(attention, "flash_attn_available", lambda: True)
-    monkeypatch.setattr("openmind_core.model.builder.select_backend", attention.select_backend)
+    monkeypatch.setattr("openmind_core.model.assembly.select_backend", attention.select_backend)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert lm_attention(cfg, torch.device("cuda")) == "flash_attention_2"
     assert lm_attention(cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"attn_implementation": "sdpa"})}),

@@ -20,7 +20,7 @@ from schemas.artifacts import CuratedDataset
 from openmind_core.data.collate import Collator
 from openmind_core.data.curated import curated_root
 from openmind_core.data.dataset import VLMDataset
-from openmind_core.model.builder import image_processor_settings
+from openmind_core.model.assembly import image_processor_settings
 from openmind_core.model.image_tokens import tokens_for_config
 from openmind_core.prompting import IGNORE_INDEX, has_chat_template
 

@@ -1,12 +1,11 @@
 """The OpenMind vision-language model: SigLIP encoder, projector, causal LM, tokenizer, memory estimate.
 
-``import openmind_core.model`` completes the model class with its saving and loading
-(``openmind_core.model.saving``) and registers it with transformers' Auto classes.
+``import openmind_core.model`` registers the model with transformers' Auto classes
+(``model_type: openmind``).
 """
 
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from openmind_core.model import saving
 from openmind_core.model.attention import flash_attn_available, select_backend
 from openmind_core.model.builder import build_model
 from openmind_core.model.configuration import MultimodalReasoningConfig
@@ -20,9 +19,7 @@ from openmind_core.model.vision import ImprovedVisionEncoder
 
 
 def _register_auto_classes() -> None:
-    """``MultimodalReasoningModel`` saves and loads every directory format, and ``AutoConfig`` /
-    ``AutoModelForImageTextToText`` know ``model_type: openmind``, after this import."""
-    saving.attach(MultimodalReasoningModel)
+    """``AutoConfig`` / ``AutoModelForImageTextToText`` know ``model_type: openmind`` after this import."""
     AutoConfig.register(MultimodalReasoningConfig.model_type, MultimodalReasoningConfig, exist_ok=True)
     AutoModelForImageTextToText.register(MultimodalReasoningConfig, MultimodalReasoningModel, exist_ok=True)
 

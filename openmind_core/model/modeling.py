@@ -13,8 +13,9 @@ The class holds the model only.  Around it: what trains and in which dtype is
 ``openmind_core.model.stages`` (``freeze``); ``generate(images, prompts)`` is
 ``openmind_core.model.generation``'s; ``openmind_core.model.builder.build_model`` assembles one from
 a ``ModelConfig``; ``save_pretrained`` / ``from_pretrained`` (LoRA directories, the format-1
-directory) are ``openmind_core.model.saving``'s, set on this class by ``import openmind_core.model``
-(reading a LoRA directory rebuilds the model with the builder, which sits above this module).
+directory) go through ``openmind_core.model.saving``, passing the model or this class in (reading a
+LoRA directory reassembles the model: ``openmind_core.model.assembly`` builds whatever class it is
+given, so neither module imports this one).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 
-from openmind_core.model import stages
+from openmind_core.model import saving, stages
 from openmind_core.model.configuration import MultimodalReasoningConfig
 from openmind_core.model.generation import ImagePromptGeneration
 from openmind_core.model.projector import ImprovedProjector
@@ -206,3 +207,26 @@ class MultimodalReasoningModel(ImagePromptGeneration, PreTrainedModel, Generatio
         """Recompute activations in backward in both towers (non-reentrant checkpointing)."""
         self.vision_encoder.gradient_checkpointing_enable()
         enable_checkpointing(self.language_model)
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained`` plus the tokenizer and the image processor; a LoRA model
+        writes PEFT's adapter files and its non-base weights (``openmind_core.model.saving``)."""
+        return saving.save_model(self, save_directory, super().save_pretrained, *args, **kwargs)
+
+    def save_extras(self, directory) -> None:
+        """The tokenizer and the image processor beside the weights."""
+        saving.save_extras(self, directory)
+
+    def image_processor(self):
+        """A ``SiglipImageProcessor`` that preprocesses images as this model's data pipeline does."""
+        return saving.image_processor(self)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, map_location=None, **kwargs):
+        """Load a saved directory of any format (``openmind_core.model.saving``); every transformers
+        keyword (``dtype``, ``device_map``, ...) applies; ``map_location`` moves the model after loading."""
+        load_base = super().from_pretrained
+        return saving.load_model(cls, pretrained_model_name_or_path, load_base, *args, map_location=map_location,
+                                 **kwargs)

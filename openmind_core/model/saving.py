@@ -10,7 +10,7 @@ Three directory formats are read:
 * transformers' own (``save_pretrained``): config.json, model.safetensors, generation_config.json,
   plus the tokenizer and the image processor (``save_extras``), so the directory is complete on its own;
 * a LoRA model's (``model.lm.lora``), layout below: ``load_lora_dir`` rebuilds the model from the
-  ModelConfig with ``openmind_core.model.builder.build_model`` (the pretrained towers from their
+  ModelConfig with ``openmind_core.model.assembly.assemble`` (the pretrained towers from their
   pointers, so those checkpoints must still be where the config says), then loads
   ``model.safetensors`` and the adapters on top;
 * format 1, written by OpenMind before the model was a ``PreTrainedModel`` (``openmind_config.json``).
@@ -30,9 +30,9 @@ Saved directory (``final/``, ``best/``, ``save_pretrained``) of a LoRA model::
                                 rebuilding them would need the run's seed, so their weights are stored)
     generation_config.json, tokenizer files, preprocessor_config.json
 
-``attach`` sets ``save_pretrained``, ``from_pretrained``, ``save_extras`` and ``image_processor`` on
-the model class (``openmind_core.model`` calls it as it registers the Auto classes): this module
-sits above both the class and the builder, so the class never imports what rebuilds it.
+The model class's ``save_pretrained`` / ``from_pretrained`` call these functions and pass
+themselves in (the model, or the class to build), so this module sits below the class and never
+imports it.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as load_safetensors
 from transformers import AutoConfig, SiglipVisionConfig
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from openmind_core.model.builder import build_model
+from openmind_core.model.assembly import assemble
 from openmind_core.model.configuration import MultimodalReasoningConfig, config_for, generation_config_for
 from openmind_core.model.lora import is_lora_name
-from openmind_core.model.modeling import MultimodalReasoningModel
 from openmind_core.model.stages import declares_lora
 from openmind_core.model.tokenizer import load_tokenizer
 from openmind_core.progress import hf_bars, weight_bytes
@@ -68,29 +68,29 @@ LM_PREFIX = "language_model."  # the LM's keys in the model's state dict
 # --------------------------------------------------------------------------- transformers' format
 
 
-def save_pretrained(self, save_directory, *args, **kwargs):
-    """transformers' ``save_pretrained`` (config.json, model.safetensors, generation_config.json)
-    plus the tokenizer and the image processor, so the directory is complete on its own.
-    With LoRA adapters: PEFT's adapter files + the non-base weights (``save_lora_dir``)."""
-    if declares_lora(self.config):
-        return save_lora_dir(self, save_directory, *args, **kwargs)
-    nbytes = sum(p.numel() * p.element_size() for p in self.parameters())
+def save_model(model, save_directory, save_base, *args, **kwargs):
+    """``model.save_pretrained``: transformers' own (``save_base``: config.json, model.safetensors,
+    generation_config.json) plus the tokenizer and the image processor, so the directory is complete
+    on its own.  With LoRA adapters: PEFT's adapter files + the non-base weights (``save_lora_dir``)."""
+    if declares_lora(model.config):
+        return save_lora_dir(model, save_directory, *args, **kwargs)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with hf_bars(nbytes):
-        out = super(MultimodalReasoningModel, self).save_pretrained(save_directory, *args, **kwargs)
+        out = save_base(save_directory, *args, **kwargs)
     if kwargs.get("is_main_process", True):
-        self.save_extras(save_directory)
+        save_extras(model, save_directory)
     return out
 
 
-def save_extras(self, directory) -> None:
+def save_extras(model, directory) -> None:
     """The tokenizer and the image processor beside the weights."""
-    if self.tokenizer is not None:
-        self.tokenizer.save_pretrained(str(directory))
-    self.image_processor().save_pretrained(str(directory))
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(directory))
+    image_processor(model).save_pretrained(str(directory))
 
 
-def image_processor(self):
-    """A ``SiglipImageProcessor`` that preprocesses images as this model's data pipeline does."""
+def image_processor(model):
+    """A ``SiglipImageProcessor`` that preprocesses images as the model's data pipeline does."""
     # start-up cost: transformers' image-processing modules load only when a directory is written
     try:  # the PIL backend: the default one needs torchvision
         from transformers import SiglipImageProcessorPil as Processor
@@ -98,41 +98,33 @@ def image_processor(self):
         from transformers import SiglipImageProcessor as Processor
 
     return Processor(
-        size={"height": self.img_size, "width": self.img_size}, resample=self.config.image_resample,
-        image_mean=list(self.config.image_mean), image_std=list(self.config.image_std),
+        size={"height": model.img_size, "width": model.img_size}, resample=model.config.image_resample,
+        image_mean=list(model.config.image_mean), image_std=list(model.config.image_std),
     )
 
 
-def from_pretrained(cls, pretrained_model_name_or_path, *args, map_location=None, **kwargs):
-    """Load a ``save_pretrained`` directory (any transformers keyword: ``dtype``, ``device_map``, ...).
+def load_model(model_class, path, load_base, *args, map_location=None, **kwargs):
+    """``model_class.from_pretrained``: a ``save_pretrained`` directory of any format (any transformers
+    keyword: ``dtype``, ``device_map``, ...); ``load_base`` is transformers' own loader.
 
     ``map_location`` (older OpenMind name) moves the model to that device after loading.
     """
-    d = Path(pretrained_model_name_or_path)
+    d = Path(path)
     if d.is_dir() and not (d / "config.json").is_file() and not (d / LEGACY_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{d} is not a saved MultimodalReasoningModel: config.json is missing")
     if (d / LEGACY_CONFIG_FILE).is_file() and not (d / "config.json").is_file():
-        model = _load_legacy(cls, d, **kwargs)
+        model = load_legacy(model_class, d, **kwargs)
     elif d.is_dir() and (d / ADAPTER_CONFIG).is_file():
-        model = load_lora_dir(d, **kwargs)
+        model = load_lora_dir(model_class, d, **kwargs)
     else:
         with hf_bars(weight_bytes(d)):
-            model = super(MultimodalReasoningModel, cls).from_pretrained(pretrained_model_name_or_path, *args,
-                                                                         **kwargs)
+            model = load_base(path, *args, **kwargs)
         if d.is_dir() and (d / "tokenizer_config.json").is_file():
             model.tokenizer = load_tokenizer(d)
         model.freeze(model.config.stage)  # loaded parameters come back with requires_grad on
     if map_location is not None:
         model.to(map_location)
     return model
-
-
-def attach(cls: type[MultimodalReasoningModel]) -> None:
-    """Give the model class its saving and loading (see the module docstring for why from here)."""
-    cls.save_pretrained = save_pretrained
-    cls.save_extras = save_extras
-    cls.image_processor = image_processor
-    cls.from_pretrained = classmethod(from_pretrained)
 
 
 # --------------------------------------------------------------------------- LoRA directory
@@ -192,10 +184,10 @@ def save_lora_dir(model, save_directory, state_dict: dict[str, torch.Tensor] | N
     model.language_model.peft_config["default"].save_pretrained(str(d))
     model.config.save_pretrained(str(d))
     model.generation_config.save_pretrained(str(d))
-    model.save_extras(d)
+    save_extras(model, d)
 
 
-def load_lora_dir(d: Path, dtype=None, device_map=None, **_ignored) -> MultimodalReasoningModel:
+def load_lora_dir(model_class, d: Path, dtype=None, device_map=None, **_ignored):
     """Rebuild a LoRA model from its directory (see the module docstring)."""
     from peft import set_peft_model_state_dict  # start-up cost: peft loads only where LoRA is used
 
@@ -210,7 +202,7 @@ def load_lora_dir(d: Path, dtype=None, device_map=None, **_ignored) -> Multimoda
         raise ValueError(f"{d} has {ADAPTER_CONFIG} but its config.json has no model.lm.lora")
     tokenizer = load_tokenizer(d)
     device = device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto" else None
-    model = build_model(model_cfg, tokenizer, device=device)
+    model = assemble(model_class, model_cfg, tokenizer, device=device)
     rest = load_file(str(d / WEIGHTS_FILE))
     own = model.state_dict()
     expected = set(_stored_keys(model, own))
@@ -229,13 +221,13 @@ def load_lora_dir(d: Path, dtype=None, device_map=None, **_ignored) -> Multimoda
         raise ValueError(f"{d / ADAPTER_WEIGHTS}: adapters do not match (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
     model.generation_config = type(model.generation_config).from_pretrained(str(d))
-    return model  # build_model already froze it for the stage, adapters in place
+    return model  # assemble already froze it for the stage, adapters in place
 
 
 # --------------------------------------------------------------------------- format 1
 
 
-def _load_legacy(cls, d: Path, **kwargs) -> MultimodalReasoningModel:
+def load_legacy(model_class, d: Path, **kwargs):
     """Read a format-1 directory (``openmind_config.json`` + ``model.safetensors`` + tokenizer)."""
     meta = json.loads((d / LEGACY_CONFIG_FILE).read_text(encoding="utf-8"))
     if meta.get("format_version") != 1:
@@ -250,8 +242,8 @@ def _load_legacy(cls, d: Path, **kwargs) -> MultimodalReasoningModel:
     dtype = kwargs.get("dtype")
     if dtype is not None and dtype != "auto":
         config.dtype = dtype
-    model = cls(config)
-    load_model(model, str(d / WEIGHTS_FILE), strict=True)
+    model = model_class(config)
+    load_safetensors(model, str(d / WEIGHTS_FILE), strict=True)
     model.freeze(config.stage)
     model.tokenizer = tokenizer
     model.generation_config = generation_config_for(tokenizer, lm_cfg, None)
