@@ -48,6 +48,11 @@ class MetricsWriter:
     def event(self, event: str, step: int, **fields: Any) -> None:
         self.write({"event": event, "step": step, **fields})
 
+    def start_fresh(self) -> None:
+        """A run without a checkpoint: drop what an earlier run left in the file."""
+        if self.enabled and self.path.exists():
+            self.path.unlink()
+
     def truncate_after(self, step: int) -> None:
         """Drop lines written at a step later than ``step`` (and a torn last line)."""
         if not self.enabled or not self.path.exists():
