@@ -60,7 +60,7 @@ class SpikeVerdict:
 
 
 class SpikeDetector:
-    """A loss-spike detector that spares clean runs (issue 14).
+    """A loss-spike detector that spares clean runs.
 
     What it follows:
 
