@@ -89,7 +89,7 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
              and math.isfinite(r["loss"])]
     if not steps:
         return None
-    import matplotlib
+    import matplotlib  # imported here: start-up cost (only the end of a run draws)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -133,7 +133,7 @@ class WandbLogger:
         if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled" or not enabled:
             return
         try:
-            import wandb
+            import wandb  # imported here: optional, and start-up cost (mode disabled never imports it)
         except ImportError:
             log.warning("wandb is not installed; train.wandb.mode=%s ignored", mode)
             return

@@ -191,12 +191,12 @@ def adopt_world_size(change: WorldSizeChange, rank_files: dict[int, dict[str, An
 # --------------------------------------------------------------------------- the end-of-run check
 
 
-def _position(sampler: ResumableSampler, st: TrainerState) -> tuple[int, int, int]:
-    """(epoch, consumed, offset) where a run in state ``st`` continues; an epoch's end is the next's start."""
-    sampler.set_epoch(st.epoch, start=st.consumed, offset=st.epoch_offset)
+def _position(sampler: ResumableSampler, state: TrainerState) -> tuple[int, int, int]:
+    """(epoch, consumed, offset) where a run in state ``state`` continues; an epoch's end is the next's start."""
+    sampler.set_epoch(state.epoch, start=state.consumed, offset=state.epoch_offset)
     if next(iter(sampler), None) is None:
-        return st.epoch + 1, 0, 0
-    return st.epoch, st.consumed, st.epoch_offset
+        return state.epoch + 1, 0, 0
+    return state.epoch, state.consumed, state.epoch_offset
 
 
 def state_restore_check(checkpoints: CheckpointManager, state: TrainerState, sampler: ResumableSampler,

@@ -188,10 +188,10 @@ class ProductionTrainer:
             self.checkpointer.save()  # step 0: a rollback target before the first periodic checkpoint
 
     def _loader(self) -> DataLoader:
-        st = self.state
-        self.sampler.set_epoch(st.epoch, start=st.consumed, offset=st.epoch_offset)
+        state = self.state
+        self.sampler.set_epoch(state.epoch, start=state.consumed, offset=state.epoch_offset)
         g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + st.epoch)
+        g.manual_seed(self.seed * 1_000_003 + state.epoch)
         return DataLoader(self.train_dataset, batch_size=self.cfg.micro_batch_size, sampler=self.sampler,
                           collate_fn=self.collate_fn, num_workers=self.cfg.num_workers, generator=g,
                           pin_memory=self.device.type == "cuda", drop_last=False)
@@ -204,7 +204,7 @@ class ProductionTrainer:
     # ----------------------------------------------------------------------- the loop
 
     def _run_epochs(self) -> None:
-        st = self.state
+        state = self.state
         while not self._reached_end():
             batches = iter(self._loader())
             while not self._reached_end():
@@ -215,17 +215,17 @@ class ProductionTrainer:
                 self._train_step(micro, data_time=time.perf_counter() - t0, t0=t0)
             else:
                 return
-            st.epoch += 1
-            st.consumed = st.epoch_offset = 0
-            self.callbacks.post_epoch(st.epoch - 1)
+            state.epoch += 1
+            state.consumed = state.epoch_offset = 0
+            self.callbacks.post_epoch(state.epoch - 1)
 
     def _train_step(self, micro: list[dict[str, Any]], data_time: float, t0: float) -> None:
-        st, step = self.state, self.state.step + 1
+        state, step = self.state, self.state.step + 1
         ids = [str(s) for b in micro for s in b.pop("sample_ids")]
         tokens = sum(batch_tokens(b) for b in micro)
         loss, norm = self._forward_backward(micro, step)
         if not math.isfinite(loss):
-            st.nan_or_inf += 1
+            state.nan_or_inf += 1
         verdict = self.detector.check(step, loss)
         if verdict.spike:
             self.optimizer.zero_grad(set_to_none=True)
@@ -242,10 +242,10 @@ class ProductionTrainer:
         if not applied:
             log.warning("step %d skipped: %s", step, why)
         cap = self.cfg.spike.max_skipped_in_row
-        onset = st.count_update(step, applied, counts, cap)
+        onset = state.count_update(step, applied, counts, cap)
         if onset is not None:
             raise Rollback(step, onset, f"{cap} skipped steps in a row (last: {why})", loss, ids)
-        st.finish_step(step, len(ids), self.world, loss)
+        state.finish_step(step, len(ids), self.world, loss)
         self.recent_ids.record(step, ids)
         self.callbacks.post_step(self._step_record(step, loss, norm, applied, tokens, data_time, t0))
 
@@ -327,10 +327,10 @@ class ProductionTrainer:
             self.metrics.close()
 
     def _result(self, t_start: float) -> TrainingResult:
-        st = self.state
-        recent = [x for x in st.recent_losses if math.isfinite(x)]
+        state = self.state
+        recent = [x for x in state.recent_losses if math.isfinite(x)]
         tps = self._tokens_run / self._time_run if self._time_run else None
-        self.callbacks.post_train({"step": st.step, "total_steps": self.total_steps, "epoch": st.epoch,
+        self.callbacks.post_train({"step": state.step, "total_steps": self.total_steps, "epoch": state.epoch,
                                    "loss": recent[-1] if recent else None, "lr": self.scheduler.get_last_lr()[0],
                                    "tokens_per_s": tps, "done": True})
         best = self.run_dir / "best"
@@ -338,12 +338,12 @@ class ProductionTrainer:
             run_dir=str(self.run_dir), checkpoints_dir=str(self.checkpoints.root),
             best_dir=str(best) if best.exists() else None, final_dir=str(self.final.final_dir),
             metrics_path=str(self.metrics.path), loss_curve=str(self.final.curve) if self.final.curve else None,
-            steps=st.step, epochs_completed=st.epoch, samples_seen=st.samples_seen,
-            first_loss=st.first_loss, last_loss=sum(recent) / len(recent) if recent else None,
-            first_val_loss=st.first_val, best_val_loss=st.best_val, final_val_loss=st.last_val,
-            val_losses=list(st.val_losses), nan_or_inf_losses=st.nan_or_inf, skipped_steps=st.skipped_steps,
-            rollbacks=list(st.rollbacks), resumed_from_step=self.resumed_from,
-            settings_changes=list(st.settings_changes), state_restore_checked=self.final.restore_ok,
+            steps=state.step, epochs_completed=state.epoch, samples_seen=state.samples_seen,
+            first_loss=state.first_loss, last_loss=sum(recent) / len(recent) if recent else None,
+            first_val_loss=state.first_val, best_val_loss=state.best_val, final_val_loss=state.last_val,
+            val_losses=list(state.val_losses), nan_or_inf_losses=state.nan_or_inf, skipped_steps=state.skipped_steps,
+            rollbacks=list(state.rollbacks), resumed_from_step=self.resumed_from,
+            settings_changes=list(state.settings_changes), state_restore_checked=self.final.restore_ok,
             wall_seconds=time.time() - t_start, tokens_per_second=tps,
             peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
             device=str(self.device), amp=self.amp.name,

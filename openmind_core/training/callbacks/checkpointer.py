@@ -27,12 +27,12 @@ class Checkpointer(Callback):
 
     def save(self) -> Path | None:
         """Checkpoint the current step (every rank calls; rank 0 writes and gets the path)."""
-        st = self.state
-        st.last_ckpt_step = st.step
-        self.recent_ids.forget_through(st.step - (self.cfg.keep_last + 1) * self.cfg.save_steps)
-        path = self.checkpoints.save_states(st.step, protect={st.best_step} if st.best_step is not None else set())
+        state = self.state
+        state.last_ckpt_step = state.step
+        self.recent_ids.forget_through(state.step - (self.cfg.keep_last + 1) * self.cfg.save_steps)
+        path = self.checkpoints.save_states(state.step, protect={state.best_step} if state.best_step is not None else set())
         if path is not None:
-            self.metrics.event("checkpoint", st.step, path=str(path))
+            self.metrics.event("checkpoint", state.step, path=str(path))
         return path
 
     def post_step(self, record: dict[str, Any]) -> None:

@@ -41,18 +41,18 @@ class Evaluator(Callback):
             self.evaluate_and_keep_best()
 
     def evaluate_and_keep_best(self) -> None:
-        st = self.state
+        state = self.state
         val = self.evaluate()
-        st.last_eval_step = st.step
+        state.last_eval_step = state.step
         if val is None:
             return
-        st.last_val = val
-        st.val_losses = st.val_losses + [val]
-        if st.first_val is None:
-            st.first_val = val
-        is_best = self.strategy.agree(math.isfinite(val) and (st.best_val is None or val < st.best_val))
+        state.last_val = val
+        state.val_losses = state.val_losses + [val]
+        if state.first_val is None:
+            state.first_val = val
+        is_best = self.strategy.agree(math.isfinite(val) and (state.best_val is None or val < state.best_val))
         if is_best:
-            st.best_val, st.best_step = val, st.step
+            state.best_val, state.best_step = val, state.step
             self.strategy.save_model(self.module, self.best_dir)
-        self.metrics.event("eval", st.step, val_loss=val, best=is_best)
-        self.wandb.log({"val/loss": val}, step=st.step)
+        self.metrics.event("eval", state.step, val_loss=val, best=is_best)
+        self.wandb.log({"val/loss": val}, step=state.step)

@@ -65,24 +65,24 @@ class SpikeRollback(Callback):
         before = dataclasses.replace(self.state)
         carry_skip = dict(self.sampler.skip)
         self.restore(target, False)
-        st = self.state
+        state = self.state
         for k in LIVED_THROUGH:
-            setattr(st, k, getattr(before, k))
-        st.lr_scale = before.lr_scale * self.cfg.spike.lr_factor
-        self.lrs.rescale(st.lr_scale)
+            setattr(state, k, getattr(before, k))
+        state.lr_scale = before.lr_scale * self.cfg.spike.lr_factor
+        self.lrs.rescale(state.lr_scale)
         self.sampler.skip = carry_skip
         n_before = len(self.sampler.skip)
-        self.sampler.add_skip(seen, epoch=st.epoch, start=st.consumed, offset=st.epoch_offset)
+        self.sampler.add_skip(seen, epoch=state.epoch, start=state.consumed, offset=state.epoch_offset)
         event = RollbackEvent(step=signal.step, restored_step=target_step, reason=signal.reason, loss=signal.loss,
-                              skipped_samples=len(self.sampler.skip) - n_before, lr_scale=st.lr_scale)
-        st.rollbacks = done + [event]
+                              skipped_samples=len(self.sampler.skip) - n_before, lr_scale=state.lr_scale)
+        state.rollbacks = done + [event]
         log.warning("rollback %d/%d at step %d -> step %d: %s; %d samples added to the skip ledger; LR x %.3g",
-                    len(st.rollbacks), cap, signal.step, target_step, signal.reason, event.skipped_samples,
-                    st.lr_scale)
+                    len(state.rollbacks), cap, signal.step, target_step, signal.reason, event.skipped_samples,
+                    state.lr_scale)
         if self.checkpoints.rank == 0:
             self.checkpoints.delete_after(target_step)
             self.metrics.truncate_after(target_step)
             self.metrics.event("rollback", target_step, spike_step=signal.step, restored_step=target_step,
                                reason=signal.reason, loss=signal.loss, skipped_samples=event.skipped_samples,
-                               lr_scale=st.lr_scale)
+                               lr_scale=state.lr_scale)
         self.checkpointer.save()  # rewrite the restored step with the ledger: durable across a crash

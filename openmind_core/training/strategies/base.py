@@ -67,10 +67,10 @@ class Strategy:
             return value
         return float(all_reduce_sum(torch.tensor([value], dtype=torch.float64))[0])
 
-    def sum_over_ranks_(self, t: torch.Tensor) -> None:
-        """Sum ``t`` over the ranks, in place."""
+    def sum_over_ranks_(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` over the ranks, in place."""
         if self.world_size > 1:
-            all_reduce_sum(t)
+            all_reduce_sum(tensor)
 
     def clip_and_measure(self, params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
         """Clip to ``max_norm``; the pre-clip total norm as a tensor (no device sync)."""
