@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from openmind_core.io import atomic_write_text
+from openmind_core.io import atomic_write_text, staged_file
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,9 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
     ax.legend(unique.values(), unique.keys(), fontsize="small")
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with staged_file(out_png) as tmp:  # a crash leaves the old curve or the new one
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 
