@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from openmind_core.training.trainer import seed_everything
+from openmind_core.training import seed_everything
 from schemas import CuratedDataset, OpenMindConfig, TrainingResult
 
 log = logging.getLogger(__name__)
@@ -124,16 +124,16 @@ def train_from_config(
     from openmind_core import interrupt
     from openmind_core.model import load_tokenizer
     from openmind_core.training import CheckpointManager, ProductionTrainer
-
-    from openmind_core.training import distributed as D
+    from openmind_core.training.distributed import device_for
+    from openmind_core.training.strategies import resolve_strategy
 
     run_dir = Path(run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     # one process or DDP: the towers are created / loaded straight on this rank's GPU; FSDP builds on
     # the CPU and shards before anything reaches the device
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    sharded = D.resolve_strategy(cfg.train.strategy, world_size) == "fsdp"
-    model = build_model(cfg, tokenizer, device=None if sharded else D.device_for(local_rank))
+    sharded = resolve_strategy(cfg.train.strategy, world_size) == "fsdp"
+    model = build_model(cfg, tokenizer, device=None if sharded else device_for(local_rank))
     train, val, collate = build_datasets(cfg, curated, model)
     fingerprint = {"model": cfg.fingerprint("model"), "data": curated.version}
     def report(info: dict) -> None:  # called at step boundaries: where a requested stop happens
@@ -175,7 +175,7 @@ def check_reload(model, model_dir: Path, dataset, collate, reload: bool = True) 
     (ranks other than 0) only takes part in the collectives a sharded model needs; it returns None.
     """
     from openmind_core.model import MultimodalReasoningModel
-    from openmind_core.training import distributed as D
+    from openmind_core.training.strategies import full_model_state_dict
 
     device = next(model.parameters()).device
     sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
@@ -193,7 +193,7 @@ def check_reload(model, model_dir: Path, dataset, collate, reload: bool = True) 
         if not equal:
             log.warning("final/ reloaded gives different logits (max |diff| %.3g)", (a - b).abs().max().item())
         return equal
-    full = D.full_model_state_dict(model) if sharded else None  # a collective: every rank
+    full = full_model_state_dict(model) if sharded else None  # a collective: every rank
     if not reload:
         return None
     reloaded = MultimodalReasoningModel.from_pretrained(model_dir).state_dict()

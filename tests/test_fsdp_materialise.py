@@ -59,12 +59,12 @@ def _losses(run_dir) -> list[float]:
 
 
 def test_place_model_materialises_meta_parameters(tmp_path):
-    from openmind_core.training import distributed as D
+    from openmind_core.training.strategies import place_model
 
     with pytest.raises(ValueError, match="meta device .*vision_encoder.weight.* no materialise callback"):
-        D.place_model(_vlm(meta_tower=True), "cpu")
+        place_model(_vlm(meta_tower=True), "cpu")
     weights = _tower_weights()
-    m = D.place_model(_vlm(meta_tower=True), "cpu", materialise=lambda mod: mod.load_state_dict(weights, strict=False))
+    m = place_model(_vlm(meta_tower=True), "cpu", materialise=lambda mod: mod.load_state_dict(weights, strict=False))
     assert all(not p.is_meta for p in m.parameters())
     assert torch.equal(m.vision_encoder.weight, weights["vision_encoder.weight"])
     assert not m.vision_encoder.weight.requires_grad  # still frozen
@@ -77,13 +77,13 @@ def test_place_model_materialises_meta_parameters(tmp_path):
 def test_place_model_allocates_meta_buffers_for_materialise():
     """A module built wholly under ``torch.device("meta")``: its buffers are meta too, and are filled
     by the callback like its parameters (not copied out of meta, which torch cannot do)."""
-    from openmind_core.training import distributed as D
+    from openmind_core.training.strategies import place_model
 
     with torch.device("meta"):
         mod = torch.nn.Linear(3, 2)
         mod.register_buffer("scale", torch.ones(2), persistent=False)
     with pytest.raises(ValueError, match="meta device .*scale"):
-        D.place_model(mod, "cpu")
+        place_model(mod, "cpu")
     with torch.device("meta"):
         mod = torch.nn.Linear(3, 2)
         mod.register_buffer("scale", torch.ones(2), persistent=False)
@@ -93,7 +93,7 @@ def test_place_model_allocates_meta_buffers_for_materialise():
         m.bias.zero_()
         m.scale.fill_(2.0)
 
-    placed = D.place_model(mod, "cpu", materialise=fill)
+    placed = place_model(mod, "cpu", materialise=fill)
     assert not placed.scale.is_meta and torch.equal(placed.scale, torch.full((2,), 2.0))
     assert torch.equal(placed(torch.ones(1, 3)), torch.full((1, 2), 3.0))
 
@@ -117,6 +117,7 @@ def _worker(out: Path) -> None:
 
     import torch.distributed.fsdp as fsdp
     from openmind_core.training import distributed as D
+    from openmind_core.training.strategies import load_full_model_state_dict
 
     rank, world, _ = D.init_from_env()
     torch.set_num_threads(1)
@@ -143,7 +144,7 @@ def _worker(out: Path) -> None:
     try:
         plain = _trainer(cpu_built, out / "cpu_built", rank, world)
         deferred = _trainer(meta_tower, out / "meta_tower", rank, world,
-                            materialise=lambda mod: D.load_full_model_state_dict(mod, weights))
+                            materialise=lambda mod: load_full_model_state_dict(mod, weights))
     finally:
         fsdp.fully_shard, torch.nn.Module.to, torch.nn.Module.cuda = real_fully_shard, real_to, real_cuda
     assert seen_by_fully_shard and all(seen_by_fully_shard), seen_by_fully_shard  # no host data handed to FSDP2

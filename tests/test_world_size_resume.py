@@ -20,7 +20,7 @@ import torch
 
 from openmind_core.data.sampler import ResumableSampler
 from openmind_core.training import ResumeError, run_torchrun
-from openmind_core.training.checkpoint import WorldSizeChange, check_fingerprint
+from openmind_core.training.fingerprint import WorldSizeChange, check_fingerprint
 from openmind_core.training.metrics import read_metrics
 from trainer_helpers import make_cfg, run_toy
 

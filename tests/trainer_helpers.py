@@ -239,7 +239,7 @@ def fsdp_check(rank: int, out_dir: str | Path) -> None:
     its gathered state dict saved through ``save_pretrained`` must load back as the replica."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from openmind_core.training.distributed import shard_language_model
+    from openmind_core.training.strategies import shard_language_model
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
@@ -262,7 +262,8 @@ def fsdp_check(rank: int, out_dir: str | Path) -> None:
     torch.testing.assert_close(got, replica.language_model.lm_head.weight, rtol=1e-5, atol=1e-6)
     # best/ and final/ of a sharded HF model: a gathered full state dict through save_pretrained(state_dict=)
     from openmind_core.training.checkpoint import save_model_dir
-    from openmind_core.training.distributed import barrier, full_model_state_dict
+    from openmind_core.training.distributed import barrier
+    from openmind_core.training.strategies import full_model_state_dict
 
     full = full_model_state_dict(sharded.language_model)
     if rank == 0:

@@ -1,177 +1,91 @@
-"""Crash-safe training checkpoints and atomic model directories.
+"""Crash-safe training checkpoints: the files, and the Stateful objects they are saved from and loaded into.
 
-Layout of one checkpoint, ``<run>/checkpoints/step-00000020/``::
+Layout of one checkpoint, ``<run>/checkpoints/step-00000020/`` (in brackets the named states each
+file holds)::
 
-    model.safetensors    trainable weights only (frozen ones are rebuilt by the caller)
-    optimizer.pt         optimizer state          } torch.save, loaded with weights_only=True
-    scheduler.pt         LR scheduler state       }
-    scaler.pt            GradScaler state (fp16)  }
-    rank-<R>.pt          python/numpy/torch/cuda RNG states and recent sample ids of rank R
-    trainer_state.json   step, epoch, loader position, skip ledger, spike window, counters
-    fingerprint.json     what must not change across a resume (model shape, data, batch), and the
-                         world size, which may (``check_fingerprint`` -> WorldSizeChange)
+    model.safetensors    trainable weights only [model] (frozen ones are rebuilt by the caller)
+    optimizer.pt         optimizer state [optimizer]           } torch.save, loaded with
+    scheduler.pt         LR scheduler state [scheduler]        } weights_only=True
+    scaler.pt            GradScaler state, fp16 only [scaler]  }
+    rank-<R>.pt          rank R's {"rng": RNG states [rng], "step_ids": recent sample ids [step_ids]}
+    trainer_state.json   step, epoch, loader position, counters [trainer] and the settings it was
+                         written with [settings] at the top level; "sampler" [sampler] (position and
+                         skip ledger) and "detector" [detector] (the spike window) under their names
+    fingerprint.json     what must not change across a resume (``fingerprint``; the world size may)
     manifest.json        sha256 of every file above; written LAST
 
-A checkpoint is written into ``.tmp-step-...``, the tensors streamed into their files
-(``safetensors.torch.save_file``, ``torch.save`` into the open file: no serialised copy in RAM),
-each file hashed by reading it back in chunks, every file fsynced, the manifest last, the
-directory fsynced and then renamed; replacing an existing step moves the old one to ``.old-...``
-first.  Pruning (and a rollback's ``delete_after``) first renames a doomed checkpoint to
-``.del-...`` and only then deletes it, so a crash mid-delete never leaves a half-deleted
-``step-...`` directory.  ``cleanup_stale`` (run at start) removes temporaries and ``.del-``
-leftovers and restores an ``.old-`` whose replacement never landed.  ``latest_valid`` returns the
-newest checkpoint whose manifest and hashes check out, warning about (and passing over) corrupted
-or partial ones.
+The manager, after torchtitan's ``CheckpointManager``, is given the states by name (``states=``,
+each with ``state_dict`` / ``load_state_dict``) and never sees the trainer.  ``save_states(step)``
+writes them (every rank calls: the rank files are gathered, and a sharded model's weights and
+optimizer state; rank 0 writes); ``load_states(path)`` checks the fingerprint and loads them back
+(a state marked ``rank0_only`` is read from disk by rank 0 alone and broadcast by its own load).
 
-Frozen weights are NOT stored: resuming requires the caller to rebuild the model identically
-(same seed / same pretrained weights), which the fingerprint helps enforce.  Under FSDP2 the
-trainer gathers full state dicts onto rank 0 first (``distributed.full_*``), so the files are the
-same whatever the strategy.
+Writing: the directory is staged under a hidden temporary name (``io.staged_dir``), the tensors
+streamed into their files (``safetensors.torch.save_file``, ``torch.save`` into the open file: no
+serialised copy in RAM), each file hashed by reading it back in chunks and fsynced, the manifest
+last; then the directory is renamed into place (an existing step is replaced through ``.old-``).
+Pruning (and a rollback's ``delete_after``) renames a doomed checkpoint to ``.del-`` before deleting
+it (``io.remove_dir``), so a crash mid-delete never leaves a half-deleted ``step-...`` directory.
+``cleanup_stale`` (start of a run) removes temporaries (``.step-....tmp-...``, and the
+``.tmp-step-...`` that versions before ``io.staged_dir`` left) and ``.del-`` leftovers, and restores
+an ``.old-`` whose replacement never landed.  ``latest_valid`` returns the newest checkpoint whose
+manifest and hashes check out, warning about (and passing over) corrupted or partial ones.
 
-Test-only hook: ``OPENMIND_TEST_KILL_AT="phase:n,phase:n"`` makes ``kill_point(phase, n)`` SIGKILL
-the process (used by tests/test_resume_kill.py to simulate crashes); with
-``OPENMIND_TEST_KILL_MARKERS=<dir>`` each point fires once.  Never set it in real runs.
+``on_phase(phase, step)`` is called at three instants of a write: ``ckpt-write`` (the weights
+written, the rest not), ``ckpt-commit`` (renamed into place, not yet pruned) and ``prune`` (an old
+checkpoint renamed to ``.del-``, not yet deleted); the test-only kill points hook in there.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import re
 import shutil
-import signal
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
 
-from openmind_core.io import fsync_dir, sha256_bytes, sha256_file
+from openmind_core.io import (DEL_PREFIX, OLD_PREFIX, clean_stale, fsync_dir, fsync_file, recover_replaced,
+                              remove_dir, sha256_bytes, sha256_file, staged_dir, write_durable)
+from openmind_core.training.distributed import all_gather_objects, barrier, broadcast_object
+from openmind_core.training.errors import ResumeError
+from openmind_core.training.fingerprint import WorldSizeChange, check_resumable
+from openmind_core.training.model_dir import save_model_dir  # re-exported: its import path before model_dir.py
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.stateful import Stateful
 
 log = logging.getLogger(__name__)
 
-KILL_ENV = "OPENMIND_TEST_KILL_AT"
-KILL_MARKERS_ENV = "OPENMIND_TEST_KILL_MARKERS"
 FORMAT_VERSION = 1
 STEP_RE = re.compile(r"^step-(\d{8})$")
+STAGED_RE = re.compile(r"^\.(step-\d{8})\.tmp-")  # io.staged_dir's temporary for step-N
+LEGACY_TMP_PREFIX = ".tmp-"  # the temporaries of versions before io.staged_dir: .tmp-step-N-<pid>
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
+STATE_JSON = "trainer_state.json"
+FINGERPRINT = "fingerprint.json"
+
+TORCH_STATES = {"optimizer": "optimizer.pt", "scheduler": "scheduler.pt", "scaler": "scaler.pt"}
+RANK_STATES = ("rng", "step_ids")  # each rank's, in rank-<R>.pt under these names
+TOP_LEVEL_STATES = ("trainer", "settings")  # their keys at trainer_state.json's top level
+NESTED_STATES = ("sampler", "detector")  # under their names in trainer_state.json
+KNOWN_STATES = {"model", *TORCH_STATES, *RANK_STATES, *TOP_LEVEL_STATES, *NESTED_STATES}
 
 
-class ResumeError(RuntimeError):
-    """A checkpoint exists but cannot be resumed from (e.g. the model or data changed)."""
+def rank_file(rank: int) -> str:
+    return f"rank-{rank}.pt"
 
 
-def kill_point(phase: str, n: int) -> None:
-    """TEST-ONLY crash injection (see module docstring); a no-op unless the env var is set."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        p, _, v = item.strip().partition(":")
-        if p != phase or not v or int(v) != n:
-            continue
-        markers = os.environ.get(KILL_MARKERS_ENV)
-        if markers:
-            marker = Path(markers) / f"{phase}-{n}"
-            if marker.exists():
-                continue
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            with open(marker, "w") as f:
-                f.flush()
-                os.fsync(f.fileno())
-            fsync_dir(marker.parent)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    """fsync a file that a library wrote and closed."""
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished ``tmp`` directory to ``dest``, replacing an existing one safely."""
-    old = dest.parent / f".old-{dest.name}"
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _accepts_state_dict(fn: Any) -> bool:
-    """``fn`` names a ``state_dict`` parameter, or takes ``**kwargs`` (an override that passes them on
-    to transformers' ``save_pretrained``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "state_dict" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _save_pretrained_names(model: torch.nn.Module,
-                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the aliases of tied parameters the way ``safetensors.torch.save_model`` does (keep the
-    alphabetically first name of each shared group), judged on the model's own parameter objects."""
-    groups: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(p), []).append(name)
-    drop = {n for names in groups.values() if len(names) > 1 for n in sorted(names)[1:]}
-    return {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items() if k not in drop}
-
-
-def save_model_dir(model: torch.nn.Module, dest: str | Path,
-                   state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save a whole model atomically: ``save_pretrained`` if it has one, else ``model.safetensors``.
-
-    ``state_dict`` (a full, unsharded one, e.g. gathered from an FSDP2 model whose own parameters
-    are DTensor shards) is written instead of the model's parameters: through
-    ``save_pretrained(dir, state_dict=...)`` when the model's ``save_pretrained`` takes one
-    (transformers models), else as ``model.safetensors`` with the key names ``save_pretrained`` /
-    ``safetensors.torch.save_model`` would use (tied aliases dropped).  In that second case a
-    custom ``save_pretrained``'s other files (config, tokenizer) are NOT written: a warning says so.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    if state_dict is not None:
-        if hasattr(model, "save_pretrained") and _accepts_state_dict(model.save_pretrained):
-            model.save_pretrained(str(tmp), state_dict=state_dict)
-        else:
-            if hasattr(model, "save_pretrained"):
-                log.warning("%s.save_pretrained takes no state_dict: %s gets %s only (no config/tokenizer)",
-                            type(model).__name__, dest, WEIGHTS)
-            safetensors.torch.save_file(_save_pretrained_names(model, state_dict), str(tmp / WEIGHTS),
-                                        metadata={"format": "pt"})
-    elif hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(tmp))
-    else:
-        safetensors.torch.save_model(model, str(tmp / WEIGHTS))
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            _fsync_file(f)
-    fsync_dir(tmp)
-    replace_dir(tmp, dest)
-    return dest
+def step_of(path: str | Path) -> int:
+    return int(Path(path).name.split("-")[1])
 
 
 @dataclass
@@ -183,12 +97,37 @@ class LoadedCheckpoint:
     json_files: dict[str, Any] = field(default_factory=dict)
 
 
-class CheckpointManager:
-    """Writes, validates, finds, loads and prunes the checkpoints under ``root``."""
+@dataclass
+class LoadedStates:
+    """What ``load_states`` restored; with a ``world_change`` the rank states are left to the caller
+    (``rank_files``: the saved ranks' ``rank-<R>.pt`` contents by rank)."""
 
-    def __init__(self, root: str | Path, keep_last: int = 3) -> None:
+    path: Path
+    step: int
+    world_change: WorldSizeChange | None
+    rank_files: dict[int, dict[str, Any]]
+
+
+class CheckpointManager:
+    """Writes, validates, finds, loads and prunes the checkpoints under ``root``; with ``states``, saves
+    and restores them.  ``rank``: this process's (rank 0 writes); ``fingerprint``: this run's."""
+
+    def __init__(self, root: str | Path, keep_last: int = 3, *,
+                 states: Mapping[str, "Stateful | None"] | None = None, fingerprint: dict[str, str] | None = None,
+                 rank: int = 0, on_phase: Callable[[str, int], None] | None = None) -> None:
         self.root = Path(root)
         self.keep_last = keep_last
+        self.states = dict(states or {})
+        unknown = set(self.states) - KNOWN_STATES
+        if unknown:
+            raise ValueError(f"no place in a checkpoint for the states {sorted(unknown)}")
+        self.fingerprint = fingerprint or {}
+        self.rank = rank
+        self.on_phase = on_phase
+
+    def _phase(self, phase: str, step: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, step)
 
     # -- naming --------------------------------------------------------------------------
 
@@ -209,23 +148,25 @@ class CheckpointManager:
     # -- housekeeping --------------------------------------------------------------------
 
     def cleanup_stale(self) -> None:
-        """Remove temporaries of interrupted writes; restore an ``.old-`` whose replacement never landed."""
+        """Remove temporaries of interrupted writes and deletions; restore an ``.old-`` whose replacement
+        never landed."""
         if not self.root.is_dir():
             return
         for p in sorted(self.root.iterdir()):
-            if p.name.startswith(".old-"):
-                dest = self.root / p.name[len(".old-"):]
-                if not dest.exists():
-                    log.warning("restoring %s: its replacement was interrupted", dest.name)
-                    os.replace(p, dest)
+            name = p.name
+            staged = STAGED_RE.match(name)
+            if name.startswith(OLD_PREFIX):
+                if recover_replaced(self.root / name[len(OLD_PREFIX):]):
+                    log.warning("restoring %s: its replacement was interrupted", name[len(OLD_PREFIX):])
+            elif staged or name.startswith(LEGACY_TMP_PREFIX):
+                log.warning("removing stale partial checkpoint %s", p)
+                if staged:
+                    clean_stale(self.root, staged.group(1))
                 else:
                     shutil.rmtree(p, ignore_errors=True)
-            elif p.name.startswith(".tmp-"):
-                log.warning("removing stale partial checkpoint %s", p)
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.name.startswith(".del-"):
-                log.warning("finishing the interrupted deletion of %s", p.name[len(".del-"):])
-                shutil.rmtree(p, ignore_errors=True)
+            elif name.startswith(DEL_PREFIX) and p.exists():
+                log.warning("finishing the interrupted deletion of %s", name[len(DEL_PREFIX):])
+                clean_stale(self.root, name[len(DEL_PREFIX):])
         fsync_dir(self.root)
 
     def validate(self, path: Path) -> str | None:
@@ -258,16 +199,22 @@ class CheckpointManager:
             log.warning("skipping checkpoint %s: %s", path, reason)
         return None
 
+    def find_latest(self, max_step: int | None = None) -> Path | None:
+        """Collective ``latest_valid``: rank 0 looks, every rank gets its answer."""
+        path = self.latest_valid(max_step) if self.rank == 0 else None
+        path = broadcast_object(str(path) if path else None)
+        return Path(path) if path else None
+
+    def find_resumable(self) -> Path | None:
+        """Collective, at the start of a run: rank 0 cleans up after crashed writers, then ``find_latest``."""
+        if self.rank == 0:
+            self.cleanup_stale()
+        barrier()
+        return self.find_latest()
+
     def remove(self, step: int) -> None:
         """Delete one checkpoint crash-safely: rename to ``.del-step-...`` (durable), then delete."""
-        path = self.path(step)
-        doomed = self.root / f".del-{path.name}"
-        if doomed.exists():
-            shutil.rmtree(doomed, ignore_errors=True)
-        os.replace(path, doomed)
-        fsync_dir(self.root)
-        kill_point("prune", step)  # test-only: crash while deleting an old checkpoint
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_dir(self.path(step), before_delete=lambda: self._phase("prune", step))
 
     def delete_after(self, step: int) -> None:
         for s in self.steps():
@@ -283,41 +230,35 @@ class CheckpointManager:
             if s not in keep:
                 self.remove(s)
 
-    # -- write / read --------------------------------------------------------------------
+    # -- files ---------------------------------------------------------------------------
 
     def save(self, step: int, weights: dict[str, torch.Tensor], torch_files: dict[str, Any],
              json_files: dict[str, Any]) -> Path:
-        """Write one checkpoint crash-safely (tmp dir, fsync, manifest last, rename)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Write one checkpoint crash-safely (staged dir, fsync, manifest last, rename)."""
         dest = self.path(step)
-        tmp = self.root / f".tmp-{dest.name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
         digests: dict[str, str] = {}
-        # streamed tensor by tensor into the file (no serialised copy of the checkpoint in RAM);
-        # already-CPU contiguous tensors (FSDP's gathered state, CPU training) are not copied either
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS))
-        del tensors
-        _fsync_file(tmp / WEIGHTS)  # written from Rust: hashed by reading it back, as validate will
-        digests[WEIGHTS] = sha256_file(tmp / WEIGHTS)
-        kill_point("ckpt-write", step)  # test-only: crash with a partial checkpoint
-        for name, obj in torch_files.items():
-            with open(tmp / name, "wb") as f:  # torch.save writes record by record into the file
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            digests[name] = sha256_file(tmp / name)
-        for name, obj in json_files.items():
-            data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
-            _write_durable(tmp / name, data)
-            digests[name] = sha256_bytes(data)
-        manifest = {"format": FORMAT_VERSION, "step": step, "files": digests, "created": time.time()}
-        _write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        fsync_dir(tmp)
-        replace_dir(tmp, dest)
-        kill_point("ckpt-commit", step)  # test-only: crash after the rename, before pruning
+        with staged_dir(dest, replace=True) as tmp:
+            # streamed tensor by tensor into the file (no serialised copy of the checkpoint in RAM);
+            # already-CPU contiguous tensors (FSDP's gathered state, CPU training) are not copied either
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+            safetensors.torch.save_file(tensors, str(tmp / WEIGHTS))
+            del tensors
+            fsync_file(tmp / WEIGHTS)  # written from Rust: hashed by reading it back, as validate will
+            digests[WEIGHTS] = sha256_file(tmp / WEIGHTS)
+            self._phase("ckpt-write", step)
+            for name, obj in torch_files.items():
+                with open(tmp / name, "wb") as f:  # torch.save writes record by record into the file
+                    torch.save(obj, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                digests[name] = sha256_file(tmp / name)
+            for name, obj in json_files.items():
+                data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+                write_durable(tmp / name, data)
+                digests[name] = sha256_bytes(data)
+            manifest = {"format": FORMAT_VERSION, "step": step, "files": digests, "created": time.time()}
+            write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        self._phase("ckpt-commit", step)
         return dest
 
     def load(self, path: Path, skip: Collection[str] = ()) -> LoadedCheckpoint:
@@ -336,55 +277,63 @@ class CheckpointManager:
                 out.json_files[name] = json.loads(f.read_text())
         return out
 
+    # -- states --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class WorldSizeChange:
-    """A resume whose only change is the number of processes (and maybe the per-rank batch with it)."""
+    def save_states(self, step: int, protect: set[int] | None = None) -> Path | None:
+        """Checkpoint every state as step ``step`` and prune (keeping ``protect``); every rank calls,
+        rank 0 writes and gets the path."""
+        s = self.states
+        all_ranks = all_gather_objects({name: s[name].state_dict() for name in RANK_STATES})
+        weights = s["model"].state_dict()  # collectives under FSDP: every rank gathers
+        optimizer = s["optimizer"].state_dict()
+        path = None
+        if self.rank == 0:
+            torch_files: dict[str, Any] = {"optimizer.pt": optimizer}
+            for name in ("scheduler", "scaler"):
+                if s.get(name) is not None:
+                    torch_files[TORCH_STATES[name]] = s[name].state_dict()
+            for r, state in enumerate(all_ranks):
+                torch_files[rank_file(r)] = state
+            doc: dict[str, Any] = {}
+            for name in TOP_LEVEL_STATES:
+                doc.update(s[name].state_dict())
+            doc.update({name: s[name].state_dict() for name in NESTED_STATES})
+            path = self.save(step, weights, torch_files, {STATE_JSON: doc, FINGERPRINT: self.fingerprint})
+            self.prune(protect)
+        barrier()
+        return path
 
-    saved_world: int
-    world: int
-    saved_batch: str  # micro_batch_size x grad_accum
-    batch: str
+    def load_states(self, path: Path) -> LoadedStates:
+        """Check checkpoint ``path``'s fingerprint and load every state from it (every rank calls).
 
-    def global_batch(self, saved: bool = False) -> int | None:
+        Raises ResumeError, before any state changes, when the fingerprint differs (but for the
+        number of processes: then ``world_change`` says so and the rank states are not loaded)."""
+        s = self.states
+        heavy = {"model": WEIGHTS, "optimizer": TORCH_STATES["optimizer"]}
+        skip = {f for name, f in heavy.items() if getattr(s[name], "rank0_only", False)} if self.rank != 0 else set()
+        ck = self.load(path, skip=skip)
+        change = check_resumable(ck.json_files.get(FINGERPRINT, {}), self.fingerprint, path)
         try:
-            micro, accum = (int(x) for x in (self.saved_batch if saved else self.batch).split("x"))
-        except ValueError:
-            return None
-        return micro * accum * (self.saved_world if saved else self.world)
+            s["model"].load_state_dict(ck.weights)
+        except ResumeError as e:
+            raise ResumeError(f"cannot resume from {path}: {e}") from None
+        s["optimizer"].load_state_dict({} if "optimizer.pt" in skip else ck.torch_files["optimizer.pt"])
+        s["scheduler"].load_state_dict(ck.torch_files["scheduler.pt"])
+        if s.get("scaler") is not None and "scaler.pt" in ck.torch_files:
+            s["scaler"].load_state_dict(ck.torch_files["scaler.pt"])
+        doc = ck.json_files[STATE_JSON]
+        for name in NESTED_STATES:
+            s[name].load_state_dict(doc[name])
+        for name in TOP_LEVEL_STATES:
+            s[name].load_state_dict(doc)
+        ranks = {int(m.group(1)): v for k, v in ck.torch_files.items() if (m := re.fullmatch(r"rank-(\d+)\.pt", k))}
+        if change is None:
+            own = ranks.get(self.rank)
+            if own is None:
+                raise ResumeError(f"cannot resume from {path}: it has no state for rank {self.rank}")
+            for name in RANK_STATES:
+                s[name].load_state_dict(own[name])
+        return LoadedStates(path, ck.step, change, ranks)
 
 
-def _split_world_size(fp: dict[str, str]) -> dict[str, str]:
-    """Fingerprints before the world size got a key of its own pinned ``batch`` = micro x accum x world."""
-    fp = dict(fp)
-    m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", str(fp.get("batch", "")))
-    if "world_size" not in fp and m:
-        fp["batch"], fp["world_size"] = f"{m[1]}x{m[2]}", m[3]
-    return fp
-
-
-def check_fingerprint(saved: dict[str, str], current: dict[str, str], where: Path) -> WorldSizeChange | None:
-    """Raise ResumeError naming every key that changed between a checkpoint and this run.
-
-    A different ``world_size`` alone (with or without a different ``batch``, the per-rank
-    micro_batch_size x grad_accum) is not refused: checkpoints hold full state dicts, so it is
-    returned as a WorldSizeChange for the trainer to remap the data position and warn.
-    """
-    saved, current = _split_world_size(saved), _split_world_size(current)
-    a_world, b_world = saved.get("world_size"), current.get("world_size")
-    world_changed = a_world is not None and b_world is not None and a_world != b_world
-    changed = []
-    for key in sorted(set(saved) | set(current)):
-        if world_changed and key in ("world_size", "batch"):
-            continue
-        a, b = saved.get(key), current.get(key)
-        if a != b:
-            changed.append(f"{key}: checkpoint {a!r}, now {b!r}")
-    if changed:
-        raise ResumeError(
-            f"cannot resume from {where}: the run changed since it was written ({'; '.join(changed)}). "
-            "Use a new run directory, or restore the original model/data/batch settings."
-        )
-    if not world_changed:
-        return None
-    return WorldSizeChange(int(str(a_world)), int(str(b_world)), str(saved.get("batch")), str(current.get("batch")))
+__all__ = ["CheckpointManager", "LoadedCheckpoint", "LoadedStates", "save_model_dir", "step_of"]

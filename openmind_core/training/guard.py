@@ -30,7 +30,7 @@ def clip_and_measure(params: Iterable[torch.nn.Parameter], max_norm: float, shar
     """
     if not sharded:
         return torch.nn.utils.clip_grad_norm_(list(params), max_norm, error_if_nonfinite=False)
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # imported here: start-up cost (FSDP only)
 
     params = list(params)
     total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], 2.0,
@@ -60,7 +60,7 @@ class SpikeVerdict:
 
 
 class SpikeDetector:
-    """A loss-spike detector that spares clean runs (issue 14).
+    """A loss-spike detector that spares clean runs.
 
     What it follows:
 

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from openmind_core.io import atomic_write_text
+from openmind_core.io import atomic_write_text, staged_file
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ class MetricsWriter:
 
     def event(self, event: str, step: int, **fields: Any) -> None:
         self.write({"event": event, "step": step, **fields})
+
+    def start_fresh(self) -> None:
+        """A run without a checkpoint: drop what an earlier run left in the file."""
+        if self.enabled and self.path.exists():
+            self.path.unlink()
 
     def truncate_after(self, step: int) -> None:
         """Drop lines written at a step later than ``step`` (and a torn last line)."""
@@ -84,7 +89,7 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
              and math.isfinite(r["loss"])]
     if not steps:
         return None
-    import matplotlib
+    import matplotlib  # imported here: start-up cost (only the end of a run draws)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,10 +114,9 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
     ax.legend(unique.values(), unique.keys(), fontsize="small")
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with staged_file(out_png) as tmp:  # a crash leaves the old curve or the new one
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 
@@ -128,7 +132,7 @@ class WandbLogger:
         if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled" or not enabled:
             return
         try:
-            import wandb
+            import wandb  # imported here: optional, and start-up cost (mode disabled never imports it)
         except ImportError:
             log.warning("wandb is not installed; train.wandb.mode=%s ignored", mode)
             return

@@ -5,7 +5,9 @@ Groups: per-module learning rate by name prefix (``vision_encoder.`` -> ``lr_vis
 split into decayed weights and undecayed biases / norms / other 1-D parameters.  Only parameters
 with ``requires_grad`` are optimised.  The schedule is transformers'
 ``get_cosine_schedule_with_warmup`` formula over optimizer steps (never micro-batches), rebuilt
-without a jump when a resume changes its length (``Schedule``).
+without a jump when a resume changes its length (``Schedule``).  ``LearningRates`` keeps each
+group's configured hyperparameters and puts them over the schedule: what a resume with new settings
+and a rollback's LR cut change.
 """
 
 from __future__ import annotations
@@ -164,3 +166,35 @@ def set_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sch
         g["initial_lr"] = base
         g["lr"] = base * schedule(step)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+class LearningRates:
+    """The configured hyperparameters of each param group over the LR schedule of one optimizer.
+
+    Captured from the optimizer as built from this run's settings, before the scheduler (which it
+    builds: ``LambdaLR`` overwrites each group's LR with the schedule's first value): a resume applies
+    them over the checkpoint's (``continue_from``), and a rollback scales them (``rescale``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> None:
+        self.optimizer, self.warmup_ratio, self.total_steps = optimizer, cfg.warmup_ratio, total_steps
+        self.configured = [{k: g[k] for k in ("lr", "weight_decay", "betas")} for g in optimizer.param_groups]
+        self.scheduler = build_scheduler(optimizer, cfg, total_steps)
+
+    def base_lrs(self, scale: float) -> list[float]:
+        return [g["lr"] * scale for g in self.configured]
+
+    def rescale(self, scale: float) -> None:
+        """The configured LRs x ``scale`` (the rollbacks' product), on the current schedule."""
+        set_schedule(self.optimizer, self.scheduler, schedule_of(self.scheduler), self.base_lrs(scale))
+
+    def continue_from(self, saved: dict | None, step: int, scale: float) -> tuple[Schedule, Schedule]:
+        """After a restore: this run's weight decay, betas and LRs (x ``scale``) from ``step`` on, on the
+        checkpoint's schedule (``saved``, its JSON; the scheduler's own when absent) rebuilt for this
+        run's warm-up and length.  Returns (the schedule now, the checkpoint's)."""
+        for g, configured in zip(self.optimizer.param_groups, self.configured):
+            g["weight_decay"], g["betas"] = configured["weight_decay"], configured["betas"]
+        old = Schedule.from_json(saved) if saved else schedule_of(self.scheduler)
+        schedule = old.rebuilt(step, self.warmup_ratio, self.total_steps)
+        set_schedule(self.optimizer, self.scheduler, schedule, self.base_lrs(scale))
+        return schedule, old

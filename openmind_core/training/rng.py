@@ -1,4 +1,8 @@
-"""RNG capture for bit-exact resumes: Python, numpy, torch and CUDA states as weights_only-loadable objects."""
+"""RNG state for bit-exact resumes: Python, numpy, torch and CUDA states as weights_only-loadable objects.
+
+``RNGState`` is the Stateful face of ``capture_rng`` / ``restore_rng``: one per process, saved in
+that rank's ``rank-<R>.pt``, so every rank resumes its own dropout and augmentation draws.
+"""
 
 from __future__ import annotations
 
@@ -37,3 +41,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+class RNGState:
+    """Stateful: this process's RNG states (``capture_rng`` on save, ``restore_rng`` on load)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        restore_rng(state)

@@ -1,4 +1,4 @@
-"""Validation loss and the batch helpers the loop shares with it."""
+"""The validation loss: the mean token loss over the validation dataset (every rank evaluates all of it)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from openmind_core.training.batches import label_tokens, to_device
 from openmind_core.training.precision import AmpSettings, autocast
-
-
-def label_tokens(batch: dict[str, Any]) -> int | None:
-    """Tokens that carry a label after the causal shift (``labels[:, 1:] != -100``); None without labels."""
-    labels = batch.get("labels")
-    if not isinstance(labels, torch.Tensor):
-        return None
-    return int((labels[:, 1:] != -100).sum())
-
-
-def batch_tokens(batch: dict[str, Any]) -> int:
-    """Input tokens of a batch (for tokens/s): the attention mask's sum, else input_ids' size."""
-    for key in ("attention_mask", "input_ids"):
-        t = batch.get(key)
-        if isinstance(t, torch.Tensor):
-            return int(t.sum()) if key == "attention_mask" else t.numel()
-    return 0
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    nb = device.type == "cuda"
-    return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
