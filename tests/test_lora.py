@@ -385,7 +385,7 @@ def test_run_refuses_a_missing_init_from_before_anything_runs(tmp_path):
 
 def test_save_with_a_given_state_dict_writes_the_same_files(saved, tmp_path):
     """FSDP's path: save_model_dir passes a gathered full state dict to save_pretrained(state_dict=)."""
-    from openmind_core.training.checkpoint import save_model_dir
+    from openmind_core.training.model_dir import save_model_dir
 
     m, d = saved
     out = save_model_dir(m, tmp_path / "given", state_dict={k: v.clone() for k, v in m.state_dict().items()})

@@ -261,7 +261,7 @@ def fsdp_check(rank: int, out_dir: str | Path) -> None:
     got = sharded.language_model.lm_head.weight.full_tensor()
     torch.testing.assert_close(got, replica.language_model.lm_head.weight, rtol=1e-5, atol=1e-6)
     # best/ and final/ of a sharded HF model: a gathered full state dict through save_pretrained(state_dict=)
-    from openmind_core.training.checkpoint import save_model_dir
+    from openmind_core.training.model_dir import save_model_dir
     from openmind_core.training.distributed import barrier
     from openmind_core.training.strategies import full_model_state_dict
 

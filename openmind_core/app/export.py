@@ -14,7 +14,7 @@ from pathlib import Path
 from openmind_core.io import atomic_write_json
 from openmind_core.model import MultimodalReasoningModel
 from openmind_core.model.lora import has_lora, merge_lora
-from openmind_core.training.checkpoint import save_model_dir
+from openmind_core.training.model_dir import save_model_dir
 
 logger = logging.getLogger(__name__)
 

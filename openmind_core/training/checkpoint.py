@@ -57,7 +57,6 @@ from openmind_core.io import (DEL_PREFIX, OLD_PREFIX, clean_stale, fsync_dir, fs
 from openmind_core.training.distributed import all_gather_objects, barrier, broadcast_object
 from openmind_core.training.errors import ResumeError
 from openmind_core.training.fingerprint import WorldSizeChange, check_resumable
-from openmind_core.training.model_dir import save_model_dir  # re-exported: its import path before model_dir.py
 
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.stateful import Stateful
@@ -336,4 +335,4 @@ class CheckpointManager:
         return LoadedStates(path, ck.step, change, ranks)
 
 
-__all__ = ["CheckpointManager", "LoadedCheckpoint", "LoadedStates", "save_model_dir", "step_of"]
+__all__ = ["CheckpointManager", "LoadedCheckpoint", "LoadedStates", "step_of"]
