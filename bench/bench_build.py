@@ -13,7 +13,7 @@ transformers' Llama and SigLIP modules, ``openmind_core``), the config and the t
 the imports' own transient peak forgotten (Linux ``/proc/self/clear_refs``) and glibc's free heap
 given back -- so the interpreter's and the libraries' memory is not counted:
 
-1. build from pretrained parts: ``openmind_core.pipeline.build_model(cfg, tokenizer)`` with
+1. build from pretrained parts: ``openmind_core.app.train.build_model(cfg, tokenizer)`` with
    ``model.lm.name_or_path``, ``model.tokenizer.name_or_path`` and ``model.vision.pretrained``
    pointing at the parts, ``model.dtype=bfloat16``, stage ``align``;
 2. load final/: ``MultimodalReasoningModel.from_pretrained(final)`` (with ``dtype=torch.bfloat16``
@@ -109,8 +109,8 @@ def make_parts(root: Path, quick: bool) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
     from openmind_core.model import build_tokenizer, train_bpe_tokenizer
-    from openmind_core.pipeline import build_model
-    from schemas.config import load_config
+    from openmind_core.app.train import build_model
+    from schemas.loading import load_config
 
     size = SIZES[quick]
     # a "pretrained" tokenizer without our <image> token: building adds it and grows the embeddings
@@ -178,7 +178,7 @@ def _imports() -> None:
     from transformers import LlamaForCausalLM, SiglipVisionModel  # noqa: F401
 
     import openmind_core.model  # noqa: F401
-    import openmind_core.pipeline  # noqa: F401
+    import openmind_core.app.train  # noqa: F401
     import schemas.config  # noqa: F401
 
     torch.nn.Linear(8, 8)(torch.ones(2, 8)).sum()
@@ -209,14 +209,14 @@ def _op(mode: str, arg: dict, info: dict):
         return op
     import inspect
 
-    import openmind_core.pipeline
+    import openmind_core.app.train
     from openmind_core.model import MultimodalReasoningModel, build_tokenizer
-    from schemas.config import load_config
+    from schemas.loading import load_config
 
     if mode == "build":
         cfg = load_config(None, arg["overrides"])
         tokenizer = build_tokenizer(cfg.model.tokenizer)  # the tokenizer is not part of the build
-        return lambda: _touched(openmind_core.pipeline.build_model(cfg, tokenizer), info)
+        return lambda: _touched(openmind_core.app.train.build_model(cfg, tokenizer), info)
     if mode == "final":
         kwargs = {}
         if "dtype" in inspect.signature(MultimodalReasoningModel.from_pretrained).parameters:

@@ -8,7 +8,7 @@ main process; the notes add decoding in 2 loader workers and the cache's build t
 
 Data-wait row (goal < 5%): the embedded default config (``schemas.load_config()``), its data
 downloaded and converted into a temporary lake, its tokenizer, model and datasets built by
-``openmind_core.pipeline`` exactly as a run builds them (images decoded once into the pixel
+``openmind_core.app.train`` exactly as a run builds them (images decoded once into the pixel
 cache), fed by a ``DataLoader`` with the config's ``train.num_workers`` into the tiny model's
 train step (forward, backward, clipping, AdamW).  Per step: the time blocked in ``next(loader)``
 against the whole step; the first steps (worker start-up) are not counted.  A second row does the
@@ -72,15 +72,16 @@ def wait_fraction(lake: Path, quick: bool = False, workers: int | None = None) -
     """
     import torch
 
-    from openmind_core.pipeline import build_datasets, build_model, prepare_tokenizer
+    from openmind_core.app.tokenizer import load_prepared, prepare_tokenizer
+    from openmind_core.app.train import build_datasets, build_model
     from openmind_core.training.optim import build_optimizer
-    from schemas.config import load_config
+    from schemas.loading import load_config
 
     overrides = ["data.synthetic.num_captions=240", "data.synthetic.num_vqa=120"] if quick else []
     cfg = load_config(None, overrides)
     workers = cfg.train.num_workers if workers is None else workers
     curated = convert(download(cfg.data, lake, seed=cfg.run.seed), cfg.data, lake)
-    tok, _ = prepare_tokenizer(cfg, curated, lake / "runs" / "bench")
+    tok = load_prepared(prepare_tokenizer(cfg, curated, lake / "runs" / "bench"))
     model = build_model(cfg, tok)
     model.train()
     train, _val, collate = build_datasets(cfg, curated, model)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_model import _batch, _time_train  # noqa: E402  (the same batch and timed steps)
 from openmind_core.model.lora import is_lora_name  # noqa: E402
 from openmind_core.model import build_model, build_tokenizer  # noqa: E402
-from schemas.config import load_config  # noqa: E402
+from schemas.loading import load_config  # noqa: E402
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
           "a green square next to a small yellow triangle"] * 20

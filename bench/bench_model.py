@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
 from openmind_core.model import build_model, build_tokenizer  # noqa: E402
-from schemas.config import load_config  # noqa: E402
+from schemas.loading import load_config  # noqa: E402
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
           "这张图片里有什么？ 一个红色的圆。", "a green square next to a small yellow triangle"] * 20

@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from openmind_core.model import estimate_memory, flash_attn_available
-    from schemas.config import load_config
+    from schemas.loading import load_config
 
     cfg = load_config(a.config, a.overrides)
     steps = a.steps or (3 if a.quick else 5)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.preflight import UsageError, check_inputs, check_lake, check_model_parts, load
+from flows.preflight import UsageError, check_inputs, check_lake, check_model_parts, check_resumable, load
 from flows.summary import normalised_note, summary
 
 
 def cmd_run(args) -> int:
     from flows import console
-    from flows.lake import check_resumable, default_run_name, resolve_lake
-    from schemas import ConfigError
+    from flows.lake import default_run_name, resolve_lake
 
     cfg = load(args)
     lake = resolve_lake(args.lake)
@@ -24,10 +23,7 @@ def cmd_run(args) -> int:
     check_inputs(cfg)
     check_model_parts(cfg)
     name = args.run_name or cfg.run.name or default_run_name()
-    try:  # model, data settings, input stamps, batch: refused before anything runs or is written
-        check_resumable(cfg, lake / "runs" / name)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    check_resumable(cfg, lake / "runs" / name)
     console.set_resume_hint(console.resume_command(args.argv, name), lake / "runs" / name)
     runner = task_runner_from_args(args)
     from flows.week1 import week1  # imports prefect: only after the checks
@@ -86,14 +82,12 @@ def cmd_data_inspect(args) -> int:
     check_lake(lake)
     check_inputs(cfg)
     from openmind_core.app.inspect_data import inspect_samples
+    from openmind_core.app.tokenizer import build_run_tokenizer
     from openmind_core.data import convert, download
-    from openmind_core.model import build_tokenizer
-    from openmind_core.pipeline import tokenizer_corpus
 
     raw = download(cfg.data, lake, seed=cfg.run.seed)
     cur = convert(raw, cfg.data, lake)
-    corpus = tokenizer_corpus(cur) if cfg.model.tokenizer.name_or_path is None else None
-    tok = build_tokenizer(cfg.model.tokenizer, corpus)
+    tok, _ = build_run_tokenizer(cfg, cur)
     print(inspect_samples(cur, tok, cfg.model, n=args.n))
     return 0
 

@@ -9,7 +9,8 @@ from flows.lake import resolve_lake
 from schemas import CuratedDataset, load_config
 from tasks.common import in_lake
 from tasks.convert import convert_task
-from tasks.download import download_task, input_stamp
+from openmind_core.data.inputs import input_stamp
+from tasks.download import download_task
 
 
 @flow(name="prepare-data", log_prints=True)

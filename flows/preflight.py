@@ -73,7 +73,7 @@ def _fs_type(path: Path) -> str | None:
 
 
 def check_inputs(cfg) -> None:
-    from tasks.inputs import InputError, check_input_files
+    from openmind_core.data.inputs import InputError, check_input_files
 
     try:
         check_input_files(cfg.data)  # missing, a directory where a file belongs, unreadable
@@ -94,3 +94,14 @@ def check_model_parts(cfg) -> None:
         preflight(cfg.model)
     except (OSError, ValueError) as e:
         raise UsageError(f"model: {str(e).splitlines()[0]}") from None
+
+
+def check_resumable(cfg, run_dir: Path) -> None:
+    """The one resumability check (``openmind_core.app.run_dir``, which the flow's first step runs too):
+    model, data settings, input stamps and batch, refused before anything runs or is written."""
+    from openmind_core.app.run_dir import ResumeRefused, check_resumable as check
+
+    try:
+        check(cfg, run_dir)
+    except ResumeRefused as e:
+        raise UsageError(str(e)) from None

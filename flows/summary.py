@@ -32,10 +32,12 @@ def training_events(t) -> list[str]:
 
 
 def summary(report) -> str:
-    t, inf, cur = report.training, report.inference, report.curated
+    # start-up cost: the report module loads the model package; the CLI imports this file before its checks
+    from openmind_core.app.report import MARKS, verdict
+    from openmind_core.app.report import fmt_float as fmt
     from openmind_core.evaluation import summary_lines
-    from openmind_core.report import MARKS, verdict
-    from openmind_core.report import fmt_float as fmt
+
+    t, inf, cur = report.training, report.inference, report.curated
     lines = [
         "",
         f"OpenMind week1 — run {report.run_name}: {verdict(report)}",

@@ -1,4 +1,4 @@
-"""The Week-1 flow: download -> convert -> smoke tests -> train -> baseline inference.
+"""The Week-1 flow: download -> convert -> tokenizer -> smoke tests -> train -> baseline inference.
 
 Each stage is a retriable Prefect task returning a typed artifact from ``schemas``; the flow
 returns a ``Week1Report`` (also written to ``<lake>/runs/<run>/report.json``) with the guide's
@@ -10,39 +10,28 @@ Deployments (``prefect.yaml``) and the CLI (``openmind run``) both call ``week1`
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import tasks  # noqa: F401  (sets Prefect environment defaults before prefect loads)
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from flows.lake import check_resumable, default_run_name, record_inputs, resolve_lake
+from flows.lake import default_run_name, resolve_lake
+from openmind_core.app.report import build_report, checklist_markdown
+from openmind_core.app.run_dir import prepare_run_dir
 from openmind_core.io import atomic_write_text
-from openmind_core.report import build_report, checklist_markdown
+from openmind_core.model.memory import estimate_memory
 from schemas import OpenMindConfig, Week1Report, load_config
 from tasks.convert import convert_task
 from tasks.common import in_lake
-from tasks.download import download_task, input_stamp
+from openmind_core.data.inputs import input_stamp
+from tasks.download import download_task
 from tasks.events import emit_verdict
 from tasks.fanout import fan_out_convert
 from tasks.infer import inference_task
 from tasks.smoke import smoke_task
+from tasks.tokenizer import tokenizer_task
 from tasks.train import train_task
-
-def prepare_run_dir(cfg: OpenMindConfig, lake: Path, run_name: str) -> Path:
-    """Create ``<lake>/runs/<run>/`` and write the resolved config and the inputs' stamps, unless the run
-    would resume checkpoints of another model, other data or another batch (checked before any write)."""
-    from openmind_core.training.resume import check_resume
-
-    run_dir = lake / "runs" / run_name
-    check_resumable(cfg, run_dir)  # before anything is written: model, data, inputs, seed, batch
-    check_resume(run_dir, cfg)  # the trainer's own early check of the newest checkpoint's fingerprint
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record_inputs(cfg, run_dir)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    return run_dir
-
 
 def _flow_run_name() -> str:
     """The flow run is named after the run directory (``--run-name``, ``run.name``, else a timestamp)."""
@@ -92,14 +81,13 @@ def week1(
     raw = in_lake(download_task, lake_dir)(cfg.data, str(lake_dir), cfg.run.seed, input_stamp(cfg.data))
     fan_out_convert(raw, cfg.data, lake_dir)  # several raw files: one task each on the task runner, merged
     curated = in_lake(convert_task, lake_dir)(raw, cfg.data, str(lake_dir))
-    smoke = smoke_task(cfg, curated, str(run_dir))
-    training = train_task(cfg, curated, smoke, str(run_dir))
+    tokenizer = tokenizer_task(cfg, curated, str(run_dir))
+    smoke = smoke_task(cfg, curated, tokenizer)
+    training = train_task(cfg, curated, tokenizer, str(run_dir))
     inference = inference_task(cfg, curated, training)
 
-    from openmind_core.model import estimate_memory
-
     report = build_report(cfg, name, str(run_dir), str(run_dir / "config.yaml"), raw, curated, smoke, training,
-                          inference, memory_estimate=estimate_memory(cfg))
+                          inference, memory_estimate=estimate_memory(cfg), tokenizer=tokenizer)
     atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2))
     emit_verdict(report)  # openmind.run.passed / openmind.run.failed (tasks/events.py)
     create_markdown_artifact(key="week1-checklist", markdown=checklist_markdown(report),

@@ -10,25 +10,24 @@ from schemas.artifacts import (
     RawFile,
     RollbackEvent,
     SmokeReport,
+    TokenizerReport,
     TrainingResult,
     Week1Report,
 )
 from schemas.config import (
     DEFAULT_CONFIG,
     FULL_CONFIG,
-    ConfigError,
     DataConfig,
     InferenceConfig,
     ModelConfig,
     OpenMindConfig,
     TrainConfig,
-    apply_overrides,
-    load_config,
 )
+from schemas.loading import ConfigError, apply_overrides, dotted_keys, load_config
 
 __all__ = [
     "Check", "Criterion", "CuratedDataset", "InferenceReport", "Prediction", "RawDataset", "RawFile",
-    "RollbackEvent", "SmokeReport", "TrainingResult", "Week1Report", "DEFAULT_CONFIG", "FULL_CONFIG",
+    "RollbackEvent", "SmokeReport", "TokenizerReport", "TrainingResult", "Week1Report", "DEFAULT_CONFIG", "FULL_CONFIG",
     "ConfigError", "DataConfig", "InferenceConfig", "ModelConfig", "OpenMindConfig", "TrainConfig",
-    "apply_overrides", "load_config",
+    "apply_overrides", "dotted_keys", "load_config",
 ]

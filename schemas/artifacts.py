@@ -71,6 +71,22 @@ class CuratedDataset(Artifact):
         return f"{n.get('crlf_lines', 0)} CRLF line ends, {n.get('bom_files', 0)} BOM"
 
 
+# --------------------------------------------------------------------------- tokenizer
+
+
+class TokenizerReport(Artifact):
+    """The tokenizer every later stage uses, saved once per run in ``<run>/tokenizer/``."""
+
+    path: str = Field(description="the saved tokenizer directory (<run>/tokenizer)")
+    source: str = Field(description="where it came from: 'trained on N texts of the curated corpus', or a hub id / path")
+    vocab_size: int = Field(description="ids in the tokenizer, added tokens included")
+    image_token: str
+    image_token_id: int
+    pad_token_id: int | None = None
+    chat_template: bool = Field(False, description="prompts go through the tokenizer's own chat template")
+    reused: bool = Field(False, description="the run directory already held it (a resume)")
+
+
 # --------------------------------------------------------------------------- smoke
 
 
@@ -87,7 +103,7 @@ class SmokeReport(Artifact):
     total_params: int
     trainable_params: int
     image_tokens: int
-    tokenizer_dir: str = Field(description="the tokenizer every later stage uses")
+    tokenizer_dir: str = Field(description="the tokenizer the checks used (the tokenizer stage's path)")
 
 
 # --------------------------------------------------------------------------- train
@@ -210,6 +226,7 @@ class Week1Report(Artifact):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     raw: RawDataset
     curated: CuratedDataset
+    tokenizer: TokenizerReport | None = Field(None, description="the tokenizer stage (None in reports written before it)")
     smoke: SmokeReport
     training: TrainingResult
     inference: InferenceReport

@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from openmind_core.data import download
 from schemas import DataConfig, RawDataset
 from tasks.common import CACHED, md_table, retrying
-from tasks.inputs import check_input_files, input_stamp  # noqa: F401  (input_stamp: re-exported)
+from openmind_core.data.inputs import check_input_files
 
 
 @task(name="download", **retrying(3), **CACHED)

@@ -1,4 +1,4 @@
-"""Task 5: baseline inference with the trained model reloaded from ``final/``; and ``openmind eval``'s task.
+"""Task 6: baseline inference with the trained model reloaded from ``final/``; and ``openmind eval``'s task.
 
 Both score with :mod:`openmind_core.evaluation` (VQAv2 accuracy, CIDEr-D / BLEU-4, chance baselines)
 and show the scores and a sample of predictions as a markdown artifact.
@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from openmind_core.evaluation import evaluate_path, report_markdown, summary_lines
-from openmind_core.inference import run_inference
+from openmind_core.app.baseline_eval import run_inference
 from schemas import CuratedDataset, InferenceConfig, InferenceReport, OpenMindConfig, TrainingResult
 from tasks.common import retry_transient
 

@@ -1,17 +1,17 @@
-"""Task 3: component smoke tests on the configured model; a failure stops the flow and says why."""
+"""Task 4: component smoke tests on the configured model; a failure stops the flow and says why."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from openmind_core.smoke import raise_if_failed, run_smoke
-from schemas import CuratedDataset, OpenMindConfig, SmokeReport
+from openmind_core.app.smoke import raise_if_failed, run_smoke
+from schemas import CuratedDataset, OpenMindConfig, SmokeReport, TokenizerReport
 
 
 @task(name="smoke-test")
-def smoke_task(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str) -> SmokeReport:
-    report = run_smoke(cfg, curated, run_dir)
+def smoke_task(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer: TokenizerReport) -> SmokeReport:
+    report = run_smoke(cfg, curated, tokenizer)
     rows = "\n".join(f"| {'PASS' if c.passed else '**FAIL**'} | {c.name} | {c.detail} | {c.seconds:.2f} s |"
                      for c in report.checks)
     create_markdown_artifact(

@@ -1,4 +1,4 @@
-"""Task 4: train with the ProductionTrainer; a retry or a rerun resumes from the newest checkpoint."""
+"""Task 5: train with the ProductionTrainer; a retry or a rerun resumes from the newest checkpoint."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from openmind_core.pipeline import train_from_config
-from openmind_core.report import fmt_float
-from schemas import CuratedDataset, OpenMindConfig, SmokeReport, TrainingResult
+from openmind_core.app.report import fmt_float
+from openmind_core.app.train import train_from_config
+from schemas import CuratedDataset, OpenMindConfig, TokenizerReport, TrainingResult
 from tasks.common import md_table, retry_transient
 from tasks.events import MetricsEventForwarder, emit_training_finished
 from tasks.slots import gpu_slot
 
 
 @task(name="train", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport, run_dir: str) -> TrainingResult:
+def train_task(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer: TokenizerReport, run_dir: str) -> TrainingResult:
     log = get_run_logger()
     progress_id = create_progress_artifact(progress=0.0, key="week1-training-progress",
                                            description="optimizer steps done, percent")
@@ -36,15 +36,16 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, smoke: SmokeReport,
                  info.get("lr") or 0.0, f"{info['tokens_per_s']:.0f}" if info.get("tokens_per_s") else "-",
                  extra={"openmind_progress": True})  # on a terminal the tqdm bar shows it instead (flows/console.py)
 
-    # H6 (issue 15.6): a GPU slot while training; trainer events (metrics.jsonl) forwarded as Prefect events
+    # a GPU slot while training (concurrent runs queue for the card); trainer events (metrics.jsonl)
+    # forwarded as Prefect events, so automations can react to rollbacks and finished runs
     run_name = Path(run_dir).name
     with gpu_slot(_gpu_slots(cfg), logger=log), MetricsEventForwarder(Path(run_dir) / "metrics.jsonl", run_name):
         if cfg.train.nproc > 1:
             from tasks.distributed import train_with_torchrun
 
-            result = train_with_torchrun(cfg, curated, smoke, run_dir, log)
+            result = train_with_torchrun(cfg, curated, tokenizer, run_dir, log)
         else:
-            result = train_from_config(cfg, curated, run_dir, smoke.tokenizer_dir, progress=progress)
+            result = train_from_config(cfg, curated, run_dir, tokenizer.path, progress=progress)
     emit_training_finished(result, run_name, run_dir)
     update_progress_artifact(progress_id, 100.0)
     _publish(result, cfg)

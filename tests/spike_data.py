@@ -76,23 +76,22 @@ def digits_jsonl(out_dir: str | Path, n: int = 1797, seed: int = 0) -> tuple[Pat
 def prepared(lake: str | Path, overrides: list[str]):
     """(config, curated, tokenizer_dir) for the real pipeline without Prefect."""
     from openmind_core.data import convert, download
-    from openmind_core.pipeline import prepare_tokenizer
+    from openmind_core.app.tokenizer import prepare_tokenizer
     from schemas import load_config
 
     cfg = load_config(overrides=overrides)
     lake = Path(lake)
     curated = convert(download(cfg.data, lake), cfg.data, lake)
-    _, tok_dir = prepare_tokenizer(cfg, curated, lake / "tok")
+    tok_dir = prepare_tokenizer(cfg, curated, lake / "tok").path
     return cfg, curated, tok_dir
 
 
 def train_trace(cfg, curated, tok_dir, run_dir: str | Path, overrides: list[str]) -> tuple[list[float], int, object]:
     """Train with ``overrides`` on top of ``cfg``, the guard recording only; (step losses, warm-up steps, result)."""
-    from openmind_core.pipeline import train_from_config
+    from openmind_core.app.train import train_from_config
     from openmind_core.training.metrics import read_metrics
     from openmind_core.training.optim import warmup_steps
-    from schemas import load_config
-    from schemas.config import apply_overrides
+    from schemas.loading import apply_overrides
 
     data = apply_overrides(cfg.model_dump(mode="json"), overrides + [
         "train.spike.max_rollbacks=0", "train.spike.z_threshold=1e30", "train.spike.factor=1e30",

@@ -8,7 +8,6 @@ machine without CUDA with a clear message.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -43,7 +42,7 @@ def tokenizer():
 
 def tiny_model(tokenizer, stage: str, checkpointing: bool = False):
     from openmind_core.model import build_model
-    from schemas.config import load_config
+    from schemas.loading import load_config
 
     cfg = load_config(None, [f"model.stage={stage}", f"model.gradient_checkpointing={str(checkpointing).lower()}"])
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from openmind_core import prompting
 from openmind_core.app.inspect_data import inspect_samples
 from openmind_core.data import Collator, VLMDataset, read_rows
 from openmind_core.prompting import IGNORE_INDEX, encode_turns
-from schemas.config import load_config
+from schemas.loading import load_config
 
 N_IMG = 4
 SIZE = 28

@@ -139,7 +139,7 @@ def test_image_tag_in_caption_and_vqa_text_is_quarantined(tmp_path):
 
 
 def test_a_trained_tokenizer_learns_conversation_turns(tmp_path):
-    from openmind_core.pipeline import tokenizer_corpus
+    from openmind_core.app.tokenizer import tokenizer_corpus
 
     (tmp_path / "a.png").write_bytes(png((200, 0, 0)))
     jsonl = write(tmp_path / "conv.jsonl", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from openmind_core.report import build_report, checklist_markdown
+from openmind_core.app.report import build_report, checklist_markdown
 from schemas import (Check, CuratedDataset, InferenceReport, Prediction, RawDataset, SmokeReport, TrainingResult,
                      load_config)
 

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from openmind_core.app.inspect_data import inspect_samples
 from openmind_core.data import Collator, ResumableSampler, VLMDataset, convert, download, read_rows
 from openmind_core.prompting import IGNORE_INDEX, format_prompt, instruction_for
-from schemas.config import DataConfig, load_config
+from schemas.config import DataConfig
+from schemas.loading import load_config
 
 N_IMG = 4
 SIZE = 28

@@ -9,7 +9,6 @@ Prefect artifact, and clear usage errors.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,8 @@ TINY = ["data.synthetic.num_captions=24", "data.synthetic.num_vqa=24", "inferenc
 def run(tmp_path_factory):
     """(lake, run_dir, curated): a run directory with config.yaml, report-less, and final/ saved."""
     from openmind_core.data import convert, download
-    from openmind_core.pipeline import build_model, prepare_tokenizer
+    from openmind_core.app.tokenizer import load_prepared, prepare_tokenizer
+    from openmind_core.app.train import build_model
 
     lake = tmp_path_factory.mktemp("lake")
     cfg = load_config(overrides=TINY)
@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     run_dir = lake / "runs" / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    tok, _ = prepare_tokenizer(cfg, cur, run_dir)
+    tok = load_prepared(prepare_tokenizer(cfg, cur, run_dir))
     build_model(cfg, tok).save_pretrained(run_dir / "final")
     return lake, run_dir, cur
 

@@ -201,7 +201,7 @@ def test_transient_failure_is_retried_and_permanent_is_not(prefect_server, tmp_p
 def test_retried_training_task_resumes_from_its_checkpoint(first_run, monkeypatch):
     import tasks.train as train_module
     from flows.week1 import week1
-    from openmind_core.pipeline import train_from_config
+    from openmind_core.app.train import train_from_config
 
     lake, report, _ = first_run
     calls = {"n": 0}

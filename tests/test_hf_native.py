@@ -18,7 +18,7 @@ from PIL import Image
 from families import llama3_dir, make_siglip_vision, qwen2_dir, siglip_dir  # noqa: F401  (fixtures)
 from openmind_core import prompting
 from openmind_core.model import MultimodalReasoningModel, build_model, build_tokenizer
-from schemas.config import load_config
+from schemas.loading import load_config
 
 IGNORE = prompting.IGNORE_INDEX
 

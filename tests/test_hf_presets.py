@@ -13,7 +13,8 @@ from PIL import Image
 from openmind_core.data import DataError, HubUnreachableError, convert, download, read_rows
 from openmind_core.data.sources.hf import _get
 from openmind_core.data.sources.hf_presets import resolve
-from schemas.config import DataConfig, load_config
+from schemas.config import DataConfig
+from schemas.loading import load_config
 
 
 def png(i: int) -> dict:

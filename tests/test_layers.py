@@ -16,8 +16,10 @@ def _imported_after(code: str) -> set[str]:
 
 def test_core_library_does_not_import_prefect():
     mods = _imported_after(
-        "import openmind_core.pipeline, openmind_core.smoke, openmind_core.inference, openmind_core.report, "
-        "openmind_core.model, openmind_core.data, openmind_core.training, openmind_core.train_entry"
+        "import openmind_core.app.train, openmind_core.app.smoke, openmind_core.app.baseline_eval, "
+        "openmind_core.app.report, openmind_core.app.tokenizer, openmind_core.app.run_dir, openmind_core.app.export, "
+        "openmind_core.app.inspect_data, openmind_core.app.train_entry, "
+        "openmind_core.model, openmind_core.data, openmind_core.training, openmind_core.evaluation"
     )
     assert "openmind_core.training" in mods
     assert not any(m == "prefect" or m.startswith("prefect.") for m in mods)

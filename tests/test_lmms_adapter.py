@@ -18,12 +18,13 @@ TINY = ["data.synthetic.num_captions=8", "data.synthetic.num_vqa=8"]
 @pytest.fixture(scope="module")
 def final_dir(tmp_path_factory):
     from openmind_core.data import convert, download
-    from openmind_core.pipeline import build_model, prepare_tokenizer
+    from openmind_core.app.tokenizer import load_prepared, prepare_tokenizer
+    from openmind_core.app.train import build_model
 
     lake = tmp_path_factory.mktemp("lake")
     cfg = load_config(overrides=TINY)
     cur = convert(download(cfg.data, lake), cfg.data, lake)
-    tok, _ = prepare_tokenizer(cfg, cur, lake / "run")
+    tok = load_prepared(prepare_tokenizer(cfg, cur, lake / "run"))
     build_model(cfg, tok).save_pretrained(lake / "run" / "final")
     return lake / "run" / "final"
 

@@ -14,7 +14,7 @@ import safetensors.torch
 import torch
 
 from openmind_core.model import MultimodalReasoningModel, build_model, build_tokenizer, estimate_memory
-from schemas.config import ConfigError, load_config
+from schemas.loading import ConfigError, load_config
 from families import llama3_dir, siglip_dir  # noqa: F401  (fixtures)
 from trainer_helpers import assert_same_state, final_state, make_cfg, run_toy
 
@@ -348,7 +348,7 @@ SHRUNK = ["data.synthetic.num_captions=64", "data.synthetic.num_vqa=32", "data.s
 @pytest.mark.slow
 def test_align_then_finetune_lora_then_inference(prefect_server, tmp_path):
     from flows.week1 import week1
-    from openmind_core.report import checklist_markdown
+    from openmind_core.app.report import checklist_markdown
     from schemas.config import FULL_CONFIG
 
     a = week1(config_path=str(FULL_CONFIG), overrides=SHRUNK, run_name="align", lake=str(tmp_path),

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from openmind_core.model import build_model, build_tokenizer, estimate_memory
-from schemas.config import FULL_CONFIG, load_config
+from schemas.config import FULL_CONFIG
+from schemas.loading import load_config
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
           "这张图片里有什么？ 一个红色的圆。"] * 10

@@ -16,7 +16,8 @@ from openmind_core.model import (
     num_image_tokens,
 )
 from openmind_core.model.vision import kept_layers
-from schemas.config import TokenizerConfig, load_config
+from schemas.config import TokenizerConfig
+from schemas.loading import load_config
 
 VISION = dict(image_size=56, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
               intermediate_size=128, layer_norm_eps=1e-6)

@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from openmind_core.model import MultimodalReasoningModel, build_tokenizer, train_bpe_tokenizer
-from openmind_core.pipeline import build_model
+from openmind_core.app.train import build_model
 from schemas import load_config
 
 CORPUS = ["a red circle at the top left", "What color is the circle?", "blue", "two green squares",

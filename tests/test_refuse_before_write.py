@@ -20,7 +20,7 @@ from conftest import REPO
 
 def _fake_run(run_dir: Path, overrides: list[str]) -> None:
     """A run directory as a run with ``overrides`` leaves it after its step-4 checkpoint."""
-    from flows.lake import record_inputs
+    from openmind_core.app.run_dir import record_inputs
     from schemas import load_config
 
     cfg = load_config(None, overrides)
@@ -37,7 +37,7 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 
 
 def _refused(overrides: list[str], run_dir: Path):
-    from flows.lake import check_resumable
+    from openmind_core.app.run_dir import check_resumable
     from schemas import ConfigError, load_config
 
     with pytest.raises(ConfigError) as e:
@@ -56,12 +56,13 @@ def jsonl_inputs(tmp_path):
 
 
 def test_what_may_and_may_not_change_on_resume(tmp_path):
-    from flows.lake import check_resumable
+    from openmind_core.app.run_dir import check_resumable
     from schemas import load_config
 
     base = ["data.synthetic.num_captions=40"]
     run_dir = tmp_path / "runs" / "r"
     _fake_run(run_dir, base)
+    before = _snapshot(run_dir)
     # training settings may change
     check_resumable(load_config(None, base + ["train.epochs=5", "train.lr=1e-4", "data.num_workers=1"]), run_dir)
     # the model, the data, the seed, the batch may not
@@ -71,8 +72,10 @@ def test_what_may_and_may_not_change_on_resume(tmp_path):
     assert "data.val_fraction: 0.1 -> 0.2" in _refused(base + ["data.val_fraction=0.2"], run_dir)
     assert "run.seed: 0 -> 3" in _refused(base + ["run.seed=3"], run_dir)
     assert "16x1 -> 8x1" in _refused(base + ["train.micro_batch_size=8"], run_dir)
+    assert "16x1 -> 16x2" in _refused(base + ["train.grad_accum=2"], run_dir)
     # a changed number of processes may bring its own batch split (the trainer reshards)
     check_resumable(load_config(None, base + ["train.nproc=2", "train.micro_batch_size=8"]), run_dir)
+    assert _snapshot(run_dir) == before  # a check reads only
     # no checkpoint: nothing to be inconsistent with
     (run_dir / "checkpoints" / "step-00000004" / "fingerprint.json").unlink()
     (run_dir / "checkpoints" / "step-00000004").rmdir()
@@ -83,7 +86,7 @@ def test_changed_input_file_is_refused(tmp_path, jsonl_inputs):
     overrides, caps = jsonl_inputs
     run_dir = tmp_path / "runs" / "r"
     _fake_run(run_dir, overrides)
-    from flows.lake import check_resumable
+    from openmind_core.app.run_dir import check_resumable
     from schemas import load_config
 
     check_resumable(load_config(None, overrides), run_dir)  # unchanged: accepted
@@ -93,7 +96,7 @@ def test_changed_input_file_is_refused(tmp_path, jsonl_inputs):
 
 def test_the_flow_refuses_before_writing(tmp_path):
     """``prepare_run_dir`` (the flow's first step, for deployments too) leaves the run directory as it was."""
-    from flows.week1 import prepare_run_dir
+    from openmind_core.app.run_dir import prepare_run_dir
     from schemas import ConfigError, load_config
 
     run_dir = tmp_path / "runs" / "r"

@@ -23,7 +23,7 @@ def test_transient_failures_retry(exc):
 
 def test_permanent_failures_do_not_retry():
     from openmind_core.data import DataError
-    from openmind_core.smoke import SmokeError
+    from openmind_core.app.smoke import SmokeError
     from openmind_core.training import ResumeError
     from schemas import ConfigError
 

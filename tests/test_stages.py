@@ -23,9 +23,10 @@ def curated(tmp_path_factory):
 
 
 def test_smoke_passes_on_the_default_model(curated, tmp_path):
-    from openmind_core.smoke import raise_if_failed, run_smoke
+    from openmind_core.app.smoke import raise_if_failed, run_smoke
+    from openmind_core.app.tokenizer import prepare_tokenizer
 
-    report = run_smoke(load_config(overrides=TINY), curated, tmp_path)
+    report = run_smoke(load_config(overrides=TINY), curated, prepare_tokenizer(load_config(overrides=TINY), curated, tmp_path))
     assert report.passed, report.checks
     assert [c.name for c in report.checks] == ["vision_encoder", "projector", "loader_batch", "forward_backward"]
     assert report.image_tokens == 16 and report.trainable_params == report.total_params > 0
@@ -35,11 +36,12 @@ def test_smoke_passes_on_the_default_model(curated, tmp_path):
 
 def test_smoke_failure_names_the_check_and_why(curated, tmp_path, monkeypatch):
     from openmind_core.model import ImprovedProjector
-    from openmind_core.smoke import SmokeError, raise_if_failed, run_smoke
+    from openmind_core.app.smoke import SmokeError, raise_if_failed, run_smoke
+    from openmind_core.app.tokenizer import prepare_tokenizer
 
     real = ImprovedProjector.forward
     monkeypatch.setattr(ImprovedProjector, "forward", lambda self, x: real(self, x)[:, :-1])  # drop a token
-    report = run_smoke(load_config(overrides=TINY), curated, tmp_path)
+    report = run_smoke(load_config(overrides=TINY), curated, prepare_tokenizer(load_config(overrides=TINY), curated, tmp_path))
     failed = {c.name for c in report.checks if not c.passed}
     assert "projector" in failed and not report.passed
     with pytest.raises(SmokeError, match=r"smoke check projector failed: .*expected \(2, 16, 128\)"):
@@ -47,18 +49,21 @@ def test_smoke_failure_names_the_check_and_why(curated, tmp_path, monkeypatch):
 
 
 def test_align_stage_smoke_trains_projector_only(curated, tmp_path):
-    from openmind_core.smoke import run_smoke
+    from openmind_core.app.smoke import run_smoke
+    from openmind_core.app.tokenizer import prepare_tokenizer
 
-    report = run_smoke(load_config(overrides=TINY + ["model.stage=align"]), curated, tmp_path)
+    report = run_smoke(load_config(overrides=TINY + ["model.stage=align"]), curated,
+                       prepare_tokenizer(load_config(overrides=TINY), curated, tmp_path))
     assert report.passed
     assert 0 < report.trainable_params < report.total_params
 
 
 def test_reload_check_detects_a_different_model(curated, tmp_path):
-    from openmind_core.pipeline import build_datasets, build_model, check_reload, prepare_tokenizer
+    from openmind_core.app.tokenizer import load_prepared, prepare_tokenizer
+    from openmind_core.app.train import build_datasets, build_model, check_reload
 
     cfg = load_config(overrides=TINY)
-    tok, _ = prepare_tokenizer(cfg, curated, tmp_path)
+    tok = load_prepared(prepare_tokenizer(cfg, curated, tmp_path))
     model = build_model(cfg, tok)
     model.save_pretrained(tmp_path / "m")
     train, _, collate = build_datasets(cfg, curated, model)
@@ -71,12 +76,13 @@ def test_reload_check_detects_a_different_model(curated, tmp_path):
 def test_training_without_validation_rows(tmp_path):
     """A data set too small for a validation split still trains (no evaluation) and reloads."""
     from openmind_core.data import convert, download
-    from openmind_core.pipeline import prepare_tokenizer, train_from_config
+    from openmind_core.app.tokenizer import prepare_tokenizer
+    from openmind_core.app.train import train_from_config
 
     cfg = load_config(overrides=["data.synthetic.num_captions=6", "data.synthetic.num_vqa=0", "data.val_fraction=0.0",
                                  "train.micro_batch_size=2", "train.wandb.mode=disabled"])
     cur = convert(download(cfg.data, tmp_path), cfg.data, tmp_path)
     assert cur.splits.get("validation", 0) == 0
-    _, tok_dir = prepare_tokenizer(cfg, cur, tmp_path / "run")
+    tok_dir = prepare_tokenizer(cfg, cur, tmp_path / "run").path
     result = train_from_config(cfg, cur, tmp_path / "run", tok_dir)
     assert result.steps == 3 and result.reload_equal and result.best_val_loss is None

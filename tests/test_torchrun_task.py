@@ -26,36 +26,36 @@ class _Lines(logging.Logger):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     from openmind_core.data import convert, download
-    from openmind_core.smoke import run_smoke
+    from openmind_core.app.tokenizer import prepare_tokenizer
 
     cfg = load_config(overrides=TINY)
     lake = tmp_path_factory.mktemp("lake")
     curated = convert(download(cfg.data, lake), cfg.data, lake)
     run_dir = lake / "runs" / "ddp"
-    smoke = run_smoke(cfg, curated, run_dir)
-    return cfg, curated, smoke, run_dir
+    tokenizer = prepare_tokenizer(cfg, curated, run_dir)
+    return cfg, curated, tokenizer, run_dir
 
 
 def test_two_processes_train_and_stream_their_output(prepared):
     from openmind_core.model import MultimodalReasoningModel
     from tasks.distributed import train_with_torchrun
 
-    cfg, curated, smoke, run_dir = prepared
+    cfg, curated, tokenizer, run_dir = prepared
     log = _Lines()
-    result = train_with_torchrun(cfg, curated, smoke, str(run_dir), log)
+    result = train_with_torchrun(cfg, curated, tokenizer, str(run_dir), log)
     assert result.steps == 4 and result.last_loss is not None
     assert any("rank1" in line for line in log.lines), log.lines[-20:]  # both ranks' output reached the log
     MultimodalReasoningModel.from_pretrained(result.final_dir)
     # a rerun resumes from the final checkpoint instead of training again
-    again = train_with_torchrun(cfg, curated, smoke, str(run_dir), _Lines())
+    again = train_with_torchrun(cfg, curated, tokenizer, str(run_dir), _Lines())
     assert again.resumed_from_step == 4 and again.steps == 4
 
 
 def test_a_failing_torchrun_fails_the_task_with_its_exit_code(prepared, tmp_path):
     from tasks.distributed import train_with_torchrun
 
-    cfg, curated, smoke, _ = prepared
-    broken = smoke.model_copy(update={"tokenizer_dir": str(tmp_path / "no-tokenizer")})
+    cfg, curated, tokenizer, _ = prepared
+    broken = tokenizer.model_copy(update={"path": str(tmp_path / "no-tokenizer")})
     log = _Lines()
     with pytest.raises(RuntimeError, match="torchrun exited with code"):
         train_with_torchrun(cfg, curated, broken, str(tmp_path / "run"), log)
@@ -67,8 +67,8 @@ def test_fsdp_trains_the_real_model_and_saves_a_loadable_final(prepared, tmp_pat
     from openmind_core.model import MultimodalReasoningModel
     from tasks.distributed import train_with_torchrun
 
-    cfg, curated, smoke, _ = prepared
+    cfg, curated, tokenizer, _ = prepared
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"strategy": "fsdp"})})
-    result = train_with_torchrun(cfg, curated, smoke, str(tmp_path / "fsdp"), _Lines())
+    result = train_with_torchrun(cfg, curated, tokenizer, str(tmp_path / "fsdp"), _Lines())
     assert result.steps == 4 and result.reload_equal
     MultimodalReasoningModel.from_pretrained(result.final_dir)

@@ -8,7 +8,8 @@ from PIL import Image
 
 from openmind_core import prompting
 from openmind_core.model import MultimodalReasoningModel, build_model, build_tokenizer
-from schemas.config import FULL_CONFIG, load_config
+from schemas.config import FULL_CONFIG
+from schemas.loading import load_config
 
 CORPUS = ["a red circle on a blue background", "What color is the circle?", "Describe the image.",
           "这张图片里有什么？ 一个红色的圆。", "a green square next to a small yellow triangle",

@@ -16,13 +16,12 @@ from openmind_core.training.metrics import read_metrics
 from openmind_core.training.model_dir import save_model_dir
 from openmind_core.training.optim import build_optimizer, build_scheduler, param_groups
 from openmind_core.training.precision import AmpSettings, resolve_amp
-from openmind_core.training.resume import check_resume
 from openmind_core.training.rng import seed_everything
 from openmind_core.training.summary import summary_line
 from openmind_core.training.trainer import ProductionTrainer
 
 __all__ = [
     "AmpSettings", "CheckpointManager", "ProductionTrainer", "ResumeError", "SpikeDetector", "TrainingError",
-    "build_optimizer", "build_scheduler", "check_resume", "param_groups", "read_metrics", "resolve_amp", "run_torchrun",
+    "build_optimizer", "build_scheduler", "param_groups", "read_metrics", "resolve_amp", "run_torchrun",
     "save_model_dir", "seed_everything", "summary_line",
 ]

@@ -54,9 +54,10 @@ import torch
 
 from openmind_core.io import (DEL_PREFIX, OLD_PREFIX, clean_stale, fsync_dir, fsync_file, recover_replaced,
                               remove_dir, sha256_bytes, sha256_file, staged_dir, write_durable)
+from openmind_core.run_layout import FINGERPRINT_FILE, STEP_RE, step_dirname
 from openmind_core.training.distributed import all_gather_objects, barrier, broadcast_object
 from openmind_core.training.errors import ResumeError
-from openmind_core.training.fingerprint import WorldSizeChange, check_resumable
+from openmind_core.training.fingerprint import WorldSizeChange, check_fingerprint
 
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.stateful import Stateful
@@ -64,13 +65,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-STEP_RE = re.compile(r"^step-(\d{8})$")
 STAGED_RE = re.compile(r"^\.(step-\d{8})\.tmp-")  # io.staged_dir's temporary for step-N
 LEGACY_TMP_PREFIX = ".tmp-"  # the temporaries of versions before io.staged_dir: .tmp-step-N-<pid>
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 STATE_JSON = "trainer_state.json"
-FINGERPRINT = "fingerprint.json"
+FINGERPRINT = FINGERPRINT_FILE
 
 TORCH_STATES = {"optimizer": "optimizer.pt", "scheduler": "scheduler.pt", "scaler": "scaler.pt"}
 RANK_STATES = ("rng", "step_ids")  # each rank's, in rank-<R>.pt under these names
@@ -131,7 +131,7 @@ class CheckpointManager:
     # -- naming --------------------------------------------------------------------------
 
     def path(self, step: int) -> Path:
-        return self.root / f"step-{step:08d}"
+        return self.root / step_dirname(step)
 
     def steps(self) -> list[int]:
         """Steps of committed (renamed) checkpoint directories, oldest first; not validated."""
@@ -311,7 +311,7 @@ class CheckpointManager:
         heavy = {"model": WEIGHTS, "optimizer": TORCH_STATES["optimizer"]}
         skip = {f for name, f in heavy.items() if getattr(s[name], "rank0_only", False)} if self.rank != 0 else set()
         ck = self.load(path, skip=skip)
-        change = check_resumable(ck.json_files.get(FINGERPRINT, {}), self.fingerprint, path)
+        change = check_fingerprint(ck.json_files.get(FINGERPRINT, {}), self.fingerprint, path)
         try:
             s["model"].load_state_dict(ck.weights)
         except ResumeError as e:

@@ -3,10 +3,10 @@
 The fingerprint pins the trainable parameters' names, shapes and dtypes, the number of training
 rows, the per-process batch (``micro_batch_size x grad_accum``), the seed, and what the caller adds
 (the model's config and the curated data version).  ``check_fingerprint`` refuses a resume that
-changed any of them (``ResumeError`` naming every key, and with ``explain`` the config keys behind
-them), except the number of processes: checkpoints hold full state dicts, so a changed
-``world_size`` (and with it, if wanted, the per-process batch) comes back as a ``WorldSizeChange``
-for the resume to reshard the data position.
+changed any of them (``ResumeError`` naming every key and the config keys behind them), except the
+number of processes: checkpoints hold full state dicts, so a changed ``world_size`` (and with it,
+if wanted, the per-process batch) comes back as a ``WorldSizeChange`` for the resume to reshard the
+data position.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def _split_world_size(fp: dict[str, str]) -> dict[str, str]:
     return fp
 
 
+def explain(msg: str) -> str:
+    """A refusal's message with the config keys behind the fingerprint's names."""
+    names = [f"{k} = {v}" for k, v in FINGERPRINT_KEYS.items() if f"{k}: checkpoint" in msg]
+    return msg + (f" ({'; '.join(names)})" if names else "")
+
+
 def check_fingerprint(saved: dict[str, str], current: dict[str, str], where: Path) -> WorldSizeChange | None:
     """Raise ResumeError naming every key that changed between a checkpoint and this run.
 
@@ -85,25 +91,10 @@ def check_fingerprint(saved: dict[str, str], current: dict[str, str], where: Pat
         if a != b:
             changed.append(f"{key}: checkpoint {a!r}, now {b!r}")
     if changed:
-        raise ResumeError(
+        raise ResumeError(explain(
             f"cannot resume from {where}: the run changed since it was written ({'; '.join(changed)}). "
             "Use a new run directory, or restore the original model/data/batch settings."
-        )
+        ))
     if not world_changed:
         return None
     return WorldSizeChange(int(str(a_world)), int(str(b_world)), str(saved.get("batch")), str(current.get("batch")))
-
-
-def explain(err: ResumeError) -> str:
-    """The error's message with the config keys behind the fingerprint's names."""
-    msg = str(err)
-    names = [f"{k} = {v}" for k, v in FINGERPRINT_KEYS.items() if f"{k}: checkpoint" in msg]
-    return msg + (f" ({'; '.join(names)})" if names else "")
-
-
-def check_resumable(saved: dict[str, str], current: dict[str, str], where: Path) -> WorldSizeChange | None:
-    """``check_fingerprint`` whose ResumeError also names the config keys to restore (``explain``)."""
-    try:
-        return check_fingerprint(saved, current, where)
-    except ResumeError as e:
-        raise ResumeError(explain(e)) from None

@@ -19,8 +19,8 @@ Resume with new settings.  Every checkpoint stores the ``train`` settings it was
 * ``num_workers``, ``deterministic``, ``wandb``: allowed; the sampler, not the workers, orders the
   data.
 
-Refused before anything is written (``check_resume``, and again by the fingerprint when the
-checkpoint is loaded): ``micro_batch_size`` and ``grad_accum`` in the same number of processes (the
+Refused before anything is written (``openmind_core.app.run_dir.check_resumable``, and again by the
+fingerprint when the checkpoint is loaded): ``micro_batch_size`` and ``grad_accum`` in the same number of processes (the
 step count, the epoch's position, the ledger's step ids and the schedule are all in optimizer steps
 of the saved batch; a changed world size may change them, see ``adopt_world_size``), ``run.seed``
 (the sampler's order of the rest of the epoch comes from it: samples would be seen twice or never),
@@ -29,7 +29,6 @@ and the model.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,14 @@ from typing import Any
 import torch
 
 from openmind_core.data.sampler import ResumableSampler
-from openmind_core.training.checkpoint import STEP_RE, CheckpointManager
-from openmind_core.training.fingerprint import WorldSizeChange, check_resumable
+from openmind_core.training.checkpoint import CheckpointManager
+from openmind_core.training.fingerprint import WorldSizeChange
 from openmind_core.training.metrics import MetricsWriter
 from openmind_core.training.optim import LearningRates, schedule_of
 from openmind_core.training.rng import restore_rng, seed_everything
 from openmind_core.training.state import RecentSampleIds, TrainerState
 from schemas.config import TrainConfig
+from schemas.loading import dotted_keys
 
 log = logging.getLogger(__name__)
 
@@ -66,55 +66,16 @@ class RunSettings:
         self.saved = {k: state.get(k) for k in self.KEYS}
 
 
-def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as ``{"spike.window": 64, ...}`` (tuples as lists, as JSON has them)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_keys(v, key + "."))
-        else:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
 def settings_changes(old: dict[str, Any] | None, new: dict[str, Any], step: int) -> list[dict[str, Any]]:
     """Every ``train`` key whose value differs between a checkpoint's settings and this run's."""
     if not old:
         return []
-    a, b = flatten_keys(old), flatten_keys(new)
+    a, b = dotted_keys(old), dotted_keys(new)
     return [{"step": step, "key": f"train.{k}", "old": a.get(k), "new": b.get(k)}
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 # --------------------------------------------------------------------------- the early check
-
-
-def newest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest committed checkpoint directory of a run (not hash-validated: the trainer does that)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    steps = sorted(p for p in root.iterdir() if STEP_RE.match(p.name) and (p / "fingerprint.json").is_file())
-    return steps[-1] if steps else None
-
-
-def check_resume(run_dir: str | Path, cfg) -> None:
-    """Raise ResumeError, before anything is written, when ``cfg`` cannot resume ``run_dir``'s newest checkpoint.
-
-    ``cfg``: an ``OpenMindConfig``.  Compares what the trainer's fingerprint pins (the model, the
-    per-process batch, the seed) with the checkpoint's, allowing a changed number of processes
-    (with which the batch may change); the data and the trainable-parameter shapes are checked by
-    the trainer itself once they are known.  No checkpoint: nothing to check.
-    """
-    path = newest_checkpoint(run_dir)
-    if path is None:
-        return
-    saved = json.loads((path / "fingerprint.json").read_text())
-    t = cfg.train
-    current = {"model": cfg.fingerprint("model"), "batch": f"{t.micro_batch_size}x{t.grad_accum}",
-               "world_size": str(t.nproc), "seed": str(cfg.run.seed)}
-    check_resumable({k: v for k, v in saved.items() if k in current}, current, path)
 
 
 # --------------------------------------------------------------------------- after a restore
@@ -237,5 +198,5 @@ def state_restore_check(checkpoints: CheckpointManager, state: TrainerState, sam
     return not failed
 
 
-__all__ = ["RunSettings", "adopt_world_size", "apply_settings", "check_resume", "settings_changes",
+__all__ = ["RunSettings", "adopt_world_size", "apply_settings", "settings_changes",
            "state_restore_check"]

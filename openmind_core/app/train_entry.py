@@ -1,14 +1,13 @@
-"""``python -m openmind_core.train_entry``: one training process, as torchrun starts it.
+"""``python -m openmind_core.app.train_entry``: one training process, as torchrun starts it.
 
 The training task writes the resolved config and the curated artifact to the run directory and
-launches ``torchrun --nproc_per_node N -m openmind_core.train_entry ...``; each rank builds the
+launches ``torchrun --nproc_per_node N -m openmind_core.app.train_entry ...``; each rank builds the
 same model and data, the trainer wraps the model in DDP, and rank 0 writes the TrainingResult JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,12 +16,12 @@ import torch
 import torch.distributed as dist
 
 from openmind_core.io import atomic_write_text
-from openmind_core.pipeline import train_from_config
+from openmind_core.app.train import train_from_config
 from schemas import CuratedDataset, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="openmind_core.train_entry")
+    p = argparse.ArgumentParser(prog="openmind_core.app.train_entry")
     p.add_argument("--config", required=True)
     p.add_argument("--curated", required=True, help="CuratedDataset JSON")
     p.add_argument("--run-dir", required=True)

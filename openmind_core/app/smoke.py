@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from schemas import Check, CuratedDataset, OpenMindConfig, SmokeReport
+from openmind_core.app.tokenizer import load_prepared
+from openmind_core.app.train import build_datasets, build_model
+from openmind_core.model.image_tokens import tokens_for_config
+from openmind_core.training.precision import autocast, resolve_amp
+from schemas import Check, CuratedDataset, OpenMindConfig, SmokeReport, TokenizerReport
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,10 @@ def _run(name: str, fn: Callable[[], str]) -> Check:
     return check
 
 
-def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path,
+def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer_report: TokenizerReport,
               device: str | torch.device | None = None) -> SmokeReport:
-    from openmind_core.model.image_tokens import tokens_for_config
-    from openmind_core.pipeline import build_datasets, build_model, prepare_tokenizer
-
-    from openmind_core.training.precision import autocast, resolve_amp
-
-    tokenizer, tok_dir = prepare_tokenizer(cfg, curated, Path(run_dir))
+    """Run every check on the configured model (built with the run's tokenizer) and report each."""
+    tokenizer = load_prepared(tokenizer_report)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(cfg, tokenizer, device=device)
     model.to(device)
@@ -134,7 +133,7 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: str | Path,
         total_params=total,
         trainable_params=trainable,
         image_tokens=expected_tokens,
-        tokenizer_dir=str(tok_dir),
+        tokenizer_dir=tokenizer_report.path,
     )
 
 

@@ -1,12 +1,16 @@
-"""The Week-1 stages as plain functions: the tasks in ``tasks/`` are thin Prefect wrappers of these.
+"""The training stage: the configured model and data built, trained with the ``ProductionTrainer``.
 
-Each function takes the validated config and the previous stage's artifact and returns the next
-artifact, so the whole pipeline runs without Prefect too (a notebook, a script, torchrun).
+``train_from_config`` builds the model from ``run.seed`` (a rebuild has identical frozen weights,
+so a resume finds what its checkpoints expect), the datasets over the curated lake, and trains,
+resuming from ``<run>/checkpoints`` when it can; then ``final/`` is reloaded and compared with the
+trained model.  The same function runs in one process (the train task) and in every rank under
+torchrun (``openmind_core.app.train_entry``).
 
 Run directory (``<lake>/runs/<run>/``)::
 
     config.yaml      the resolved config
-    tokenizer/       the tokenizer every stage uses (trained once on the curated corpus)
+    inputs.json      the local inputs' stamps when the run started (the resume check reads them)
+    tokenizer/       the tokenizer every stage uses (``openmind_core.app.tokenizer``)
     checkpoints/     trainer checkpoints (resume, rollback)
     best/ final/     save_pretrained directories
     metrics.jsonl    one line per optimizer step + events
@@ -21,7 +25,15 @@ from pathlib import Path
 
 import torch
 
-from openmind_core.training import seed_everything
+from openmind_core import interrupt
+from openmind_core.data.collate import Collator
+from openmind_core.data.dataset import VLMDataset
+from openmind_core.model import builder as model_builder
+from openmind_core.model.modeling import MultimodalReasoningModel
+from openmind_core.model.tokenizer import load_tokenizer
+from openmind_core.training import CheckpointManager, ProductionTrainer, seed_everything
+from openmind_core.training.distributed import device_for
+from openmind_core.training.strategies import full_model_state_dict, resolve_strategy
 from schemas import CuratedDataset, OpenMindConfig, TrainingResult
 
 log = logging.getLogger(__name__)
@@ -31,44 +43,7 @@ class PipelineError(RuntimeError):
     """A stage cannot go on; the message says which and why."""
 
 
-# --------------------------------------------------------------------------- tokenizer + model
-
-
-def tokenizer_corpus(curated: CuratedDataset) -> list[str]:
-    """The texts a trained tokenizer learns from: train-split captions, questions, answers,
-    conversation turns (without their ``<image>`` tag), templates."""
-    from openmind_core.data import read_rows
-    from openmind_core.prompting import CAPTION_INSTRUCTION, IMAGE_TAG, format_prompt
-
-    texts: list[str] = [format_prompt(i) for i in CAPTION_INSTRUCTION.values()]
-    for row in read_rows(curated, split="train"):
-        for key in ("text", "question", "answer"):
-            if row.get(key):
-                texts.append(row[key])
-        for turn in row.get("conversation") or ():
-            content = (turn.get("content") or "").replace(IMAGE_TAG, " ").strip()
-            if content:
-                texts.append(content)
-    return texts
-
-
-def prepare_tokenizer(cfg: OpenMindConfig, curated: CuratedDataset, run_dir: Path):
-    """Load ``<run>/tokenizer`` if it exists, else build it (train on the corpus or load from hub/path)."""
-    from openmind_core.model import build_tokenizer, load_tokenizer
-
-    tok_dir = Path(run_dir) / "tokenizer"
-    if (tok_dir / "tokenizer_config.json").exists():
-        return load_tokenizer(tok_dir), tok_dir
-    corpus = tokenizer_corpus(curated) if cfg.model.tokenizer.name_or_path is None else None
-    tok = build_tokenizer(cfg.model.tokenizer, corpus)
-    tmp = tok_dir.with_name(".tokenizer.tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(tok_dir, ignore_errors=True)
-    tmp.rename(tok_dir)
-    return tok, tok_dir
+# --------------------------------------------------------------------------- model and data
 
 
 def build_model(cfg: OpenMindConfig, tokenizer, device=None):
@@ -76,15 +51,12 @@ def build_model(cfg: OpenMindConfig, tokenizer, device=None):
 
     ``device``: where the towers are created or loaded (default CPU; the trainer moves or shards it).
     """
-    from openmind_core.model import builder
-
     seed_everything(cfg.run.seed)
-    return builder.build_model(cfg.model, tokenizer, device=device)  # stage, dtype, checkpointing
+    return model_builder.build_model(cfg.model, tokenizer, device=device)  # stage, dtype, checkpointing
 
 
 def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
-    from openmind_core.data import Collator, VLMDataset
-
+    """(train, validation or None, collator) over the curated lake, encoded for ``model``."""
     kwargs = dict(
         tokenizer=model.tokenizer,
         image_size=model.img_size,
@@ -121,12 +93,6 @@ def train_from_config(
     Under the CLI a Ctrl-C or SIGTERM stops training at the next step boundary (``interrupt``): it
     raises KeyboardInterrupt, the newest checkpoint stays the newest, and a rerun resumes from it.
     """
-    from openmind_core import interrupt
-    from openmind_core.model import load_tokenizer
-    from openmind_core.training import CheckpointManager, ProductionTrainer
-    from openmind_core.training.distributed import device_for
-    from openmind_core.training.strategies import resolve_strategy
-
     run_dir = Path(run_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     # one process or DDP: the towers are created / loaded straight on this rank's GPU; FSDP builds on
@@ -174,9 +140,6 @@ def check_reload(model, model_dir: Path, dataset, collate, reload: bool = True) 
     model's, brought over one at a time (gathered from the shards under FSDP).  ``reload=False``
     (ranks other than 0) only takes part in the collectives a sharded model needs; it returns None.
     """
-    from openmind_core.model import MultimodalReasoningModel
-    from openmind_core.training.strategies import full_model_state_dict
-
     device = next(model.parameters()).device
     sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
     if device.type == "cpu" and not sharded:

@@ -1,4 +1,4 @@
-"""Baseline inference of the Week-1 flow: the trained model reloaded from ``final/``, scored on the
+"""The Week-1 baseline evaluation stage ("inference" in the guide): the trained model reloaded from ``final/``, scored on the
 lake's held-out rows with the standard metrics of :mod:`openmind_core.evaluation` (the same code as
 ``openmind eval``): VQAv2 accuracy and CIDEr-D / BLEU-4, each beside its chance baseline.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from openmind_core.evaluation.run import evaluate_model, held_out_rows, load_model
 from schemas import CuratedDataset, InferenceConfig, InferenceReport
 
 
@@ -17,8 +18,6 @@ def run_inference(
     seed: int = 0,
     device: str | None = None,
 ) -> InferenceReport:
-    from openmind_core.evaluation.run import evaluate_model, held_out_rows, load_model
-
     rows, train_rows, data = held_out_rows(curated)
     return evaluate_model(load_model(model_dir, device), rows, cfg, chance_rows=train_rows,
                           chance_from="the lake's training split", seed=seed, model_dir=str(model_dir), data=data)

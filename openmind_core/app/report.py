@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+from openmind_core.model.memory import estimate_memory
 from schemas import (
     FULL_CONFIG,
     Criterion,
@@ -32,6 +33,7 @@ from schemas import (
     OpenMindConfig,
     RawDataset,
     SmokeReport,
+    TokenizerReport,
     TrainingResult,
     Week1Report,
     load_config,
@@ -156,8 +158,6 @@ def checkpoint_criterion(t: TrainingResult) -> Criterion:
 def full_size_estimate(cfg: OpenMindConfig):
     """(estimate, what it is of): the configured recipe itself when it names real parts, else configs/full.yaml
     at this run's stage (and LoRA setting)."""
-    from openmind_core.model import estimate_memory
-
     if cfg.model.lm.name_or_path or cfg.model.vision.pretrained:
         return estimate_memory(cfg), "the configured recipe"
     over = [f"model.stage={cfg.model.stage}"]
@@ -250,6 +250,7 @@ def build_report(
     training: TrainingResult,
     inference: InferenceReport,
     memory_estimate=None,
+    tokenizer: TokenizerReport | None = None,
 ) -> Week1Report:
     criteria, advice = week1_criteria(cfg, curated, smoke, training, inference, memory_estimate)
     counts = {s: sum(c.status == s for c in criteria) for s in (PASS, FAIL, NOT_MEASURED)}
@@ -259,6 +260,7 @@ def build_report(
         config_path=config_path,
         raw=raw,
         curated=curated,
+        tokenizer=tokenizer,
         smoke=smoke,
         training=training,
         inference=inference,
