@@ -1,4 +1,4 @@
-"""The spike guard's false-alarm grid (issue 14), run once by hand and reported in README.
+"""The spike guard's false-alarm grid, run once by hand and reported in README.
 
 Trains the default tiny VLM for real on clean data (the generated default source, and the
 real-shaped digit scans of tests/spike_data.py) at each micro-batch size and epoch count, with the

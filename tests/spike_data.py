@@ -1,7 +1,7 @@
 """Clean data for the spike guard's false-alarm checks, and real tiny trainings that record loss traces.
 
 ``digits_jsonl`` writes a real-shaped data set: 8 x 8 "scans" of the digits 0-9 (the shape of
-scikit-learn's 1,797 digits, which hit false rollbacks in issue 14), each drawn from a fixed
+scikit-learn's 1,797 digits, on which an earlier, stricter guard rolled back falsely), each drawn from a fixed
 stroke template with per-writer jitter, blur and noise, upscaled to 32 px, as caption JSONL ("a
 handwritten digit three", several phrasings) and VQA JSONL ("what digit is this?" -> "3").  No
 download: the glyphs are drawn here.

@@ -1,4 +1,4 @@
-"""Conversation rows in training (issue 13): the lake layout of schema version 2, read and trained on.
+"""Conversation rows in training: the lake layout of schema version 2, read and trained on.
 
 The lakes here are written with pyarrow directly in the contract's layout (``image`` as the Hugging
 Face ``struct<bytes, path>``, null for a text-only row; ``conversation`` as a list of

@@ -1,5 +1,5 @@
 """Conversation rows at conversion: LLaVA and messages forms, multi-turn, text-only, every defect
-(issue 13, point 2), and a literal <image> in caption / VQA text."""
+and a literal <image> in caption / VQA text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Week-1 criteria: pass, fail or not measured, each with its evidence (issue 14, point 5)."""
+"""The Week-1 criteria: pass, fail or not measured, each with its evidence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training dataset and sampler keep nothing per row on the Python heap (issue 13, point 5)."""
+"""The training dataset and sampler keep nothing per row on the Python heap."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Errors as a user meets them (issue 15.3): refused up front when they can be, otherwise one line and
+"""Errors as a user meets them: refused up front when they can be, otherwise one line and
 an exit code, the traceback in the log file; permanent errors are never retried."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Several hub data sets in one run, nested column paths and answer lists, the COCO and VQAv2
-presets on local copies with the hub data sets' own features (issue 13, point 3)."""
+presets on local copies with the hub data sets' own features."""
 
 from __future__ import annotations
 

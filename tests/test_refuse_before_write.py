@@ -1,4 +1,4 @@
-"""A resume that cannot be right is refused before anything runs or is written (issue 15.2).
+"""A resume that cannot be right is refused before anything runs or is written.
 
 The run directory is what a run leaves (config.yaml, inputs.json, a checkpoint's fingerprint.json);
 the checks read only those, so these tests build one by hand instead of training.  Through the CLI:

@@ -1,4 +1,4 @@
-"""Task results and cache records live in the lake they describe (issue 15.4): deleting the lake's data
+"""Task results and cache records live in the lake they describe: deleting the lake's data
 makes the next run redo those stages, never report a cached result whose files are gone."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Resume with new settings (issue 14, point 2): new LRs, epochs, warm-up and save cadence take effect,
+"""Resume with new settings: new LRs, epochs, warm-up and save cadence take effect,
 the LR schedule is rebuilt without a jump, each change is an event; refused keys fail early."""
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def test_a_self_recovering_bump_on_clean_data_is_no_spike_but_a_divergence_is():
 
     assert replay(SELF_RECOVERING_BUMP, SpikeDetector.from_config(SpikeConfig())) == []
     assert replay(SELF_RECOVERING_BUMP, SpikeDetector.from_config(SpikeConfig(patience=3)))  # patience 3 rolled back
-    old = [i for i in range(10, len(SELF_RECOVERING_BUMP))  # the rule before issue 14: 2x a 10-step mean
+    old = [i for i in range(10, len(SELF_RECOVERING_BUMP))  # the guide's rule: 2x a 10-step mean
            if SELF_RECOVERING_BUMP[i] > 2 * sum(SELF_RECOVERING_BUMP[i - 10:i]) / 10]
     assert old
     diverged = SELF_RECOVERING_BUMP[:60] + [2.0 + 0.1 * i for i in range(12)]

@@ -1,8 +1,8 @@
-"""The default spike guard over loss traces of real tiny trainings (issue 14, point 1).
+"""The default spike guard over loss traces of real tiny trainings.
 
 Real trainings of the default tiny VLM on clean data, generated in the test: the default synthetic
 source at micro-batch 1 (the noisiest), and real-shaped digit scans (tests/spike_data.py) at 16
-(the default) over 5 epochs (where the old rule rolled back three times in issue 14).  The default detector, replayed over each trace as the trainer runs it,
+(the default) over 5 epochs (where an earlier, stricter rule rolled back three times).  The default detector, replayed over each trace as the trainer runs it,
 raises no alarm (an alarm is where a live run would roll back).  The same traces with a poisoned step or a divergence spliced in are caught.  The full grid
 (micro-batch 1, 2, 4, 8, 16 x 1-5 epochs on 1,500 / 1,797 rows) is scripts/spike_grid.py.
 """

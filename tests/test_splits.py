@@ -1,5 +1,5 @@
 """Splits by image: rows that share an image share a split, stable under growth, at about
-data.val_fraction (issue 13, point 4), checked with DuckDB on the curated lake."""
+data.val_fraction, checked with DuckDB on the curated lake."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Files written on Windows: CRLF line ends, a leading BOM, backslash paths (issue 13, point 1)."""
+"""Files written on Windows: CRLF line ends, a leading BOM, backslash paths."""
 
 from __future__ import annotations
 
