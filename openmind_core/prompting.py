@@ -5,8 +5,8 @@ Two layouts, chosen by the tokenizer:
 * **The tokenizer's chat template** (Llama-3, ChatML / Qwen2, any instruct model's): the user turn
   holds the image placeholder and the instruction (``<image>\\n{instruction}``, LLaVA's order), the
   assistant turn the target.  The template is rendered once per turn layout with markers where the
-  contents go; its own text (headers, system prompt, end-of-turn tokens) is tokenised once and
-  reused, and only the contents are tokenised per sample (two batched tokenizer calls for many
+  contents go (``openmind_core.chat_template``); its own text (headers, system prompt, end-of-turn
+  tokens) is tokenised once and reused, and only the contents are tokenised per sample (two batched tokenizer calls for many
   samples).  Labels cover each assistant turn's tokens and the end-of-turn token that closes it
   (``<|eot_id|>``, ``<|im_end|>``), nothing else.
 * **No template** (the tiny default's trained BPE): ``[bos] [image] * N "\\nUSER: {instruction}\\nASSISTANT:"
@@ -32,12 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from openmind_core.chat_template import Skeleton, has_chat_template, plain_skeleton, skeleton
+
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"  # marks the image's place in a conversation row's user turn
 
 CAPTION_INSTRUCTION = {"en": "Describe the image.", "zh": "这张图片里有什么？"}  # zh: the guide's own prompt
 TEMPLATE = "\nUSER: {instruction}\nASSISTANT:"
-_OPEN, _CLOSE = "\ue000", "\ue001"  # private-use marks around each content slot while rendering a template
 
 
 def caption_instruction(language: str = "en") -> str:
@@ -54,10 +55,6 @@ def instruction_for(row: dict, language: str = "en") -> tuple[str, str | None]:
     if row.get("kind") == "vqa" or row.get("question"):
         return row["question"], row.get("answer")
     return caption_instruction(row.get("language") or language), row.get("text")
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
 
 
 @dataclass
@@ -90,85 +87,13 @@ def _plain(ids: list[int], tokenizer, image_token_id: int) -> list[int]:
     return out
 
 
-# --------------------------------------------------------------------------- chat templates
-
-
-@dataclass(frozen=True)
-class _Skeleton:
-    """A rendered template with its contents cut out: ``chunks[i]`` precedes content slot ``i``;
-    ``chunks[-1]`` follows the last one.  ``turn_end[i]``: how many leading tokens of the chunk after
-    assistant slot ``i`` close that turn (its end-of-turn token), labelled with the turn."""
-
-    roles: tuple[str, ...]
-    chunks: tuple[tuple[int, ...], ...]
-    turn_end: tuple[int, ...]
-
-
-def _render_skeleton(tokenizer, roles: tuple[str, ...], generation: bool) -> _Skeleton:
-    messages = [{"role": r, "content": f"{_OPEN}{i}{_CLOSE}"} for i, r in enumerate(roles)]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
-    pieces, pos = [], 0
-    for i in range(len(roles)):
-        mark = f"{_OPEN}{i}{_CLOSE}"
-        at = text.find(mark, pos)
-        if at < 0:
-            raise ValueError(f"the tokenizer's chat template does not reproduce message {i} ({roles[i]}) verbatim; "
-                             "OpenMind needs a template that writes each message's content as given")
-        pieces.append(text[pos:at])
-        pos = at + len(mark)
-    pieces.append(text[pos:])
-    chunks = tuple(tuple(tokenizer(p, add_special_tokens=False)["input_ids"]) if p else () for p in pieces)
-    stops = set(_stop_ids(tokenizer))
-    turn_end = []
-    for i, role in enumerate(roles):
-        after = chunks[i + 1]
-        n = next((k + 1 for k, t in enumerate(after) if t in stops), 0) if role == "assistant" else 0
-        turn_end.append(n)
-    return _Skeleton(roles, chunks, tuple(turn_end))
-
-
-def _skeleton(tokenizer, roles: tuple[str, ...], generation: bool) -> _Skeleton:
-    cache = tokenizer.__dict__.setdefault("_openmind_skeletons", {})
-    key = (roles, generation, tokenizer.chat_template)
-    if key not in cache:
-        cache[key] = _render_skeleton(tokenizer, roles, generation)
-    return cache[key]
-
-
-def _stop_ids(tokenizer) -> list[int]:
-    """Special tokens that may end an assistant turn: eos, and what the template writes after one."""
-    cache = tokenizer.__dict__.get("_openmind_stops")
-    if cache is not None:
-        return cache
-    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if has_chat_template(tokenizer):
-        specials = set(tokenizer.all_special_ids) | {
-            i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
-        messages = [{"role": "user", "content": f"{_OPEN}0{_CLOSE}"},
-                    {"role": "assistant", "content": f"{_OPEN}1{_CLOSE}"}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        mark = f"{_OPEN}1{_CLOSE}"
-        if mark in text:
-            after = tokenizer(text.split(mark, 1)[1], add_special_tokens=False)["input_ids"]
-            first = next((t for t in after if t in specials), None)
-            if first is not None and first not in stops:
-                stops.append(first)
-    tokenizer.__dict__["_openmind_stops"] = stops
-    return stops
-
-
-def turn_end_ids(tokenizer) -> list[int]:
-    """Token ids that end an assistant turn for this tokenizer (generation stops on each)."""
-    return list(_stop_ids(tokenizer))
-
-
-def _fixed_tokens(skel: _Skeleton, generation: bool) -> int:
+def _fixed_tokens(skel: Skeleton, generation: bool) -> int:
     """Template tokens a layout always keeps (they count towards ``max_length``)."""
     tail_kept = len(skel.chunks[-1]) if generation or not skel.roles else skel.turn_end[-1]
     return sum(len(c) for c in skel.chunks[:-1]) + tail_kept
 
 
-def _assemble_turns(skel: _Skeleton, contents: list[list[int]], image_ids: list[int], max_length: int,
+def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[int], max_length: int,
                     generation: bool, image_at: tuple[int, int] | None = None,
                     truncated: bool = False) -> Encoded:
     """Lay out template chunks and content ids.  ``image_at`` = (turn, token offset in its content):
@@ -269,14 +194,6 @@ def _turn_pieces(turns: list[tuple[str, str]], has_image: bool, image_tag: str |
     return roles, pieces, image_turn
 
 
-def _plain_skeleton(tokenizer, roles: tuple[str, ...]) -> _Skeleton:
-    """The fixed USER/ASSISTANT layout as a skeleton: [bos] first, [eos] closing each assistant turn."""
-    bos = (tokenizer.bos_token_id,) if tokenizer.bos_token_id is not None else ()
-    eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
-    chunks = [bos] + [eos if r == "assistant" else () for r in roles]
-    return _Skeleton(roles, tuple(chunks), tuple(len(eos) if r == "assistant" else 0 for r in roles))
-
-
 def _fit_pairs(roles: tuple[str, ...], contents: list[list[int]], image_turn: int | None, fixed_of,
                max_length: int, generation: bool) -> tuple[tuple[str, ...], list[list[int]], bool]:
     """Drop whole trailing user/assistant pairs while the text is over ``max_length`` (keeping the
@@ -329,7 +246,7 @@ def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], 
         gen = (roles[-1] != "assistant") if generation is None else generation
         if templated:
             def fixed_of(r, g=gen):
-                return _fixed_tokens(_skeleton(tokenizer, r, g), g)
+                return _fixed_tokens(skeleton(tokenizer, r, g), g)
         elif roles in (("user",), ("user", "assistant")) and (image_turn is None or image_offset == 0):
             # a single exchange in the fixed layout: exactly a caption / VQA row's tokens
             out.append(assemble(tokenizer, contents[0], contents[1] if len(contents) > 1 else None, n,
@@ -337,9 +254,9 @@ def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], 
             continue
         else:
             def fixed_of(r, g=gen):
-                return _fixed_tokens(_plain_skeleton(tokenizer, r), g)
+                return _fixed_tokens(plain_skeleton(tokenizer, r), g)
         roles, contents, dropped = _fit_pairs(roles, contents, image_turn, fixed_of, max_length, gen)
-        skel = _skeleton(tokenizer, roles, gen) if templated else _plain_skeleton(tokenizer, roles)
+        skel = skeleton(tokenizer, roles, gen) if templated else plain_skeleton(tokenizer, roles)
         at = (image_turn, image_offset) if image_turn is not None else None
         out.append(_assemble_turns(skel, contents, [image_token_id] * n, max_length, gen, image_at=at,
                                    truncated=dropped))
@@ -421,7 +338,7 @@ def encode_many(
         return []
     image = [image_token_id] * num_image_tokens
     if has_chat_template(tokenizer):
-        skel = _skeleton(tokenizer, ("user", "assistant"), False)
+        skel = skeleton(tokenizer, ("user", "assistant"), False)
         lead = "\n" if num_image_tokens else ""
         users = tokenizer([lead + i.strip() for i in instructions], add_special_tokens=False)["input_ids"]
         answers = tokenizer([t.strip() for t in targets], add_special_tokens=False)["input_ids"]

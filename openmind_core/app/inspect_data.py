@@ -22,7 +22,8 @@ from openmind_core.data.curated import curated_root
 from openmind_core.data.dataset import VLMDataset
 from openmind_core.model.assembly import image_processor_settings
 from openmind_core.model.image_tokens import tokens_for_config
-from openmind_core.prompting import IGNORE_INDEX, has_chat_template
+from openmind_core.chat_template import has_chat_template
+from openmind_core.prompting import IGNORE_INDEX
 
 
 def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, n: int = 3) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 from openmind_core.data.curated import read_rows
 from openmind_core.io import staged_dir
 from openmind_core.model.tokenizer import build_tokenizer, load_tokenizer
-from openmind_core.prompting import CAPTION_INSTRUCTION, IMAGE_TAG, format_prompt, has_chat_template
+from openmind_core.chat_template import has_chat_template
+from openmind_core.prompting import CAPTION_INSTRUCTION, IMAGE_TAG, format_prompt
 from openmind_core.run_layout import TOKENIZER_DIR
 from schemas import CuratedDataset, OpenMindConfig, TokenizerReport
 

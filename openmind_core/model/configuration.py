@@ -26,7 +26,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
 from openmind_core.model.image_tokens import num_image_tokens
-from openmind_core.prompting import turn_end_ids
+from openmind_core.chat_template import turn_end_ids
 
 MODEL_TYPE = "openmind"
 DEFAULT_MEAN = [0.5, 0.5, 0.5]  # SigLIP's
