@@ -25,6 +25,7 @@ import sys
 
 from flows.commands import (cmd_config, cmd_data_inspect, cmd_data_prepare, cmd_estimate_memory, cmd_eval,
                             cmd_export, cmd_run)
+from flows.console import exit_now, fail, quiet_environment
 from flows.parser import build_parser
 from flows.preflight import EXIT_USAGE, UsageError
 
@@ -42,8 +43,6 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """The ``openmind`` command.  Called with ``argv`` (a test, a script): returns the exit code.  As the
     command itself (no ``argv``) it exits as soon as everything is flushed (``console.exit_now``)."""
-    from flows.console import exit_now
-
     code = _main(argv)
     if argv is None:
         exit_now(code)
@@ -51,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from flows.console import quiet_environment
-
     quiet_environment()  # telemetry, wandb's console output: before prefect or wandb load
     import tasks  # noqa: F401  (Prefect environment defaults)
 
@@ -65,14 +62,10 @@ def _main(argv: list[str] | None) -> int:
         print(f"openmind: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (Exception, KeyboardInterrupt) as e:  # a failed stage or a stop: one line (flows/console.py)
-        from flows.console import fail
-
         return fail(e, getattr(args, "debug", False))
     except BaseException as e:  # Prefect's TerminationSignal (SIGTERM while its handler is in place)
         if type(e).__name__ != "TerminationSignal":
             raise
-        from flows.console import fail
-
         return fail(e, getattr(args, "debug", False))
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from flows import console
+from flows.lake import default_run_name, resolve_lake
 from flows.preflight import UsageError, check_inputs, check_lake, check_model_parts, check_resumable, load
+from flows.runners import task_runner
 from flows.summary import normalised_note, summary
 
 
 def cmd_run(args) -> int:
-    from flows import console
-    from flows.lake import default_run_name, resolve_lake
-
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
@@ -43,8 +43,6 @@ def task_runner_from_args(args):
     """``--task-runner`` / ``--dask-address`` as a Prefect task runner (None: the flow's default threads)."""
     if args.task_runner == "thread" and not args.dask_address:
         return None
-    from flows.runners import task_runner
-
     try:  # an address means Dask
         return task_runner("dask" if args.dask_address else args.task_runner, args.dask_address)
     except (ImportError, ValueError) as e:
@@ -52,14 +50,11 @@ def task_runner_from_args(args):
 
 
 def cmd_data_prepare(args) -> int:
-    from flows.lake import resolve_lake
-
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
     check_inputs(cfg)
-    from flows import console
-    from flows.data import prepare_data
+    from flows.data import prepare_data  # start-up cost: prefect, after the checks
 
     console.begin(lake, "data-prepare", args.debug)
     cur = prepare_data(config_path=args.config, overrides=args.overrides, lake=str(lake))
@@ -75,12 +70,11 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_data_inspect(args) -> int:
-    from flows.lake import resolve_lake
-
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
     check_inputs(cfg)
+    # start-up cost: the model package and torch load after the checks
     from openmind_core.app.inspect_data import inspect_samples
     from openmind_core.app.tokenizer import build_run_tokenizer
     from openmind_core.data import convert, download
@@ -94,7 +88,7 @@ def cmd_data_inspect(args) -> int:
 
 def cmd_estimate_memory(args) -> int:
     cfg = load(args)
-    from openmind_core.model import estimate_memory
+    from openmind_core.model import estimate_memory  # start-up cost: transformers, after the config check
 
     est = estimate_memory(cfg, budget_gb=args.budget_gb)
     print(est.format_table())
@@ -110,14 +104,14 @@ def cmd_export(args) -> int:
         raise UsageError(f"{src}: neither a run directory with final/ nor a saved model directory")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--merge {out}: exists and is not empty")
-    from openmind_core.app.export import export_merged
+    from openmind_core.app.export import export_merged  # start-up cost: after the argument checks
 
     print(f"merged model written to {export_merged(src, out)}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from openmind_core.evaluation.run import EvalError, resolve_model_path
+    from openmind_core.evaluation.run import EvalError, resolve_model_path  # start-up cost (torch)
 
     try:
         model_dir, run_dir = resolve_model_path(args.path)
@@ -134,6 +128,7 @@ def cmd_eval(args) -> int:
     config = args.config or (str(run_dir / "config.yaml") if run_dir is not None else None)
     args.config = config
     load(args)  # config errors before Prefect starts
+    # start-up cost: prefect and the model load after the checks
     from flows.eval import evaluate
     from openmind_core.evaluation import summary_lines
 

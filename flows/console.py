@@ -13,11 +13,19 @@ load; a value the user set wins.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
+import traceback
 from datetime import datetime
 from pathlib import Path
+
+from flows.ephemeral import ensure_server
+from openmind_core import interrupt
 
 PROGRESS = "openmind_progress"  # a log record with this attribute set is a per-step progress line
 _NOISE = ("Starting temporary server on", "Stopping temporary server on")
@@ -120,9 +128,6 @@ def record_failure(exc: BaseException) -> None:
 def begin(lake: Path, command: str, debug: bool = False) -> None:
     """Before a flow runs: Prefect's temporary server in its own session, a quiet terminal, the log file,
     and Ctrl-C / SIGTERM routed to ``openmind_core.interrupt`` (training stops at a step boundary)."""
-    from flows.ephemeral import ensure_server
-    from openmind_core import interrupt
-
     configure(debug)
     open_log_file(lake, command)
     ensure_server()
@@ -149,8 +154,6 @@ def _hint() -> str:
 
 def resume_command(argv: list[str], run_name: str | None) -> str:
     """The command line that resumes this one: the same arguments, with ``--run-name`` when it had none."""
-    import shlex
-
     prog = sys.argv[0]
     if os.path.basename(prog) == "openmind":
         rel = os.path.relpath(prog)
@@ -165,8 +168,6 @@ def resume_command(argv: list[str], run_name: str | None) -> str:
 
 def _interrupted(exc: BaseException) -> int | None:
     """The stop signal, when ``exc`` is how a Ctrl-C / SIGTERM ended the command."""
-    import signal
-
     mod = sys.modules.get("openmind_core.interrupt")
     requested = mod.requested() if mod is not None else None
     if requested is not None:
@@ -180,9 +181,6 @@ def _interrupted(exc: BaseException) -> int | None:
 
 def fail(exc: BaseException, debug: bool = False) -> int:
     """End the command after ``exc``: one line on stderr, the traceback to the log file; the exit code."""
-    import signal
-    import traceback
-
     signum = _interrupted(exc)
     if _log_file is not None:
         if signum is None:
@@ -205,7 +203,7 @@ def fail(exc: BaseException, debug: bool = False) -> int:
 def flow_run_url(state) -> str:
     """`` at <UI URL>`` of the flow run behind ``state`` when a Prefect UI is configured, else ``""``."""
     try:
-        from prefect.settings import PREFECT_UI_URL
+        from prefect.settings import PREFECT_UI_URL  # start-up cost: prefect loads only with a flow run
 
         ui = PREFECT_UI_URL.value()
         run_id = state.state_details.flow_run_id
@@ -219,9 +217,6 @@ def exit_now(code: int) -> None:
     Prefect's log and event workers drain; atexit: the temporary server stops, logging flushes), but
     without the interpreter's teardown of every module, which takes seconds with torch and transformers
     loaded (it made a Ctrl-C take 10 s)."""
-    import atexit
-    import threading
-
     try:
         threading._shutdown()  # type: ignore[attr-defined]  (joins non-daemon threads, runs their exit hooks)
     except Exception:

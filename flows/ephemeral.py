@@ -15,23 +15,27 @@ it is that server's entry point.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 
 def ensure_server() -> str | None:
     """Start the temporary server in its own session unless an API URL is configured; its API URL."""
+    # start-up cost: prefect loads when a command runs a flow, never for a refused one
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
         return None
-    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.server.api.server import SubprocessASGIServer  # start-up cost, as above
 
     class OwnSessionServer(SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen:
-            import prefect
+            import prefect  # start-up cost, as above
             from prefect.settings import get_current_settings
 
             env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
@@ -54,12 +58,7 @@ def ensure_server() -> str | None:
 
 def _watch_parent(parent: int) -> None:
     """Stop this server (SIGTERM to itself: uvicorn's graceful shutdown) once ``parent`` is gone."""
-    import threading
-    import time
-
     try:  # Linux: the kernel sends SIGTERM when the parent dies
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

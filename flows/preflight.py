@@ -8,9 +8,15 @@ transformers' model classes unless a check needs them.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from openmind_core.app.run_dir import ResumeRefused
+from openmind_core.app.run_dir import check_resumable as check_run_dir
+from openmind_core.data.inputs import InputError, check_input_files
+from schemas import ConfigError, load_config
 
 EXIT_USAGE = 2
 
@@ -20,8 +26,6 @@ class UsageError(Exception):
 
 
 def load(args):
-    from schemas import ConfigError, load_config
-
     try:
         return load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -47,8 +51,6 @@ def check_lake(lake: Path) -> None:
 
 def _why_unwritable(probe: Path, e: OSError) -> str:
     """The real reason files cannot be created in ``probe`` (a virtual file system says "No such file")."""
-    import errno
-
     if e.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied to create files in {probe}"
     if e.errno == errno.EROFS:
@@ -73,8 +75,6 @@ def _fs_type(path: Path) -> str | None:
 
 
 def check_inputs(cfg) -> None:
-    from openmind_core.data.inputs import InputError, check_input_files
-
     try:
         check_input_files(cfg.data)  # missing, a directory where a file belongs, unreadable
     except InputError as e:
@@ -88,7 +88,7 @@ def check_model_parts(cfg) -> None:
     """A pretrained LM and its tokenizer must load and fit each other (imports transformers: only then)."""
     if not cfg.model.lm.name_or_path:
         return
-    from openmind_core.model.language import preflight
+    from openmind_core.model.language import preflight  # start-up cost: transformers loads only for a pretrained LM
 
     try:
         preflight(cfg.model)
@@ -99,9 +99,7 @@ def check_model_parts(cfg) -> None:
 def check_resumable(cfg, run_dir: Path) -> None:
     """The one resumability check (``openmind_core.app.run_dir``, which the flow's first step runs too):
     model, data settings, input stamps and batch, refused before anything runs or is written."""
-    from openmind_core.app.run_dir import ResumeRefused, check_resumable as check
-
     try:
-        check(cfg, run_dir)
+        check_run_dir(cfg, run_dir)
     except ResumeRefused as e:
         raise UsageError(str(e)) from None

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 TASK_RUNNERS = ("thread", "dask")
 
 
@@ -16,20 +19,17 @@ def task_runner(kind: str = "thread", address: str | None = None, workers: int |
     if kind == "thread":
         if address:
             raise ValueError("--dask-address needs --task-runner dask")
-        from prefect.task_runners import ThreadPoolTaskRunner
+        from prefect.task_runners import ThreadPoolTaskRunner  # start-up cost: the CLI imports this module early
 
         return ThreadPoolTaskRunner(max_workers=workers)
     if kind != "dask":
         raise ValueError(f"task runner {kind!r}: choose one of {', '.join(TASK_RUNNERS)}")
     try:
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask import DaskTaskRunner  # an optional extra
     except ImportError:
         raise ImportError("--task-runner dask needs prefect-dask: .venv/bin/pip install -e '.[dask]'") from None
     if address:
         return DaskTaskRunner(address=address)
-    import logging
-    import os
-
     # a temporary cluster's workers are killed at the end of the run: not worth a warning per worker
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     n = workers or min(4, os.cpu_count() or 1)

@@ -15,6 +15,7 @@ import tasks  # noqa: F401  (sets Prefect environment defaults before prefect lo
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 from flows.lake import default_run_name, resolve_lake
 from openmind_core.app.report import build_report, checklist_markdown
@@ -35,8 +36,6 @@ from tasks.train import train_task
 
 def _flow_run_name() -> str:
     """The flow run is named after the run directory (``--run-name``, ``run.name``, else a timestamp)."""
-    from prefect.runtime import flow_run
-
     params = flow_run.parameters
     if params.get("run_name"):
         return params["run_name"]
@@ -49,8 +48,6 @@ def _flow_run_name() -> str:
 def _run_name(run_name: str | None, cfg: OpenMindConfig) -> str:
     if run_name or cfg.run.name:
         return run_name or cfg.run.name
-    from prefect.runtime import flow_run
-
     name = flow_run.name  # the timestamp _flow_run_name chose, so the flow run and the run directory agree
     return name if name and name.startswith("run-") else default_run_name()
 

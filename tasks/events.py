@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ def run_resource(run_name: str, run_dir: str | Path | None = None) -> dict[str, 
 
 def _flow_run_related() -> list[dict[str, str]]:
     """The current flow run as a related resource (empty outside a flow run)."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
     fctx, tctx = FlowRunContext.get(), TaskRunContext.get()
     run_id = getattr(getattr(fctx, "flow_run", None), "id", None) or \
         getattr(getattr(tctx, "task_run", None), "flow_run_id", None)

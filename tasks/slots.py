@@ -15,15 +15,16 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator
 
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+
 GPU_LIMIT = "gpu"
 
 log = logging.getLogger(__name__)
 
 
 def _limit_exists(name: str) -> bool:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
@@ -47,8 +48,6 @@ def gpu_slot(occupy: int, name: str = GPU_LIMIT, logger=None, timeout_seconds: f
                     "(`prefect gcl create %s --limit 1` makes runs take turns)", name, name)
         yield False
         return
-    from prefect.concurrency.sync import concurrency
-
     logger.info("waiting for %d slot(s) of the global concurrency limit %r", occupy, name)
     with concurrency(name, occupy=occupy, strict=False, timeout_seconds=timeout_seconds):
         logger.info("holding %d %r slot(s)", occupy, name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +16,7 @@ from openmind_core.app.report import fmt_float
 from openmind_core.app.train import train_from_config
 from schemas import CuratedDataset, OpenMindConfig, TokenizerReport, TrainingResult
 from tasks.common import md_table, retry_transient
+from tasks.distributed import train_with_torchrun
 from tasks.events import MetricsEventForwarder, emit_training_finished
 from tasks.slots import gpu_slot
 
@@ -41,8 +44,6 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer: Tokenize
     run_name = Path(run_dir).name
     with gpu_slot(_gpu_slots(cfg), logger=log), MetricsEventForwarder(Path(run_dir) / "metrics.jsonl", run_name):
         if cfg.train.nproc > 1:
-            from tasks.distributed import train_with_torchrun
-
             result = train_with_torchrun(cfg, curated, tokenizer, run_dir, log)
         else:
             result = train_from_config(cfg, curated, run_dir, tokenizer.path, progress=progress)
@@ -56,8 +57,6 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer: Tokenize
 
 def _gpu_slots(cfg: OpenMindConfig) -> int:
     """Slots of the ``gpu`` limit this training holds: one per process on CUDA, none on the CPU."""
-    import torch
-
     return cfg.train.nproc if torch.cuda.is_available() else 0
 
 

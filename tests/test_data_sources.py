@@ -131,18 +131,18 @@ def test_jsonl_relative_absolute_and_inline_images(tmp_path):
 
 
 def test_image_refs_scanned_once_each_in_either_path(tmp_path):
-    from openmind_core.data.sources import _scan_image_refs
+    from openmind_core.data.sources.jsonl import scan_image_refs
 
     inline = "data:image/png;base64," + "A" * 300
     rows = [{"image": "a.png", "text": "x"}, {"image": "b/c.png", "text": "y"}, {"image": "a.png", "text": "z"},
             {"text": "no image"}, {"image": inline, "text": "inline"}, {"image": "d.png", "meta": [1, 2]}]
     fast = tmp_path / "fast.jsonl"
     fast.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    assert _scan_image_refs(fast) == ["a.png", "b/c.png", "d.png"]  # pyarrow.json, one call
+    assert scan_image_refs(fast) == ["a.png", "b/c.png", "d.png"]  # pyarrow.json, one call
     slow = tmp_path / "slow.jsonl"  # an image object and a malformed line: line by line, same answer
     slow.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"image": {"path": "e.png"}}\nnot json\n'
                     + json.dumps({"image": {"bytes": "AAAA", "path": "f.png"}}) + "\n", encoding="utf-8")
-    assert _scan_image_refs(slow) == ["a.png", "b/c.png", "d.png", "e.png"]
+    assert scan_image_refs(slow) == ["a.png", "b/c.png", "d.png", "e.png"]
 
 
 def test_jsonl_changed_image_changes_fingerprint(tmp_path):

@@ -7,51 +7,32 @@ rows back; ``VLMDataset`` (dataset.py) and ``Collator`` (collate.py) feed traini
 from the caches under ``<lake>/cache/`` (cache.py, pixels.py, token_cache.py); ``ResumableSampler``
 (sampler.py) keeps an epoch's position checkpointable.
 
-Importing this package loads no torch: ``VLMDataset``, ``Collator`` and ``ResumableSampler`` are
-imported on first use, so a conversion (a Dask worker, the CLI's pre-flight) pays only for
-pyarrow.
+Importing this package loads nothing but itself: every name below is imported from its module on
+first use, so a conversion (a Dask worker) pays only for pyarrow, the CLI's pre-flight for what it
+checks, and only the dataset, the collator and the sampler load torch.
 """
 
-from openmind_core.data.convert import SCHEMA, convert
-from openmind_core.data.curated import read_rows
-from openmind_core.data.layout import SCHEMA_VERSION, DataError, HubUnreachableError
-from openmind_core.data.sources import download
-from openmind_core.data.validate import REASONS
+import importlib
 
-__all__ = [
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "REASONS",
-    "Collator",
-    "DataError",
-    "HubUnreachableError",
-    "ResumableSampler",
-    "VLMDataset",
-    "convert",
-    "download",
-    "read_rows",
-]
-
-
-_ON_FIRST_USE = ("VLMDataset", "Collator", "ResumableSampler")
+# name -> the module that defines it; each is imported on first use (PEP 562), for start-up cost only:
+# a module that needs one piece (the CLI's pre-flight reading input stamps, a Dask worker converting
+# one file) loads that piece, not pyarrow's conversion machinery or torch
+_HOMES = {
+    "SCHEMA": "convert", "convert": "convert", "read_rows": "curated", "SCHEMA_VERSION": "layout",
+    "DataError": "layout", "HubUnreachableError": "layout", "download": "sources", "REASONS": "validate",
+    "VLMDataset": "dataset", "Collator": "collate", "ResumableSampler": "sampler",
+}
+__all__ = sorted(_HOMES)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_ON_FIRST_USE))
+    return sorted(set(globals()) | set(_HOMES))
 
 
 def __getattr__(name: str):
-    # imported here, on first use, for start-up cost only: these three import torch
-    if name == "VLMDataset":
-        from openmind_core.data.dataset import VLMDataset
-
-        return VLMDataset
-    if name == "Collator":
-        from openmind_core.data.collate import Collator
-
-        return Collator
-    if name == "ResumableSampler":
-        from openmind_core.data.sampler import ResumableSampler
-
-        return ResumableSampler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

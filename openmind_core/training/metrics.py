@@ -92,7 +92,7 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | Non
     import matplotlib  # imported here: start-up cost (only the end of a run draws)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend is probed
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([s for s, _ in steps], [v for _, v in steps], label="train loss", linewidth=1)

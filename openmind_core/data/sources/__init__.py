@@ -27,16 +27,14 @@ from pathlib import Path
 from schemas.artifacts import RawDataset
 from schemas.config import DataConfig
 
+from openmind_core.data.sources import coco, generated, hf, jsonl
 from openmind_core.data.sources.raw import CAPTIONS, IMAGE_DIR, VQA, load_raw
-from openmind_core.data.sources.jsonl import _scan_image_refs
 
-__all__ = ["CAPTIONS", "IMAGE_DIR", "VQA", "download", "load_raw", "_scan_image_refs"]
+__all__ = ["CAPTIONS", "IMAGE_DIR", "VQA", "download", "load_raw"]
 
 
 def download(cfg: DataConfig, lake: str | Path, seed: int = 0) -> RawDataset:
     """Bring the configured source into ``<lake>/raw/<source>/<fingerprint>/`` (idempotent)."""
-    from openmind_core.data.sources import coco, generated, hf, jsonl
-
     lake = Path(lake)
     fn = {"synthetic": generated.download, "jsonl": jsonl.download, "coco": coco.download, "hf": hf.download}[cfg.source]
     return fn(cfg, lake, seed)

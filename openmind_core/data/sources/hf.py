@@ -33,7 +33,7 @@ def _local_files(p: Path) -> list[Path]:
 
 def _load_hf(name: str, config_name: str | None, split: str):
     """``datasets`` data set for a hub id, a save_to_disk directory, a data directory or Parquet files."""
-    import datasets
+    import datasets  # start-up cost: datasets loads only for the hf source
 
     p = Path(name).expanduser()
     if p.exists():
@@ -162,7 +162,7 @@ def download(cfg: DataConfig, lake: Path, seed: int) -> RawDataset:
 
 def _checked(ds, spec: HFSpec, where: str):
     """``ds`` with its image column left undecoded; every mapped column must exist (``answers`` may not)."""
-    import datasets
+    import datasets  # start-up cost: datasets loads only for the hf source
 
     missing = [f"{f} -> {col!r}" for f, col in spec.columns.items()
                if col.split(".")[0] not in ds.column_names and col not in ds.column_names and f not in OPTIONAL]

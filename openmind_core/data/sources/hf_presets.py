@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from openmind_core.data.layout import DataError
+
 PRESETS: dict[str, dict] = {
     "HuggingFaceM4/COCO": {"kind": "caption", "columns": {"image": "image", "text": "sentences.raw"},
                            "configs": {"2014_captions": {"text": "sentences_raw"}}},
@@ -49,8 +51,6 @@ def resolve(name: str, config_name: str | None, split: str, kind: str | None, co
             where: str = "data.hf") -> HFSpec:
     """The data set's kind and full column mapping: the preset's (when ``name`` has one) under the
     user's own; an unknown field is an error naming it."""
-    from openmind_core.data.layout import DataError
-
     preset = preset_of(name)
     kind = kind or preset.get("kind") or "caption"
     mapping = {f: f for f in FIELDS[kind] if f not in OPTIONAL}

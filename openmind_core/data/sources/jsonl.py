@@ -29,7 +29,7 @@ from openmind_core.data.sources.raw import CAPTIONS, CONVERSATIONS, IMAGE_DIR, V
 from openmind_core.progress import tracked
 
 
-def _scan_image_refs(jsonl: Path) -> list[str]:
+def scan_image_refs(jsonl: Path) -> list[str]:
     """The distinct image path strings a JSONL references, in first-seen order (tolerant: bad
     lines are conversion's business).  A file ``pyarrow.json`` reads with string images is
     scanned a block at a time; any other goes line by line."""
@@ -70,7 +70,7 @@ def _plan_jsonl_images(jsonl: Path, root_key: str) -> tuple[dict[str, Path], dic
     copies: dict[str, Path] = {}
     abs_map: dict[str, str] = {}
     problems: dict[str, str] = {}
-    for ref in _scan_image_refs(jsonl):
+    for ref in scan_image_refs(jsonl):
         if windows_absolute(ref):
             continue  # not a path on this system: conversion quarantines it, naming it
         p = Path(ref) if os.sep == "\\" or Path(ref).is_absolute() else Path(ref.replace("\\", "/"))
