@@ -113,7 +113,8 @@ NOISE = ("Traceback", "Crash detected", "ConnectError", "Connection refused", "E
 
 
 def _resumes(run_dir: Path) -> list[dict]:
-    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "resume"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == "resume"]
 
 
 def _newest_checkpoint(run_dir: Path) -> str:

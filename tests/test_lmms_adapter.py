@@ -32,7 +32,7 @@ QUESTION, ANSWER, OTHER = "What color is the shape?", "red", "blue"
 @pytest.fixture(scope="module", autouse=True)
 def _lmms_eval_installed():  # module scope: checked before the module's model is built
     if MISSING is not None:
-        skip_unproven("README, lmms-eval: the adapter implements generate_until and loglikelihood; the tests check both",
+        skip_unproven("README, lmms-eval: the adapter implements generate_until and loglikelihood; tests check both",
                       f"lmms-eval does not import here: {MISSING}; scripts/setup.sh installs it")
 
 
