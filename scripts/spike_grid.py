@@ -4,8 +4,9 @@ Trains the default tiny VLM for real on clean data (the generated default source
 real-shaped digit scans of tests/spike_data.py) at each micro-batch size and epoch count, with the
 guard recording only, then replays the default detector (``SpikeConfig()``) over each loss trace:
 the first alarm a replay finds is where a live run would have rolled back, so "0 alarms" is "0
-rollbacks".  Too slow for the test suite (tests/test_spike_traces.py runs a few cells); the last
-full grid (50 cells, about 70 min on one core) is in scripts/spike_grid.json.
+rollbacks".  Too slow for the test suite (tests/test_spike_traces.py replays 10 real traces that
+scripts/record_spike_traces.py recorded); the last full grid (50 cells, about 70 min on one core) is
+in scripts/spike_grid.json.
 
     python scripts/spike_grid.py [--data generated,digits] [--micro 1,2,4,8,16] [--epochs 1,2,3,4,5]
                                  [--out spike_grid.json]

@@ -236,10 +236,13 @@ def _check_rows(rows: list[dict]) -> None:
         assert r["ours_s"] is not None and r["ours_s"] >= 0
 
 
-@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer", "lora"])
+@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer", "lora", "checkpoint"])
 def test_cpu_benchmark_quick_produces_rows(name):
     rows = _load(name).run(quick=True)
     _check_rows(rows)
+    if name == "checkpoint":
+        [row] = rows
+        assert row["baseline_s"] > 0 and row["ratio"] == pytest.approx(row["ours_s"] / row["baseline_s"])
     if name == "loader":
         wait = [r for r in rows if "wait fraction" in r["name"]]
         assert [w["name"] for w in wait] == ["loader wait fraction, main process (tiny train step)",
@@ -255,6 +258,21 @@ def test_convert_critical_path_runs_with_parsing_and_encoding_taken_away():
     assert list(rows) == ["raw: read_json + write_table", "ours: whole convert", "ours: blocks already parsed",
                           "ours: blocks already parsed, nothing encoded"]
     assert all(ms > 0 for ms in rows.values())
+
+
+def test_interrupt_benchmark_rows():
+    """bench_interrupt's rows from a measurement (its Terminal and the stop itself are what
+    tests/test_interrupt.py drives, checking the behaviour; the seconds are this row's alone)."""
+    bench = _load("interrupt")
+    rows = bench.rows({"ctrl_c_s": 1.5, "sigterm_s": 1.2, "step_s": 0.05})
+    _check_rows(rows)
+    assert [r["name"] for r in rows] == ["Ctrl-C on a terminal during training: signal to exit",
+                                         "SIGTERM to the CLI during training (a scheduler's stop): signal to exit"]
+    assert [r["ratio"] for r in rows] == [pytest.approx(30.0), pytest.approx(24.0)]
+    assert all(r["baseline_s"] == 0.05 and r["goal"] == "ours <= 5 s" for r in rows)
+    env = bench.user_env({"PATH": "/bin", "WANDB_MODE": "disabled", "PREFECT_API_URL": "x", "OPENMIND_CI": "1",
+                          "HF_HUB_OFFLINE": "1", "HOME": "/root"}, PREFECT_HOME="/tmp/p")
+    assert env == {"PATH": "/bin", "HOME": "/root", "PREFECT_HOME": "/tmp/p"}
 
 
 def test_flow_benchmark_builds_rows_from_task_runs(monkeypatch):

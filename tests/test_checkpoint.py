@@ -146,36 +146,24 @@ def test_checkpoint_files_are_streamed_and_unchanged_in_content(tmp_path, monkey
     assert torch.equal(ck.torch_files["optimizer.pt"]["state"][0]["exp_avg"], optim["state"][0]["exp_avg"])
 
 
-def _peak_rss_mb(reset: bool = False) -> float | None:
-    """This process's peak RSS (Linux VmHWM); ``reset`` starts a new peak (``clear_refs`` 5)."""
-    try:
-        if reset:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        with open("/proc/self/status") as f:
-            return next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmHWM"))
-    except (OSError, StopIteration):
-        return None
-
-
-def test_writing_200_mb_of_tensors_adds_almost_nothing_to_peak_memory(tmp_path):
-    """Peak RSS (where Linux can reset it) and Python allocations (tracemalloc) while a checkpoint with
-    200 MB of weights and 40 MB of optimizer state is written: serialising it in RAM first costs the
-    file's size again (it did: +380 MB peak RSS, 212 MB traced); streaming costs a few MB."""
+def test_writing_200_mb_of_tensors_serialises_nothing_in_memory(tmp_path):
+    """While a checkpoint with 200 MB of weights and 40 MB of optimizer state is written, Python holds
+    less than one of its tensors (20 MB): the file is streamed, never built in memory first (the
+    in-RAM serialisers held the whole file: 212 MB traced).  tracemalloc counts Python's own
+    allocations, the same on any machine and under any load, so this relation cannot flake.  The peak
+    RSS a write adds (2.4 MB streamed, 400 MB in RAM) is bench/bench_checkpoint.py's row."""
     import tracemalloc
 
-    weights = {f"w{i}": torch.full((5_000_000,), float(i)) for i in range(10)}  # written: resident
+    weights = {f"w{i}": torch.full((5_000_000,), float(i)) for i in range(10)}
     optim = {"state": {0: {"exp_avg": torch.full((10_000_000,), 2.0), "step": torch.tensor(1.0)}},
              "param_groups": [{"params": [0]}]}
-    base = _peak_rss_mb(reset=True)
+    smallest = min(t.numel() * t.element_size() for t in weights.values())
     tracemalloc.start()
     try:
         p = CheckpointManager(tmp_path).save(1, weights, {"optimizer.pt": optim}, {"trainer_state.json": {}})
-        traced = tracemalloc.get_traced_memory()[1] / 2**20
+        traced = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    peak = _peak_rss_mb()
-    assert (p / "model.safetensors").stat().st_size > 200_000_000
-    assert traced < 16, traced
-    if base is not None and peak is not None:
-        assert peak - base < 40, (base, peak)
+    written = sum(f.stat().st_size for f in p.iterdir())
+    assert written > 240_000_000
+    assert traced < smallest, (traced, smallest)

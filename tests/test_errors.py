@@ -69,7 +69,9 @@ def test_a_fully_bad_input_fails_in_one_line_with_the_traceback_in_the_log(prefe
     log = errors[0].rsplit("traceback in ", 1)[1].rstrip(")")
     text = open(log).read()
     assert "Traceback (most recent call last)" in text and "DataError" in text
-    assert text.count("Task run failed") <= 1 or "Retries are exhausted" not in text  # no retries
+    # no retries: the task failed once, and no "Task run failed with ... - Retry 1/N will start" was logged
+    assert text.count("Finished in state Failed('Task run encountered an exception DataError") == 1, text[-3000:]
+    assert " will start " not in text and "Task run failed with" not in text, text[-3000:]
     debug = openmind("data", "prepare", "--set", "data.source=jsonl", "--set",
                      f"data.jsonl.captions={tmp_path / 'bad.jsonl'}", "--lake", str(lake), "--debug",
                      env={"PREFECT_API_URL": prefect_server})

@@ -2,9 +2,14 @@
 
 One small config (fewer samples than the default, same shapes) runs the five tasks for real:
 generated data, Parquet conversion, smoke checks, training whose loss falls, generation.  Then:
-the rerun path (download and conversion cached, training resumed instead of redone), a task that
-fails once and is retried, a permanent error that is not retried, and a run killed with SIGKILL
-during training that, rerun with the same name, ends with the same final weights.
+the rerun path (download and conversion cached, a finished training resumed and not redone), a
+task that fails once and is retried, a permanent error that is not retried, and a run killed with
+SIGKILL during training that, rerun with the same name, ends with the same final weights.
+
+Bit-for-bit comparisons are between fresh processes only: the retried run (tests/retry_once.py) and
+the killed run each against ``unbroken``, a fresh CLI run of the same config.  A run inside this
+pytest process, after hundreds of other tests, twice differed from fresh processes in the last bit
+of the loss from step 4 on; fresh processes agree bit for bit.
 """
 
 from __future__ import annotations
@@ -132,22 +137,32 @@ def test_flow_runs_all_five_tasks_and_reports(first_run):
     assert arts["week1-training-metrics"].type == "table"
 
 
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
 def test_rerun_reuses_stages_and_resumes_training(first_run):
+    """A rerun of a finished run: download and conversion cached; training resumes from its last
+    checkpoint, finds nothing left to train, and trains no step (final/ stays the trained model)."""
     from flows.week1 import week1
 
     lake, report, _ = first_run
-    before = _weights(lake / "runs" / "e2e")
+    run_dir = lake / "runs" / "e2e"
+    before, steps_before = _weights(run_dir), [r for r in _metrics(run_dir) if "event" not in r]
     state = week1(overrides=SMALL, run_name="e2e", lake=str(lake), return_state=True)
     assert state.is_completed(), state.message
     again = state.result()
     runs = _task_runs(state.state_details.flow_run_id)
     assert runs["download"].state.name == "Cached" and runs["convert"].state.name == "Cached"
     assert again.curated.version == report.curated.version
-    # training resumed from its last checkpoint instead of starting over
-    assert again.training.resumed_from_step == report.training.steps
-    assert again.training.steps == report.training.steps
-    after = _weights(lake / "runs" / "e2e")
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # training resumed from its last checkpoint instead of starting over, and took no step
+    assert again.training.resumed_from_step == again.training.steps == report.training.steps
+    after = _metrics(run_dir)
+    assert [r for r in after if "event" not in r] == steps_before  # no new step line
+    assert [r["step"] for r in after if r.get("event") == "resume"] == [report.training.steps]
+    assert again.training.last_loss == report.training.last_loss
+    final = _weights(run_dir)  # final/ rewritten from the restored state: the same tensors
+    assert before.keys() == final.keys() and all(torch.equal(before[k], final[k]) for k in before)
 
 
 def test_rerun_after_the_lake_lost_its_data_redoes_those_stages(first_run):
@@ -198,70 +213,78 @@ def test_transient_failure_is_retried_and_permanent_is_not(prefect_server, tmp_p
     assert calls["n"] == 1  # a config/data error fails at once
 
 
-def test_retried_training_task_resumes_from_its_checkpoint(first_run, monkeypatch):
-    import tasks.train as train_module
-    from flows.week1 import week1
-    from openmind_core.app.train import train_from_config
-
-    lake, report, _ = first_run
-    calls = {"n": 0}
-
-    def crash_once(cfg, curated, run_dir, tokenizer_dir, progress=None, **kw):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            return train_from_config(cfg, curated, run_dir, tokenizer_dir, progress=progress, **kw)
-
-        def crashing_progress(info):
-            progress(info)
-            if info["step"] >= 6:
-                raise RuntimeError("simulated worker crash at step 6")
-
-        return train_from_config(cfg, curated, run_dir, tokenizer_dir, progress=crashing_progress, **kw)
-
-    monkeypatch.setattr(train_module, "train_from_config", crash_once)
-    state = week1(overrides=SMALL, run_name="retried", lake=str(lake), return_state=True)
-    assert state.is_completed(), state.message
-    runs = _task_runs(state.state_details.flow_run_id)
-    assert calls["n"] == 2 and runs["train"].run_count == 2
-    result = state.result().training
-    assert result.resumed_from_step == 4  # the newest checkpoint before the crash, not step 0
-    # the crash cost only the steps since that checkpoint: the weights are the unbroken run's
-    unbroken, retried = _weights(lake / "runs" / "e2e"), _weights(lake / "runs" / "retried")
-    assert all(torch.equal(unbroken[k], retried[k]) for k in unbroken)
-
-
-def _cli(args, env, stdout=subprocess.PIPE):
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
+def _cli(args, env, stdout=subprocess.PIPE, script=("-m", "flows.cli")):
+    return subprocess.Popen([sys.executable, *script, *args], cwd=REPO, env=env,
                             stdout=stdout, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, prefect_server, tmp_path):
+def _run_args(name: str, lake: Path) -> list[str]:
+    return ["run", *sum((["--set", s] for s in SMALL), []), "--run-name", name, "--lake", str(lake)]
+
+
+@pytest.fixture(scope="module")
+def unbroken(first_run, prefect_server, tmp_path_factory):
+    """The unbroken reference: a fresh CLI run of SMALL, started here and run beside the test that asks
+    first (the lake's data is cached by first_run; nothing else is shared).  Yields a function that
+    waits for it and returns its final weights."""
+    lake = first_run[0]
+    env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    log = open(tmp_path_factory.mktemp("unbroken") / "unbroken.log", "w+")
+    proc = _cli(_run_args("unbroken", lake), env, stdout=log)
+    done: dict = {}
+
+    def weights() -> dict[str, torch.Tensor]:
+        if not done:
+            proc.wait(timeout=900)
+            log.seek(0)
+            assert proc.returncode == 0, log.read()[-3000:]
+            done.update(_weights(lake / "runs" / "unbroken"))
+        return done
+
+    try:
+        yield weights
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_retried_training_task_resumes_from_its_checkpoint(first_run, prefect_server, unbroken, tmp_path):
+    """The training task crashes at step 6 (tests/retry_once.py, a fresh process); Prefect retries it
+    and it resumes from step 4.  The crash costs only the steps since that checkpoint: the final
+    weights are the unbroken run's, bit for bit (both fresh processes)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    lake, report, _ = first_run
+    env = dict(os.environ, PREFECT_API_URL=prefect_server, OPENMIND_TEST_CALLS=str(tmp_path / "calls"))
+    proc = _cli(_run_args("retried", lake), env, script=(str(Path(__file__).with_name("retry_once.py")),))
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert (tmp_path / "calls").read_text() == "2"
+    with get_client(sync_client=True) as client:
+        [flow_run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["retried"])))
+    runs = _task_runs(flow_run.id)
+    assert runs["train"].run_count == 2 and runs["train"].state.is_completed()
+    result = json.loads((lake / "runs" / "retried" / "report.json").read_text())["training"]
+    assert result["resumed_from_step"] == 4  # the newest checkpoint before the crash, not step 0
+    assert result["steps"] == report.training.steps
+    reference, retried = unbroken(), _weights(lake / "runs" / "retried")
+    assert reference.keys() == retried.keys()
+    assert all(torch.equal(reference[k], retried[k]) for k in reference)
+
+
+def test_kill_9_during_training_then_rerun_gives_the_same_weights(first_run, prefect_server, unbroken):
     lake, report, _ = first_run
     env = dict(os.environ, PREFECT_API_URL=prefect_server)
-    # The unbroken reference is a CLI run too.  The in-process run ("e2e") trains in this pytest
-    # process after hundreds of other tests; twice in a full suite it differed from a fresh CLI run
-    # in the last bit of the loss from step 4 on, before any kill.  Fresh processes agree bit for
-    # bit (three CLI runs of this config: identical weights), so that is the comparison made here.
-    # It runs beside the killed run (the lake's data is cached by first_run; nothing is shared).
-    log = open(tmp_path / "unbroken.log", "w+")
-    unbroken = _cli(["run", *sum((["--set", s] for s in SMALL), []), "--run-name", "unbroken", "--lake", str(lake)],
-                    env, stdout=log)
-    try:
-        _kill_and_rerun(lake, env)
-        unbroken.wait(timeout=600)
-        log.seek(0)
-        assert unbroken.returncode == 0, log.read()[-3000:]
-    finally:
-        if unbroken.poll() is None:
-            os.killpg(unbroken.pid, signal.SIGKILL)
-        log.close()
-    unbroken, resumed = _weights(lake / "runs" / "unbroken"), _weights(lake / "runs" / "killed")
-    assert unbroken.keys() == resumed.keys()
-    assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
+    _kill_and_rerun(lake, env)
+    reference, resumed = unbroken(), _weights(lake / "runs" / "killed")
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
 def _kill_and_rerun(lake: Path, env: dict) -> None:
-    args = ["run", *sum((["--set", s] for s in SMALL), []), "--run-name", "killed", "--lake", str(lake)]
+    args = _run_args("killed", lake)
     proc = _cli(args, env)
     metrics = lake / "runs" / "killed" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -276,13 +299,16 @@ def _kill_and_rerun(lake: Path, env: dict) -> None:
     proc.wait(timeout=30)
     assert killed_at is not None, f"training never reached step 6 (exit {proc.returncode}): {proc.stdout.read()[-2000:]}"
     assert not (lake / "runs" / "killed" / "report.json").exists()
+    # checkpoints are renamed into place whole: the newest one left is where the rerun must resume
+    newest = max(int(p.name.split("-")[1]) for p in (lake / "runs" / "killed" / "checkpoints").glob("step-*"))
+    assert 4 <= newest <= killed_at
 
     rerun = _cli(args, env)
     out, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, out[-3000:]
     assert "resumed from step" in out
     result = json.loads((lake / "runs" / "killed" / "report.json").read_text())
-    assert result["training"]["resumed_from_step"] >= 4
+    assert result["training"]["resumed_from_step"] == newest
 
 
 def test_default_run_answers_clearly_better_than_chance(prefect_server, tmp_path):

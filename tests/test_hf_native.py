@@ -149,8 +149,15 @@ def test_generation_options_and_streamer(llama3_dir, siglip_dir, capsys):
     model.generate(img, "What color is it?", max_new_tokens=6, do_sample=False,
                    streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True))
     assert capsys.readouterr().out.strip() == greedy[0]
+    # ignore_eos: all max_new_tokens tokens are decoded, the end-of-turn that stopped greedy suppressed
     long = model.generate(img, "What color is it?", max_new_tokens=5, do_sample=False, ignore_eos=True)
-    assert isinstance(long[0], str)
+    input_ids, mask = model._prepare_prompts("What color is it?", 1)
+    out = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=model.pixel_values_for(img),
+                         max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    new = out[0, input_ids.shape[1]:].tolist()
+    assert len(new) == 5 and not set(new) & set(model.stop_token_ids())
+    assert long == [tok.decode(new, skip_special_tokens=True).strip()]
+    assert long[0].startswith(greedy[0]) and long[0] != greedy[0]
 
 
 # --------------------------------------------------------------------------- saving and loading

@@ -1,24 +1,23 @@
-"""Ctrl-C as a terminal sends it, SIGTERM as a scheduler does: the run stops within seconds, prints one
-line with the resume command, keeps its checkpoints, and the rerun resumes.
+"""Ctrl-C as a terminal sends it, SIGTERM as a scheduler does: the run stops, prints one line with the
+resume command, keeps its checkpoints, and the rerun resumes.
 
 The Ctrl-C case runs the CLI on a pseudo-terminal (its own session, the pty as its controlling
 terminal) in Prefect's ephemeral mode, and sends SIGINT to the terminal's foreground process group
 (``os.killpg(os.tcgetpgrp(fd))``), as the terminal driver does: the temporary Prefect server must not
-be in that group (flows/ephemeral.py).  Unit tests of ``openmind_core.interrupt`` first.
+be in that group (flows/ephemeral.py).  The commands run in a user's environment (``user_env``: none
+of the suite's WANDB_MODE=disabled, telemetry or offline settings), so the checks for wandb and
+telemetry noise can fail.  How fast a stop comes is bench/bench_interrupt.py's to measure (README's
+performance table), not a test's: these check what happens.  Unit tests of
+``openmind_core.interrupt`` first.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pty
-import fcntl
 import signal
-import struct
 import subprocess
-import termios
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,11 +25,11 @@ import pytest
 
 from conftest import REPO
 
-SMALL = [
-    "data.synthetic.num_captions=48", "data.synthetic.num_vqa=24", "train.micro_batch_size=4", "train.epochs=2",
-    "train.save_steps=4", "train.eval_steps=100", "train.log_every=1", "inference.max_samples=4",
-    "inference.max_new_tokens=2",
-]
+sys.path.insert(0, str(REPO))
+from bench.bench_interrupt import CONFIG as SMALL, Terminal, cli, steps_done, user_env  # noqa: E402
+
+# ample for a stop that takes seconds: only a hang guard (the time is bench/bench_interrupt.py's)
+HANG = 120
 
 
 # --------------------------------------------------------------------------- unit: the stop flag
@@ -63,12 +62,15 @@ def test_deferred_stop_without_a_step_boundary_interrupts_after_the_grace(monkey
     interrupt.reset()
     interrupt.install()
     t0 = time.monotonic()
+    finished = False
     try:
         with pytest.raises(KeyboardInterrupt), interrupt.deferred():
             os.kill(os.getpid(), signal.SIGTERM)
-            while time.monotonic() - t0 < 10:  # a long evaluation: no check() ever comes
+            assert interrupt.requested() == signal.SIGTERM  # only the flag so far
+            while time.monotonic() - t0 < 60:  # a long evaluation: no check() ever comes
                 time.sleep(0.01)
-        assert time.monotonic() - t0 < 5
+            finished = True
+        assert not finished  # the grace timer interrupted it where it was
         assert interrupt.exit_code() == 143
     finally:
         interrupt.reset()
@@ -78,13 +80,6 @@ def test_deferred_stop_without_a_step_boundary_interrupts_after_the_grace(monkey
 
 
 # --------------------------------------------------------------------------- end to end through the CLI
-
-
-def _steps(metrics: Path) -> int:
-    if not metrics.exists():
-        return 0
-    steps = [json.loads(x).get("step", 0) for x in metrics.read_text().splitlines() if x.strip().startswith("{")]
-    return max(steps, default=0)
 
 
 def _trained_steps(lake: Path, second: bool) -> int:
@@ -113,89 +108,56 @@ def _servers_of(parent: int, wait: float = 5.0) -> list[int]:
         time.sleep(0.2)
 
 
-class _Pty:
-    """The CLI on a pseudo-terminal, as a user's terminal runs it; output collected in a thread."""
+NOISE = ("Traceback", "Crash detected", "ConnectError", "Connection refused", "Error logging to API", "wandb:",
+         "telemetry", "flash")
 
-    def __init__(self, args: list[str], env: dict):
-        self.out = bytearray()
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: session leader, the pty its controlling terminal
-            os.chdir(REPO)
-            os.execve(sys.executable, [sys.executable, "-m", "flows.cli", *args], env)
-        # a terminal's size (a new pty has 0 x 0, where tqdm draws nothing)
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
 
-    def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.out += data
+def _resumes(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == "resume"]
 
-    def ctrl_c(self) -> None:
-        os.killpg(os.tcgetpgrp(self.fd), signal.SIGINT)  # what the terminal does on ^C
 
-    def wait(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.reader.join(timeout=5)
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.05)
-        return None
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def text(self) -> str:
-        return self.out.decode("utf-8", "replace").replace("\r\n", "\n")
+def _newest_checkpoint(run_dir: Path) -> str:
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    assert ckpts and ckpts[-1] != "step-00000000", ckpts
+    return ckpts[-1]
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_terminal_stops_within_5_s_and_the_rerun_resumes(prefect_server, tmp_path):
+def test_ctrl_c_on_a_terminal_stops_the_run_and_the_rerun_resumes(prefect_server, tmp_path):
     lake = tmp_path / "lake"
-    args = ["run", *sum((["--set", s] for s in SMALL), []), "--run-name", "ctrlc", "--lake", str(lake)]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # ephemeral: the server it starts itself
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    args = cli("run", *sum((["--set", s] for s in SMALL), []), "--run-name", "ctrlc", "--lake", str(lake))
+    # a user's environment (wandb offline, as the config says; no telemetry settings); ephemeral Prefect:
+    # no PREFECT_API_URL, the server it starts itself
+    env = user_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    assert not {"WANDB_MODE", "WANDB_SILENT", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_API_URL"} & set(env)
     metrics = lake / "runs" / "ctrlc" / "metrics.jsonl"
-    term = _Pty(args, env)
+    term = Terminal(args, env)
     try:
         deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and _steps(metrics) < 6 and term.wait(0) is None:
+        while time.monotonic() < deadline and steps_done(metrics) < 6 and term.wait(0) is None:
             time.sleep(0.05)
-        assert _steps(metrics) >= 6, term.text()[-3000:]
-        t0 = time.monotonic()
+        assert steps_done(metrics) >= 6, term.text()[-3000:]
         term.ctrl_c()
-        code = term.wait(30)
-        took = time.monotonic() - t0
+        code = term.wait(HANG)
     finally:
         term.kill()
     out = term.text()
     assert code == 130, out[-3000:]
-    assert took < 5, f"took {took:.1f} s to stop:\n{out[-3000:]}"
-    # one line: how to resume; no traceback, no Prefect crash records, no connection errors
+    # one line: how to resume; no traceback, no Prefect crash records, no connection errors, no wandb or
+    # telemetry output
     stopped = [ln for ln in out.splitlines() if ln.startswith("openmind: stopped by Ctrl-C")]
     assert len(stopped) == 1, out[-3000:]
     assert "resume with:" in stopped[0] and "--run-name ctrlc" in stopped[0]
-    for noise in ("Traceback", "Crash detected", "ConnectError", "Connection refused", "Error logging to API",
-                  "wandb:", "telemetry", "flash"):
+    for noise in NOISE:
         assert noise not in out, out[-3000:]
     # on a terminal: the training bar instead of per-step log lines
     assert "train:" in out and "%|" in out, out[-3000:]
     assert "step 3/" not in out
     run_dir = lake / "runs" / "ctrlc"
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
-    assert ckpts and ckpts[-1] != "step-00000000", ckpts
-    assert f"newest checkpoint {ckpts[-1]} kept" in stopped[0]
+    assert list((run_dir / "wandb").glob("offline-run-*"))  # wandb ran (offline), quietly
+    first = _newest_checkpoint(run_dir)
+    assert f"newest checkpoint {first} kept" in stopped[0]
     assert not (run_dir / "report.json").exists()
     # the temporary server it started (in its own session) is gone with it
     assert not _servers_of(term.pid)
@@ -203,30 +165,38 @@ def test_ctrl_c_on_a_terminal_stops_within_5_s_and_the_rerun_resumes(prefect_ser
     assert logs and "stopped by SIGINT" in logs[0].read_text()
 
     # the rerun, stopped by SIGTERM to the CLI alone (as a scheduler does): the same, exit 143
-    env2 = dict(os.environ, PREFECT_API_URL=prefect_server)
-    resumed_from = int(ckpts[-1].split("-")[1])
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env2, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env2 = user_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=prefect_server)
+    proc = subprocess.Popen(args, cwd=REPO, env=env2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and _trained_steps(lake, second=True) < 2 and proc.poll() is None:
             time.sleep(0.05)  # this run's own step lines (metrics.jsonl still has the first run's)
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out2, _ = proc.communicate(timeout=30)
-        took = time.monotonic() - t0
+        out2, _ = proc.communicate(timeout=HANG)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, out2[-3000:]
-    assert took < 5, f"took {took:.1f} s to stop:\n{out2[-3000:]}"
-    assert "Traceback" not in out2, out2[-3000:]
-    assert len([ln for ln in out2.splitlines() if ln.startswith("openmind: stopped by SIGTERM")]) == 1, out2[-3000:]
+    for noise in NOISE:
+        assert noise not in out2, out2[-3000:]
+    stopped = [ln for ln in out2.splitlines() if ln.startswith("openmind: stopped by SIGTERM")]
+    assert len(stopped) == 1, out2[-3000:]
+    newest = _newest_checkpoint(run_dir)
+    assert f"newest checkpoint {newest} kept" in stopped[0]
+    assert [r["step"] for r in _resumes(run_dir)] == [int(first.split("-")[1])]  # it had resumed from the first stop
 
     # and the rerun resumes from the newest checkpoint and finishes
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env2, capture_output=True,
-                          text=True, timeout=400)
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a criterion of the tiny run not met
+    proc = subprocess.run(args, cwd=REPO, env=env2, capture_output=True, text=True, timeout=400)
+    # exit 0: no criterion fails; this small run cannot measure the loss (one evaluation) nor the answers
+    # (3 questions), and a CPU run not the 40 GB fit
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    for noise in NOISE:
+        assert noise not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["training"]["resumed_from_step"] >= resumed_from
+    assert report["passed"] is True
+    assert [c["name"] for c in report["criteria"] if c["status"] == "not measured"] == [
+        "Loss fell normally", "Inference generates text", "Training fits in 40 GB"]
+    assert [c["status"] for c in report["criteria"]].count("pass") == 4
+    assert report["training"]["resumed_from_step"] == int(newest.split("-")[1])
     assert report["training"]["epochs_completed"] == 2

@@ -65,7 +65,9 @@ def saved_activation_bytes(model, batch) -> int:
 
 @pytest.mark.parametrize("stage", ["align", "finetune", "full"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_term_within_10_percent(tok, stage, checkpointing):
+def test_activation_term_within_6_percent(tok, stage, checkpointing):
+    """README: the activation terms match the bytes autograd saves within 6% (byte counts: exact, no
+    timing; measured worst 5.96%, ``full`` with checkpointing)."""
     cfg = tiny(stage, checkpointing)
     est = estimate_memory(cfg, device="cpu", tokenizer=tok)
     torch.manual_seed(0)
@@ -80,7 +82,7 @@ def test_activation_term_within_10_percent(tok, stage, checkpointing):
     measured = saved_activation_bytes(m, batch)
     # forward keeps everything but the one layer recomputed during backward
     predicted = est.activations - (est.ckpt_recompute if checkpointing else 0)
-    assert abs(predicted / measured - 1) < 0.10, (predicted, measured)
+    assert abs(predicted / measured - 1) < 0.06, (predicted, measured)
 
 
 def test_full_size_align_fits_finetune_does_not():

@@ -59,7 +59,11 @@ def test_killed_and_resumed_equals_unbroken(tmp_path, reference):
     assert codes.count(-9) == len(kills.split(",")), codes
     assert_same_state(ref_dir, tmp_path)
     res = json.loads((tmp_path / "result.json").read_text())
-    assert res["resumed_from_step"] is not None
+    # the last run resumed from the newest checkpoint before the kill in step 11: step 8 (save_steps 4)
+    assert res["resumed_from_step"] == 8
+    resumes = [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+               if r.get("event") == "resume"]
+    assert resumes[-1] == 8 and len(resumes) == len(kills.split(",")), resumes
     assert res["steps"] == ref.steps == 12
     assert res["best_val_loss"] == ref.best_val_loss
     assert res["final_val_loss"] == ref.final_val_loss

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
+import torch
 
 from schemas import load_config
 
@@ -12,6 +14,21 @@ pytestmark = pytest.mark.slow
 
 TINY = ["data.synthetic.num_captions=32", "data.synthetic.num_vqa=16", "train.micro_batch_size=4",
         "train.max_steps=4", "train.save_steps=2", "train.eval_steps=2", "train.nproc=2"]
+
+
+def _assert_final_holds_the_last_step(result) -> None:
+    """final/ loads through from_pretrained and holds the newest checkpoint's (the last step's) weights."""
+    from safetensors.torch import load_file
+
+    from openmind_core.model import MultimodalReasoningModel
+
+    newest = max(result.checkpoints)
+    assert newest.endswith(f"step-{result.steps:08d}"), result.checkpoints
+    trained = load_file(str(Path(newest) / "model.safetensors"))
+    loaded = MultimodalReasoningModel.from_pretrained(result.final_dir).state_dict()
+    assert trained and set(trained) <= set(loaded)
+    for k, v in trained.items():
+        assert torch.equal(loaded[k], v), k
 
 
 class _Lines(logging.Logger):
@@ -37,7 +54,6 @@ def prepared(tmp_path_factory):
 
 
 def test_two_processes_train_and_stream_their_output(prepared):
-    from openmind_core.model import MultimodalReasoningModel
     from tasks.distributed import train_with_torchrun
 
     cfg, curated, tokenizer, run_dir = prepared
@@ -45,7 +61,7 @@ def test_two_processes_train_and_stream_their_output(prepared):
     result = train_with_torchrun(cfg, curated, tokenizer, str(run_dir), log)
     assert result.steps == 4 and result.last_loss is not None
     assert any("rank1" in line for line in log.lines), log.lines[-20:]  # both ranks' output reached the log
-    MultimodalReasoningModel.from_pretrained(result.final_dir)
+    _assert_final_holds_the_last_step(result)
     # a rerun resumes from the final checkpoint instead of training again
     again = train_with_torchrun(cfg, curated, tokenizer, str(run_dir), _Lines())
     assert again.resumed_from_step == 4 and again.steps == 4
@@ -64,11 +80,10 @@ def test_a_failing_torchrun_fails_the_task_with_its_exit_code(prepared, tmp_path
 
 def test_fsdp_trains_the_real_model_and_saves_a_loadable_final(prepared, tmp_path):
     """train.strategy=fsdp on the VLM itself: it embeds tokens outside the LM's forward and ties weights."""
-    from openmind_core.model import MultimodalReasoningModel
     from tasks.distributed import train_with_torchrun
 
     cfg, curated, tokenizer, _ = prepared
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"strategy": "fsdp"})})
     result = train_with_torchrun(cfg, curated, tokenizer, str(tmp_path / "fsdp"), _Lines())
     assert result.steps == 4 and result.reload_equal
-    MultimodalReasoningModel.from_pretrained(result.final_dir)
+    _assert_final_holds_the_last_step(result)
