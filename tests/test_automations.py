@@ -91,8 +91,9 @@ def test_automations_notify_a_failed_week1_run_and_a_rollback(auth_server, tmp_p
             block_id = CustomWebhookNotificationBlock(
                 name="openmind", url=url, json_data={"subject": "{{subject}}", "body": "{{body}}"},
             ).save("openmind-alerts", overwrite=True)
-        files = sorted((REPO / "automations").glob("*.yaml"))
-        assert {f.name for f in files} == {"week1-failed.yaml", "rollback.yaml"}
+        files = [REPO / "automations" / name for name in ("week1-failed.yaml", "rollback.yaml")]  # README's loop
+        assert {f.name for f in (REPO / "automations").glob("*.yaml")} == \
+            {"week1-failed.yaml", "rollback.yaml", "zombie-crashed.yaml", "resume-crashed.yaml"}
         for f in files:
             filled = tmp_path / f.name
             filled.write_text(f.read_text().replace("OPENMIND_NOTIFY_BLOCK_ID", str(block_id)))
