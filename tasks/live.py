@@ -35,15 +35,15 @@ LOSS_KEY = "week1-training-loss"
 UPDATE_EVERY = 1.0  # seconds between two updates of a conversion's progress artifact
 
 
-def conversion_progress(key: str, description: str = "rows converted, percent",
-                        delay: float = DELAY) -> Callable[[int, int], None]:
+def conversion_progress(key: str, description: str = "rows converted, percent", delay: float = DELAY,
+                        clock: Callable[[], float] = time.monotonic) -> Callable[[int, int], None]:
     """A ``report(done, total)`` that shows a progress artifact once the work has lasted ``delay`` seconds."""
-    start = time.monotonic()
+    start = clock()
     state: dict = {"id": None, "last": 0.0}
     lock = threading.Lock()
 
     def report(done: int, total: int) -> None:
-        now = time.monotonic()
+        now = clock()
         pct = min(100.0, 100.0 * done / total) if total else 0.0
         finished = total and done >= total
         with lock:
@@ -97,7 +97,13 @@ class LossChart:
         self.updates = 0
 
     def markdown(self) -> str:
+        """The chart up to the newest multiple of ``log_every`` (or the last step, once training is done)."""
         train, val = _losses(self.path)
+        if train:
+            newest = int(train[-1][0])
+            done = self.total_steps is not None and newest >= self.total_steps
+            cut = newest if done else newest - newest % self.log_every
+            train, val = [p for p in train if p[0] <= cut], [p for p in val if p[0] <= cut]
         svg = loss_svg(train, val, title=f"run {self.run_name}: loss so far")
         lines = [f"![loss so far]({data_url(svg)})", ""]
         if train:

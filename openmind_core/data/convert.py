@@ -114,8 +114,9 @@ def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, ledger: Conversi
     cache = ImageCache()
     total = sum(int(manifest.get(k) or 0) for k in ("caption_rows", "vqa_rows", "conversation_rows"))
     with progress(total, "converting", unit="row") as bar:
+        shown = Reported(bar, total, report)  # one count over every file
         for f in source_files(raw_root, manifest, ledger):
-            yield from file_rows(f, cfg, ledger, raw_root, cache, pool, Reported(bar, total, report))
+            yield from file_rows(f, cfg, ledger, raw_root, cache, pool, shown)
 
 
 def _artifact(final: Path, m: dict, lake: Path, reused: bool) -> CuratedDataset:
