@@ -13,7 +13,7 @@ from flows.lake import resolve_lake
 from openmind_core.data.inputs import input_stamp
 from schemas import CuratedDataset, load_config
 from tasks.common import in_lake
-from tasks.convert import convert_task
+from tasks.convert import curate
 from tasks.download import download_task
 from tasks.fanout import fan_out_convert
 
@@ -37,4 +37,4 @@ def prepare_data(config_path: str | None = None, overrides: list[str] | None = N
     # results and cache records in <lake>/.prefect-results; a cache hit needs the stage's files in the lake
     raw = in_lake(download_task, lake_dir)(cfg.data, lake_dir, cfg.run.seed, input_stamp(cfg.data))
     merged = fan_out_convert(raw, cfg.data, lake_dir, task_runner, dask_address)
-    return in_lake(convert_task, lake_dir)(raw, cfg.data, lake_dir, merged)
+    return curate(raw, cfg.data, lake_dir, merged)

@@ -1,4 +1,8 @@
-"""Prefect's temporary server, started in its own session so that Ctrl-C does not kill it.
+"""Prefect's temporary server, started in its own session so that Ctrl-C does not kill it; or the configured one, checked.
+
+With ``PREFECT_API_URL`` set (the environment or a profile), ``check_api()`` makes sure something
+answers there before a command starts: a server that is down is one line naming the setting,
+where it was set and how to go on, within seconds, instead of minutes of retries and a traceback.
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary ("ephemeral") API server as a child process
 (``prefect.server.api.server.SubprocessASGIServer``).  That child shares the terminal's foreground

@@ -28,7 +28,7 @@ from openmind_core.app.run_dir import prepare_run_dir
 from openmind_core.io import atomic_write_text
 from openmind_core.model.memory import estimate_memory
 from schemas import OpenMindConfig, Week1Report, load_config
-from tasks.convert import convert_task
+from tasks.convert import curate
 from tasks.common import in_lake
 from openmind_core.data.inputs import input_stamp
 from tasks.download import download_task
@@ -97,7 +97,7 @@ def _stages(cfg: OpenMindConfig, lake_dir: Path, name: str, run_dir: Path, runne
     # results and cache records in <lake>/.prefect-results; a cache hit needs the stage's files in the lake
     raw = in_lake(download_task, lake_dir)(cfg.data, str(lake_dir), cfg.run.seed, input_stamp(cfg.data))
     merged = fan_out_convert(raw, cfg.data, lake_dir, runner, address)  # several raw files: one task each, merged
-    curated = in_lake(convert_task, lake_dir)(raw, cfg.data, str(lake_dir), merged)
+    curated = curate(raw, cfg.data, lake_dir, merged)
     tokenizer = tokenizer_task(cfg, curated, str(run_dir))
     smoke = smoke_task(cfg, curated, tokenizer)
     training = train_task(cfg, curated, tokenizer, str(run_dir))

@@ -10,7 +10,7 @@ from prefect.logging import get_run_logger
 
 from openmind_core.data import convert
 from schemas import CuratedDataset, DataConfig, RawDataset
-from tasks.common import CACHED, lake_cache, md_table, retrying
+from tasks.common import CACHED, in_lake, lake_cache, md_table, retrying
 from tasks.live import conversion_progress
 
 
@@ -35,3 +35,12 @@ def convert_task(raw: RawDataset, data: DataConfig, lake: str, merged: CuratedDa
         ]),
     )
     return cur
+
+
+def curate(raw: RawDataset, data: DataConfig, lake: str | Path, merged: CuratedDataset | None = None) -> CuratedDataset:
+    """The ``convert`` stage with its result in the lake (``in_lake``): cached across runs, except when the
+    fan-out has just written the version in this flow run (``merged``): then it runs and records anew."""
+    stage = in_lake(convert_task, lake)
+    if merged is not None:
+        stage = stage.with_options(refresh_cache=True)
+    return stage(raw, data, str(lake), merged)
