@@ -2,7 +2,7 @@
 
     openmind run [--config FILE] [--set key=value ...] [--run-name NAME] [--lake DIR]
                  [--task-runner thread|dask] [--dask-address tcp://HOST:8786]
-    openmind data prepare [--config FILE] [--set ...] [--lake DIR]
+    openmind data prepare [--config FILE] [--set ...] [--lake DIR] [--task-runner thread|dask] [--dask-address ADDR]
     openmind data inspect [--config FILE] [--set ...] [--lake DIR] [-n 3]
     openmind estimate-memory [--config FILE] [--set ...] [--budget-gb 40]
     openmind config [--config FILE] [--set ...]

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from flows import console
 from flows.lake import default_run_name, resolve_lake
-from flows.preflight import UsageError, check_inputs, check_lake, check_model_parts, check_resumable, load
-from flows.runners import task_runner
+from flows.preflight import (UsageError, check_inputs, check_lake, check_model_parts, check_resumable,
+                             check_run_dir_free, load)
+from tasks.runners import task_runner
 from flows.summary import normalised_note, summary
 
 
@@ -24,15 +25,15 @@ def cmd_run(args) -> int:
     check_model_parts(cfg)
     name = args.run_name or cfg.run.name or default_run_name()
     check_resumable(cfg, lake / "runs" / name)
+    check_run_dir_free(lake / "runs" / name)
     console.set_resume_hint(console.resume_command(args.argv, name), lake / "runs" / name)
-    runner = task_runner_from_args(args)
+    task_runner_from_args(args)  # prefect-dask installed when asked for
     from flows.week1 import week1  # imports prefect: only after the checks
 
-    if runner is not None:
-        week1 = week1.with_options(task_runner=runner)
-
     console.begin(lake, "run", args.debug)
-    state = week1(config_path=args.config, overrides=args.overrides, run_name=name, lake=str(lake), return_state=True)
+    state = week1(config_path=args.config, overrides=args.overrides, run_name=name, lake=str(lake),
+                  task_runner="dask" if args.dask_address else args.task_runner, dask_address=args.dask_address,
+                  return_state=True)
     report = state.result()
     print(summary(report))
     print(f"  prefect    flow run {name!r} (week1){console.flow_run_url(state)}")
@@ -54,10 +55,12 @@ def cmd_data_prepare(args) -> int:
     lake = resolve_lake(args.lake)
     check_lake(lake)
     check_inputs(cfg)
+    task_runner_from_args(args)  # prefect-dask installed when asked for
     from flows.data import prepare_data  # start-up cost: prefect, after the checks
 
     console.begin(lake, "data-prepare", args.debug)
-    cur = prepare_data(config_path=args.config, overrides=args.overrides, lake=str(lake))
+    cur = prepare_data(config_path=args.config, overrides=args.overrides, lake=str(lake),
+                       task_runner="dask" if args.dask_address else args.task_runner, dask_address=args.dask_address)
     print(f"curated {cur.version}: {cur.rows_in} rows in, {cur.rows_kept} kept, {cur.rows_quarantined} quarantined"
           + normalised_note(cur))
     for reason, n in sorted(cur.quarantine_by_reason.items()):
@@ -132,6 +135,8 @@ def cmd_eval(args) -> int:
     from flows.eval import evaluate
     from openmind_core.evaluation import summary_lines
 
+    lake = resolve_lake(args.lake) if args.lake or run_dir is None else Path(run_dir).resolve().parent.parent
+    console.begin(lake, "eval", args.debug)
     report = evaluate(path=args.path, config_path=config, overrides=args.overrides, lake=args.lake, jsonl=args.jsonl,
                       hf=args.hf, kind=args.kind, split=args.split,
                       columns=dict(c.split("=", 1) for c in args.columns) or None, out=args.out)

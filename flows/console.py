@@ -17,6 +17,7 @@ import atexit
 import logging
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-from flows.ephemeral import ensure_server
+from flows.ephemeral import check_api, ensure_server
 from openmind_core import interrupt
 
 PROGRESS = "openmind_progress"  # a log record with this attribute set is a per-step progress line
@@ -34,11 +35,9 @@ _log_file: Path | None = None
 
 
 def quiet_environment() -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry (and its SQLite lock errors)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("WANDB_SILENT", "true")  # no banner, no 25-line run history at the end
-    os.environ.setdefault("WANDB_CONSOLE", "off")  # wandb does not capture the terminal
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    """Telemetry off, wandb silent, ...: the defaults ``tasks/__init__.py`` sets (the one home, which a
+    flow run under a worker imports too), before prefect or wandb load."""
+    import tasks  # noqa: F401  (setting the environment is what importing it does)
 
 
 class _ConsoleFilter(logging.Filter):
@@ -126,8 +125,10 @@ def record_failure(exc: BaseException) -> None:
 
 
 def begin(lake: Path, command: str, debug: bool = False) -> None:
-    """Before a flow runs: Prefect's temporary server in its own session, a quiet terminal, the log file,
-    and Ctrl-C / SIGTERM routed to ``openmind_core.interrupt`` (training stops at a step boundary)."""
+    """Before a flow runs (every command that runs one: the same start-up): the configured Prefect API
+    reachable, or Prefect's temporary server in its own session; a quiet terminal, the log file, and
+    Ctrl-C / SIGTERM routed to ``openmind_core.interrupt`` (training stops at a step boundary)."""
+    check_api()
     configure(debug)
     open_log_file(lake, command)
     ensure_server()
@@ -152,14 +153,23 @@ def _hint() -> str:
     return f"{kept}; resume with: {command}"
 
 
+def typed_program(argv0: str | None = None) -> str:
+    """The program as the user most likely typed it: ``openmind`` when that name on PATH is this very
+    script (the shell hands over its full path either way), else the path as given, relative to here
+    when below it; ``python -m flows.cli`` for the module."""
+    prog = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(prog) != "openmind":
+        return "python -m flows.cli"
+    found = shutil.which("openmind")
+    if found and os.path.realpath(found) == os.path.realpath(prog):
+        return "openmind"
+    rel = os.path.relpath(prog)
+    return rel if not rel.startswith("..") else prog
+
+
 def resume_command(argv: list[str], run_name: str | None) -> str:
     """The command line that resumes this one: the same arguments, with ``--run-name`` when it had none."""
-    prog = sys.argv[0]
-    if os.path.basename(prog) == "openmind":
-        rel = os.path.relpath(prog)
-        prog = rel if not rel.startswith("..") else "openmind"
-    else:
-        prog = "python -m flows.cli"
+    prog = typed_program()
     args = list(argv)
     if run_name and "--run-name" not in args and not any(a.startswith("--run-name=") for a in args):
         args += ["--run-name", run_name]

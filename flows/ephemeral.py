@@ -1,4 +1,8 @@
-"""Prefect's temporary server, started in its own session so that Ctrl-C does not kill it.
+"""Prefect's temporary server, started in its own session so that Ctrl-C does not kill it; or the configured one, checked.
+
+With ``PREFECT_API_URL`` set (the environment or a profile), ``check_api()`` makes sure something
+answers there before a command starts: a server that is down is one line naming the setting,
+where it was set and how to go on, within seconds, instead of minutes of retries and a traceback.
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary ("ephemeral") API server as a child process
 (``prefect.server.api.server.SubprocessASGIServer``).  That child shares the terminal's foreground
@@ -22,6 +26,34 @@ import subprocess
 import sys
 import threading
 import time
+
+from flows.preflight import UsageError
+
+
+def check_api(timeout: float = 3.0) -> None:
+    """A configured ``PREFECT_API_URL`` must answer (any HTTP reply will do): a ``UsageError`` naming the
+    setting, where it comes from and how to go on, within ``timeout`` seconds, instead of Prefect's
+    retries and its traceback."""
+    # start-up cost: prefect and httpx load when a command runs a flow, never for a refused one
+    import httpx
+    from prefect.context import get_settings_context
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=timeout)
+        return
+    except httpx.HTTPError:
+        pass
+    if os.environ.get("PREFECT_API_URL"):
+        where, unset = "the environment variable", "`unset PREFECT_API_URL`"
+    else:
+        profile = get_settings_context().profile.name
+        where, unset = f"Prefect profile {profile!r}", "`prefect config unset PREFECT_API_URL`"
+    raise UsageError(f"no Prefect server answers at PREFECT_API_URL={url} (set by {where}): start it "
+                     f"(`prefect server start --analytics-off`), or run without one: {unset}")
 
 
 def ensure_server() -> str | None:

@@ -6,14 +6,29 @@ the scoring itself is :func:`openmind_core.evaluation.evaluate_path`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import tasks  # noqa: F401  (sets Prefect environment defaults before prefect loads)
 from prefect import flow
+from prefect.runtime import flow_run
 
 from schemas import InferenceReport, load_config
 from tasks.infer import eval_task
 
 
-@flow(name="eval", log_prints=True, validate_parameters=True)
+def _flow_run_name() -> str:
+    """``eval-<run>-<final|best>`` (or ``eval-<model dir>``), with the data when it is not the lake's."""
+    params = flow_run.parameters
+    path = Path(str(params.get("path") or "model")).expanduser().resolve()
+    parts = [path.parent.name, path.name] if path.name in ("final", "best") else [path.name]
+    if (path / "final").is_dir() and path.name not in ("final", "best"):
+        parts.append("final")  # a run directory: its final/
+    data = params.get("hf") or (Path(params["jsonl"]).stem if params.get("jsonl") else None)
+    name = "-".join(["eval", *parts] + ([str(data).replace("/", "-")] if data else []))
+    return name[:120]
+
+
+@flow(name="eval", flow_run_name=_flow_run_name, log_prints=True, validate_parameters=True)
 def evaluate(
     path: str,
     config_path: str | None = None,

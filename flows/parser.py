@@ -14,6 +14,14 @@ def _common(p: argparse.ArgumentParser, lake: bool = True) -> None:
     p.add_argument("--debug", action="store_true", help="show Prefect's error records and tracebacks on the terminal")
 
 
+def _runner(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
+                   help="where the per-file conversion tasks run: threads (default) or Dask (a LocalCluster, "
+                        "or --dask-address); needs the dask extra")
+    p.add_argument("--dask-address", metavar="ADDR",
+                   help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --task-runner dask)")
+
+
 def _positive(text: str) -> int:
     try:
         n = int(text)
@@ -30,13 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the Week-1 flow (download, convert, smoke, train, inference)")
     _common(p)
     p.add_argument("--run-name", metavar="NAME", help="run directory name; reuse it to resume")
-    p.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
-                   help="where the per-file conversion tasks run: threads (default) or Dask (a LocalCluster, "
-                        "or --dask-address); needs the dask extra")
-    p.add_argument("--dask-address", metavar="ADDR",
-                   help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --task-runner dask)")
+    _runner(p)
     d = sub.add_parser("data", help="data lake commands").add_subparsers(dest="data_command", required=True)
-    _common(d.add_parser("prepare", help="run download + JSONL->Parquet conversion only"))
+    prep = d.add_parser("prepare", help="run download + JSONL->Parquet conversion only")
+    _common(prep)
+    _runner(prep)
     i = d.add_parser("inspect", help="show decoded samples and one collated batch (the guide's test_data_pipeline)")
     _common(i)
     i.add_argument("-n", type=_positive, default=3, help="samples to show (at least 1)")

@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from openmind_core.app.auto_resume import RunDirBusy, check_free
 from openmind_core.app.run_dir import ResumeRefused
 from openmind_core.app.run_dir import check_resumable as check_run_dir
 from openmind_core.data.inputs import InputError, check_input_files
@@ -94,6 +95,14 @@ def check_model_parts(cfg) -> None:
         preflight(cfg.model)
     except (OSError, ValueError) as e:
         raise UsageError(f"model: {str(e).splitlines()[0]}") from None
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """No other live process works in the run directory (its lock, ``openmind_core.app.auto_resume.hold``)."""
+    try:
+        check_free(run_dir)
+    except RunDirBusy as e:
+        raise UsageError(str(e)) from None
 
 
 def check_resumable(cfg, run_dir: Path) -> None:

@@ -11,7 +11,10 @@ Either way the first signal is recorded (``requested()``):
   evaluation, a checkpoint of a large model), or a second signal arrives, it raises where it is.
 
 Prefect replaces the SIGTERM handler while a flow runs (``capture_sigterm``); ``deferred()`` puts
-ours back for the length of training and restores Prefect's afterwards.  No prefect import here.
+ours back for the length of training and restores Prefect's afterwards.  Training under torchrun:
+the CLI forwards the stop to torchrun, which sends SIGTERM to its workers; each worker installs
+this module too, so they stop at the same step boundary (``app/train.py`` agrees on it across ranks).
+No prefect import here.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class _State:
     signum: int | None = None  # the first signal received
     count = 0
     deferring = 0
+    grace: float | None = GRACE  # of the innermost deferred(); None: wait for the step boundary however long
     installed = False
     raised = False  # the stop has been raised: a pending grace timer does nothing
 
@@ -47,6 +51,12 @@ def exit_code() -> int:
     return 128 + int(_state.signum or signal.SIGINT)
 
 
+def request(signum: int) -> None:
+    """Record a stop asked for elsewhere (another rank's signal, agreed at a step boundary)."""
+    if _state.signum is None:
+        _state.signum = signum
+
+
 def reset() -> None:
     _state.signum, _state.count, _state.raised = None, 0, False
 
@@ -56,9 +66,10 @@ def _handler(signum, frame) -> None:
         _state.signum = signum
     _state.count += 1
     if _state.deferring and _state.count == 1:
-        timer = threading.Timer(GRACE, _force)
-        timer.daemon = True
-        timer.start()
+        if _state.grace is not None:
+            timer = threading.Timer(_state.grace, _force)
+            timer.daemon = True
+            timer.start()
         return
     _state.raised = True
     raise KeyboardInterrupt
@@ -86,17 +97,21 @@ def check() -> None:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Within: a signal only sets the flag (see the module docstring).  Outside the CLI (no ``install``,
-    or not the main thread: a worker's deployment run, a notebook) it changes nothing."""
+def deferred(grace: float | None = GRACE) -> Iterator[None]:
+    """Within: a signal only sets the flag (see the module docstring); ``grace=None`` never interrupts
+    where it is (torchrun's workers stop themselves: ``training.launch`` forwards the signal to them).
+    Outside the CLI (no ``install``, or not the main thread: a worker's deployment run, a notebook) it
+    changes nothing."""
     if not _state.installed or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
     _state.deferring += 1
+    saved, _state.grace = _state.grace, grace
     try:
         yield
     finally:
         _state.deferring -= 1
+        _state.grace = saved
         for s, h in previous.items():
             signal.signal(s, h)

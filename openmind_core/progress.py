@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -28,6 +28,21 @@ def progress(total: int | None, desc: str, unit: str = "it", items: Iterable[T] 
 def tracked(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterator[T]:
     """``items`` one by one with a bar over them (``total``: their number, default ``len(items)``)."""
     return iter(progress(len(items) if total is None else total, desc, unit, items))  # type: ignore[arg-type]
+
+
+class Reported:
+    """A bar (``progress(...)``, or None for no bar) whose updates are also reported as ``report(done, total)``:
+    the task layer turns them into a Prefect progress artifact (the core never imports prefect)."""
+
+    def __init__(self, bar: tqdm | None, total: int, report: Callable[[int, int], None] | None) -> None:
+        self.bar, self.total, self.report, self.done = bar, total, report, 0
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+        self.done += n
+        if self.report is not None and n:
+            self.report(self.done, self.total)
 
 
 HF_BAR_BYTES = 256 << 20  # transformers' own load/save bars only for weights at least this large

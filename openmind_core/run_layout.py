@@ -14,6 +14,9 @@ CONFIG_FILE = "config.yaml"  # the resolved config of the run's last start
 INPUTS_FILE = "inputs.json"  # the local inputs' stamps (size, mtime) when the run first started
 TOKENIZER_DIR = "tokenizer"  # the tokenizer every stage uses
 CHECKPOINTS_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"  # the trainer's step lines and events
+AUTO_RESUMES_FILE = "auto_resumes.jsonl"  # the run's starts: by hand, or automatic resumes of a crash
+LOCK_FILE = ".lock"  # held (flock) by the process working in the run directory
 FINGERPRINT_FILE = "fingerprint.json"  # in every checkpoint: what must not change across a resume
 STEP_RE = re.compile(r"^step-(\d{8})$")
 

@@ -8,7 +8,7 @@ persisted result deserialises into the class again.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -234,3 +234,6 @@ class Week1Report(Artifact):
     passed: bool = Field(description="no criterion failed (some may be not measured): the exit code is 0")
     counts: dict[str, int] = Field(default_factory=dict, description="criteria per status")
     advice: str | None = Field(None, description="what to change when the run failed only by training too little")
+    auto_resumes: list[dict[str, Any]] = Field(
+        default_factory=list, description="automatic resumes after a crash since the run's last start by hand "
+        "(attempt, max, crashed_flow_run, flow_run, from_step, time): <run>/auto_resumes.jsonl")

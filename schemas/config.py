@@ -32,6 +32,8 @@ class Strict(BaseModel):
 class RunConfig(Strict):
     name: str | None = Field(None, description="run name; default: a timestamp")
     seed: int = 0
+    max_auto_resumes: int = Field(3, ge=0, description="automatic resumes of a crashed run (self-healing "
+                                  "deployments) since its last start by hand; past it the resume is refused")
 
 
 # --------------------------------------------------------------------------- data

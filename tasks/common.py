@@ -61,10 +61,14 @@ def _missing_files(record: Path, lake: Path) -> bool:
     return any(not Path(p).exists() for p in paths(result))
 
 
-def lake_cache() -> CachePolicy:
-    """Re-running a stage is skipped only when its inputs and code are the same (the default policy also
-    keys on the flow-run id, so a rerun would miss) and the files its cached result names still exist."""
-    return LakeChecked(base=INPUTS + TASK_SOURCE)
+def lake_cache(*ignore: str) -> CachePolicy:
+    """Re-running a stage is skipped only when its inputs (but for those named in ``ignore``) and code are
+    the same (the default policy also keys on the flow-run id, so a rerun would miss) and the files its
+    cached result names still exist."""
+    inputs = INPUTS
+    for name in ignore:
+        inputs = inputs - name
+    return LakeChecked(base=inputs + TASK_SOURCE)
 
 
 def lake_storage(lake: str | Path) -> Path:

@@ -10,16 +10,19 @@ from prefect.logging import get_run_logger
 
 from openmind_core.data import convert
 from schemas import CuratedDataset, DataConfig, RawDataset
-from tasks.common import CACHED, md_table, retrying
+from tasks.common import CACHED, in_lake, lake_cache, md_table, retrying
+from tasks.live import conversion_progress
 
 
-@task(name="convert", **retrying(2), **CACHED)
-def convert_task(raw: RawDataset, data: DataConfig, lake: str) -> CuratedDataset:
+@task(name="convert", **retrying(2), **{**CACHED, "cache_policy": lake_cache("merged")})
+def convert_task(raw: RawDataset, data: DataConfig, lake: str, merged: CuratedDataset | None = None) -> CuratedDataset:
+    """``merged``: the version the fan-out (``tasks/fanout.py``) has just written in this flow run, taken
+    as it is (not a cache key): it is recorded as this stage's result, so a later run reuses it."""
     log = get_run_logger()
-    cur = convert(raw, data, Path(lake))
+    cur = merged if merged is not None else convert(raw, data, Path(lake), report=conversion_progress("week1-convert-progress"))
     by_reason = f" {cur.quarantine_by_reason}" if cur.quarantine_by_reason else ""
-    log.info("curated %s: %d rows in, %d kept, %d quarantined%s; splits %s", cur.version, cur.rows_in,
-             cur.rows_kept, cur.rows_quarantined, by_reason, cur.splits)
+    log.info("curated %s%s: %d rows in, %d kept, %d quarantined%s; splits %s", cur.version,
+             " (reused)" if cur.reused else "", cur.rows_in, cur.rows_kept, cur.rows_quarantined, by_reason, cur.splits)
     reasons = "<br>".join(f"{k}: {v}" for k, v in sorted(cur.quarantine_by_reason.items())) or "none"
     create_markdown_artifact(
         key="week1-convert",
@@ -32,3 +35,12 @@ def convert_task(raw: RawDataset, data: DataConfig, lake: str) -> CuratedDataset
         ]),
     )
     return cur
+
+
+def curate(raw: RawDataset, data: DataConfig, lake: str | Path, merged: CuratedDataset | None = None) -> CuratedDataset:
+    """The ``convert`` stage with its result in the lake (``in_lake``): cached across runs, except when the
+    fan-out has just written the version in this flow run (``merged``): then it runs and records anew."""
+    stage = in_lake(convert_task, lake)
+    if merged is not None:
+        stage = stage.with_options(refresh_cache=True)
+    return stage(raw, data, str(lake), merged)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from openmind_core import interrupt
 from openmind_core.io import atomic_write_text
 from openmind_core.training.launch import run_torchrun
 from schemas import CuratedDataset, OpenMindConfig, TokenizerReport, TrainingResult
@@ -19,7 +20,12 @@ def train_with_torchrun(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer:
     args = ["--config", str(cfg_path), "--curated", str(cur_path), "--run-dir", str(run),
             "--tokenizer-dir", tokenizer.path, "--result", str(result_path)]
     log.info("launching torchrun with %d processes", cfg.train.nproc)
-    code = run_torchrun("openmind_core.app.train_entry", args, cfg.train.nproc, on_line=lambda line: log.info("%s", line))
+    # a Ctrl-C / SIGTERM to this process is forwarded to torchrun's workers, which stop at a step boundary
+    with interrupt.deferred(grace=None):
+        code = run_torchrun("openmind_core.app.train_entry", args, cfg.train.nproc,
+                            on_line=lambda line: log.info("%s", line), stop=interrupt.requested)
+    if interrupt.requested():
+        raise KeyboardInterrupt(f"training stopped by a signal (torchrun exited with code {code})")
     if code != 0:
         raise RuntimeError(f"torchrun exited with code {code}; see the log lines above")
     if not result_path.exists():

@@ -102,12 +102,13 @@ class MetricsEventForwarder:
     """
 
     def __init__(self, path: str | Path, run_name: str, run_dir: str | Path | None = None,
-                 interval: float = 2.0, skip_existing: bool = True, emitter=None) -> None:
+                 interval: float = 2.0, skip_existing: bool = True, emitter=None, observers=()) -> None:
         self.path = Path(path)
         self.run_name = run_name
         self.run_dir = run_dir if run_dir is not None else self.path.parent
         self.interval = interval
         self.emitter = emitter or emit  # emit(name, run_name, payload, run_dir, related=...)
+        self.observers = list(observers)  # each called with the new lines of every read (tasks/live.py's chart)
         self.sent: list[str] = []  # the file's complete lines as last read, in order (sent or existing)
         self.emitted = 0
         self._inode: int | None = None
@@ -158,7 +159,13 @@ class MetricsEventForwarder:
                 for line in new:
                     n += self._emit_line(line)
             self.emitted += n
-            return n
+        if emit_new and new:
+            for observe in self.observers:
+                try:
+                    observe(new)
+                except Exception as e:  # a view of the file never breaks forwarding
+                    log.debug("metrics observer: %s", e)
+        return n
 
     def _emit_line(self, line: str) -> int:
         try:

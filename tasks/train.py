@@ -1,4 +1,8 @@
-"""Task 5: train with the ProductionTrainer; a retry or a rerun resumes from the newest checkpoint."""
+"""Task 5: train with the ProductionTrainer; a retry or a rerun resumes from the newest checkpoint.
+
+While it trains the UI shows a progress artifact (``week1-training-progress``, single process) and
+the loss so far (``week1-training-loss``, ``tasks/live.py``), redrawn every ``train.log_every`` steps.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from schemas import CuratedDataset, OpenMindConfig, TokenizerReport, TrainingRes
 from tasks.common import md_table, retry_transient
 from tasks.distributed import train_with_torchrun
 from tasks.events import MetricsEventForwarder, emit_training_finished
+from tasks.live import LossChart
 from tasks.slots import gpu_slot
 
 
@@ -29,8 +34,12 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer: Tokenize
 
     last = {"step": None}
 
+    run_name = Path(run_dir).name
+    chart = LossChart(Path(run_dir) / "metrics.jsonl", run_name, cfg.train.log_every).start()
+
     def progress(info: dict) -> None:
         total = max(int(info.get("total_steps") or 1), 1)
+        chart.total_steps = total
         if info.get("step") == last["step"]:
             return
         last["step"] = info.get("step")
@@ -41,14 +50,17 @@ def train_task(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer: Tokenize
 
     # a GPU slot while training (concurrent runs queue for the card); trainer events (metrics.jsonl)
     # forwarded as Prefect events, so automations can react to rollbacks and finished runs
-    run_name = Path(run_dir).name
-    with gpu_slot(_gpu_slots(cfg), logger=log), MetricsEventForwarder(Path(run_dir) / "metrics.jsonl", run_name):
+    # the loss chart (tasks/live.py) redrawn as the forwarder reads another log interval's lines
+    with gpu_slot(_gpu_slots(cfg), logger=log), \
+            MetricsEventForwarder(Path(run_dir) / "metrics.jsonl", run_name, observers=[chart.observe]):
         if cfg.train.nproc > 1:
             result = train_with_torchrun(cfg, curated, tokenizer, run_dir, log)
         else:
             result = train_from_config(cfg, curated, run_dir, tokenizer.path, progress=progress)
     emit_training_finished(result, run_name, run_dir)
     update_progress_artifact(progress_id, 100.0)
+    chart.total_steps = result.steps
+    chart.refresh()
     _publish(result, cfg)
     log.info("trained %d steps: loss %s -> %s, best val loss %s", result.steps, fmt_float(result.first_loss),
              fmt_float(result.last_loss), fmt_float(result.best_val_loss))

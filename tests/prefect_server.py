@@ -35,15 +35,18 @@ def client_env(api_url: str, home: Path, auth: str | None = None) -> dict[str, s
 
 
 @contextmanager
-def prefect_server(home: Path, auth: str | None = None, database_url: str | None = None, timeout: float = 180):
-    """Yield the API URL of a ``prefect server start`` subprocess; stop it afterwards."""
+def prefect_server(home: Path, auth: str | None = None, database_url: str | None = None, timeout: float = 180,
+                   ui: bool = False):
+    """Yield the API URL of a ``prefect server start`` subprocess (``ui``: with its web UI); stop it afterwards."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_UI_ENABLED="false", PREFECT_LOGGING_SERVER_LEVEL="WARNING")
+               PREFECT_SERVER_UI_ENABLED="true" if ui else "false", PREFECT_LOGGING_SERVER_LEVEL="WARNING")
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth
+    if ui:  # the UI calls the API where the browser can reach it: this port, not the default 4200
+        env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     log = open(home / "server.log", "w")

@@ -91,8 +91,9 @@ def test_automations_notify_a_failed_week1_run_and_a_rollback(auth_server, tmp_p
             block_id = CustomWebhookNotificationBlock(
                 name="openmind", url=url, json_data={"subject": "{{subject}}", "body": "{{body}}"},
             ).save("openmind-alerts", overwrite=True)
-        files = sorted((REPO / "automations").glob("*.yaml"))
-        assert {f.name for f in files} == {"week1-failed.yaml", "rollback.yaml"}
+        files = [REPO / "automations" / name for name in ("week1-failed.yaml", "rollback.yaml")]  # README's loop
+        assert {f.name for f in (REPO / "automations").glob("*.yaml")} == \
+            {"week1-failed.yaml", "rollback.yaml", "zombie-crashed.yaml", "resume-crashed.yaml"}
         for f in files:
             filled = tmp_path / f.name
             filled.write_text(f.read_text().replace("OPENMIND_NOTIFY_BLOCK_ID", str(block_id)))
@@ -112,3 +113,26 @@ def test_automations_notify_a_failed_week1_run_and_a_rollback(auth_server, tmp_p
     assert subjects[1].startswith("OpenMind week1 run ") and subjects[1].endswith(" is Failed"), subjects
     rollback = next(c for c in _Receiver.calls if "rolled back" in c["subject"])
     assert "from step 6 to step" in rollback["body"] and "loss spike" in rollback["body"]
+
+
+def test_the_self_healing_automations_load_from_their_files_as_they_are(auth_server):
+    """README's "Self-healing runs": both files load with ``prefect automation create --from-file`` and
+    nothing else (the end-to-end run is tests/test_self_healing.py)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    api, home = auth_server
+    env = client_env(api, home / "client", auth=AUTH)
+    for name in ("zombie-crashed.yaml", "resume-crashed.yaml"):
+        out = _cli(["automation", "create", "--from-file", str(REPO / "automations" / name)], env)
+        assert out.returncode == 0 and "Created automation" in out.stdout, out.stdout + out.stderr
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH}):
+        with get_client(sync_client=True) as client:
+            [zombie] = client.read_automations_by_name("openmind-zombie-crashed")
+            [resume] = client.read_automations_by_name("openmind-resume-crashed")
+    assert zombie.trigger.posture == "Proactive" and zombie.trigger.within.total_seconds() == 90
+    assert zombie.trigger.after == {"prefect.flow-run.heartbeat"} and zombie.actions[0].type == "change-flow-run-state"
+    action = resume.actions[0]
+    assert action.type == "run-deployment" and action.source == "inferred"
+    assert set(action.parameters) == {"config_path", "overrides", "run_name", "lake", "task_runner", "dask_address",
+                                      "auto_resume_of"}

@@ -36,6 +36,8 @@ def test_prepare_reports_kept_and_quarantined_rows(prefect_server, tmp_path):
     for reason in ("malformed_json", "image_missing", "missing_field"):
         assert reason in out, out
     assert "quarantine" in out and (tmp_path / "lake" / "quarantine").is_dir()
+    assert "Flow run 'prepare-jsonl-" in proc.stderr  # named after what it does, not 'worthy-barnacle'
+    assert "reusing" not in proc.stderr  # a brand-new lake reuses nothing
 
 
 def test_prepare_fails_clearly_when_every_row_is_bad(prefect_server, tmp_path):

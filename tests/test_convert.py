@@ -106,7 +106,8 @@ def test_every_reason_is_quarantined_with_file_and_line(tmp_path):
     bad = [json.loads(line) for line in Path(curated.quarantine_path).read_text(encoding="utf-8").splitlines()]
     assert {b["line"]: b["reason"] for b in bad} == expected
     assert [b["line"] for b in bad] == sorted(expected)  # in file order
-    assert sorted(p.name for p in Path(curated.root).iterdir()) == ["_manifest.json", "part-00000.parquet"]
+    assert sorted(p.name for p in Path(curated.root).iterdir()) == sorted(
+        ["_manifest.json"] + [f"{s}-00000-of-00001.parquet" for s, n in curated.splits.items() if n])
     assert all(b["file"] == str(cap.resolve()) and b["detail"] for b in bad)
     assert "caps.jsonl:1" in next(b["detail"] for b in bad if b["reason"] == "duplicate")
     assert curated.quarantine_by_reason["path_escape"] == 2 and curated.quarantine_by_reason["image_too_large"] == 2
@@ -163,7 +164,8 @@ def test_layout_metadata_and_byte_identical_rerun(synthetic_raw, tmp_path):
     root = Path(curated.root)
     assert root == lake / "curated" / curated.version and not curated.reused
     assert (curated.rows_in, curated.rows_kept, curated.kinds) == (400, 400, {"caption": 300, "vqa": 100})
-    assert [Path(s).name for s in curated.shards] == ["part-00000.parquet", "part-00001.parquet"]
+    assert [Path(s).name for s in curated.shards] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet",
+                                                      "validation-00000-of-00001.parquet"]
     meta = pq.ParquetFile(curated.shards[0])
     assert meta.schema_arrow.metadata[b"openmind.schema_version"] == str(SCHEMA_VERSION).encode()
     assert meta.metadata.num_row_groups == 3 and meta.metadata.row_group(0).column(0).compression == "ZSTD"
@@ -225,7 +227,8 @@ def test_crash_mid_write_leaves_no_visible_shard(tmp_path, monkeypatch):
     (stale / "part-00000.parquet").write_bytes(b"partial")
     monkeypatch.setattr(ShardWriter, "_write_group", real)
     curated = convert(raw, cfg, lake)
-    assert curated.rows_kept == 30 and len(curated.shards) == 3 and not stale.exists()
+    assert curated.rows_kept == 30 and not stale.exists()
+    assert len(curated.shards) == sum(-(-n // 10) for n in curated.splits.values())  # 10 rows a shard, per split
     assert [p.name for p in (lake / "curated").iterdir()] == [version]
 
 

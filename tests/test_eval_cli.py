@@ -94,16 +94,27 @@ def test_eval_cli_on_a_jsonl_file_under_prefect(run, prefect_server, tmp_path, c
             (images / f"{i}.png").write_bytes(r["image"])
             f.write(json.dumps({"image": f"img/{i}.png", "question": r["question"], "answer": r["answer"]}) + "\n")
     out = tmp_path / "out" / "eval.json"
-    rc = main(["eval", str(run_dir / "final"), "--jsonl", str(tmp_path / "eval.jsonl"), "--out", str(out)])
+    from flows import console
+
+    begun = []
+    real_begin = console.begin
+    console.begin = lambda lake, command, debug=False: (begun.append(command), real_begin(lake, command, debug))
+    try:
+        rc = main(["eval", str(run_dir / "final"), "--jsonl", str(tmp_path / "eval.jsonl"), "--out", str(out)])
+    finally:
+        console.begin = real_begin
     text = capsys.readouterr().out
     assert rc == 0, text
+    assert begun == ["eval"]  # the start-up every command has: quiet terminal, log file, own temporary server
     assert "VQA accuracy" in text and "on 5 questions" in text
     report = InferenceReport.model_validate_json(out.read_text())
     assert report.data.startswith(f"jsonl {tmp_path / 'eval.jsonl'}") and report.vqa_count == 5
     assert report.chance_from.startswith("training split of")  # final/ sits in a run: its training lake
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts()
+        names = [r.name for r in client.read_flow_runs()]
     assert any(a.key == "openmind-eval" and "VQA accuracy" in (a.data or "") for a in arts)
+    assert "eval-r1-final-eval" in names, names  # named after what it evaluates, on which data
 
 
 def test_eval_on_a_local_hf_data_set(run, tmp_path):

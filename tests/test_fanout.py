@@ -73,23 +73,33 @@ def test_fanned_out_conversion_has_the_serial_bytes(overlapping, tmp_path):
 
 
 @pytest.mark.slow
-def test_prefect_tasks_on_a_two_worker_dask_cluster(overlapping, tmp_path, prefect_server):
+def test_a_parameter_not_the_decorator_chooses_dask(overlapping, tmp_path, prefect_server):
+    """What ``--task-runner dask`` and a deployment's ``task_runner: dask`` do: the flow keeps its thread pool,
+    the per-file tasks run in a Dask cluster's worker processes all the same, and the result (shards and
+    quarantine) is the serial one, byte for byte."""
+    import os
+
     from prefect import flow
-    from prefect_dask import DaskTaskRunner
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     from tasks.fanout import fan_out_convert
 
     cfg, raw, serial, cur = overlapping
 
-    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
-                                                     "processes": True, "dashboard_address": None}))
+    @flow
     def fan() -> object:
-        return fan_out_convert(raw, cfg, str(tmp_path))
+        return fan_out_convert(raw, cfg, str(tmp_path), runner="dask")
 
-    out = fan()
+    state = fan(return_state=True)
+    out = state.result()
     assert out is not None and out.version == cur.version
     assert files_of(tmp_path / "curated") == files_of(serial / "curated")
     assert files_of(tmp_path / "quarantine") == files_of(serial / "quarantine")
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    pids = {int(m.message.split("(process ")[1].split()[0]) for m in logs if "rows read" in m.message}
+    assert len(pids) >= 1 and os.getpid() not in pids, [m.message for m in logs]
 
 
 def test_cli_task_runner_options():
@@ -105,7 +115,7 @@ def test_cli_task_runner_options():
     assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] >= 1
     remote = task_runner_from_args(parse("--dask-address", "tcp://10.0.0.5:8786"))
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
-    from flows.runners import task_runner
+    from tasks.runners import task_runner
 
     assert isinstance(task_runner("thread"), ThreadPoolTaskRunner)
     with pytest.raises(ValueError, match="choose one of"):

@@ -45,7 +45,7 @@ SMALL = [
 
 EXPECTED_TASKS = {"download", "convert", "smoke-test", "train", "inference"}
 EXPECTED_ARTIFACTS = {"week1-download", "week1-convert", "week1-smoke", "week1-train", "week1-training-metrics",
-                      "week1-training-progress", "week1-inference", "week1-checklist"}
+                      "week1-training-progress", "week1-training-loss", "week1-inference", "week1-checklist"}
 
 
 def _task_runs(flow_run_id):
@@ -135,6 +135,9 @@ def test_flow_runs_all_five_tasks_and_reports(first_run):
     assert EXPECTED_ARTIFACTS <= set(arts), set(arts)
     assert arts["week1-training-progress"].data == 100.0
     assert arts["week1-training-metrics"].type == "table"
+    loss = arts["week1-training-loss"]  # the chart, drawn to the last step once training ends
+    assert loss.type == "markdown" and "data:image/svg+xml;base64," in loss.data
+    assert f"**step {t.steps}/{t.steps}**" in loss.data
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -41,7 +41,8 @@ def write(directory, batches: list[pa.Table], **sizes) -> list[dict]:
 
 def test_row_caps(tmp_path):
     shards = write(tmp_path, [rows(7), rows(18, start=7)], shard_rows=10, row_group_rows=4)
-    assert [s["path"] for s in shards] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [s["path"] for s in shards] == ["part-00000-of-00003.parquet", "part-00001-of-00003.parquet",
+                                           "part-00002-of-00003.parquet"]
     assert layout(tmp_path, shards) == [[4, 4, 2], [4, 4, 2], [4, 1]]
     back = pa.concat_tables([pq.read_table(tmp_path / s["path"]) for s in shards])
     assert back.equals(rows(25)) and pq.read_schema(tmp_path / shards[0]["path"]).field("blob").type == pa.binary()

@@ -87,3 +87,55 @@ def test_fsdp_trains_the_real_model_and_saves_a_loadable_final(prepared, tmp_pat
     result = train_with_torchrun(cfg, curated, tokenizer, str(tmp_path / "fsdp"), _Lines())
     assert result.steps == 4 and result.reload_equal
     _assert_final_holds_the_last_step(result)
+
+
+def test_a_sigterm_to_the_caller_stops_every_rank_at_one_step_boundary(prepared, tmp_path, caplog):
+    """The CLI's SIGTERM is forwarded to torchrun, which passes it to its workers; they agree on one step
+    boundary, stop there and exit; the caller raises KeyboardInterrupt (exit 143 under the CLI)."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+
+    from openmind_core import interrupt
+    from openmind_core.training.launch import _descendants
+    from tasks.distributed import train_with_torchrun
+
+    cfg, curated, tokenizer, _ = prepared
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 2000, "save_steps": 2})})
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+
+    def steps() -> list[int]:
+        try:
+            return [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                    if "event" not in r]
+        except (OSError, ValueError):
+            return []
+
+    def send() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(steps()) < 3:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    interrupt.install()
+    log = _Lines()
+    caplog.set_level(logging.INFO, logger="openmind_core.training.launch")
+    threading.Thread(target=send, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_with_torchrun(cfg, curated, tokenizer, str(run_dir), log)
+        assert interrupt.requested() == signal.SIGTERM
+    finally:
+        interrupt.reset()
+        interrupt._state.installed = False
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert "forwarding SIGTERM to torchrun" in caplog.text
+    stopped = [line for line in log.lines if "stopped by SIGTERM at a step boundary" in line]
+    assert {"rank0", "rank1"} <= {w for line in stopped for w in line.split()}, log.lines[-30:]
+    done = steps()
+    assert 3 <= len(done) < 2000 and done == list(range(1, len(done) + 1))  # stopped early, no step twice
+    assert not [p for p in _descendants(os.getpid()) if "train_entry" in open(f"/proc/{p}/cmdline").read()]

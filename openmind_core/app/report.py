@@ -251,6 +251,7 @@ def build_report(
     inference: InferenceReport,
     memory_estimate=None,
     tokenizer: TokenizerReport | None = None,
+    auto_resumes: list[dict] | None = None,
 ) -> Week1Report:
     criteria, advice = week1_criteria(cfg, curated, smoke, training, inference, memory_estimate)
     counts = {s: sum(c.status == s for c in criteria) for s in (PASS, FAIL, NOT_MEASURED)}
@@ -268,7 +269,15 @@ def build_report(
         passed=counts[FAIL] == 0,
         counts=counts,
         advice=advice,
+        auto_resumes=list(auto_resumes or []),
     )
+
+
+def auto_resume_lines(report: Week1Report) -> list[str]:
+    """One line per automatic resume after a crash (none for a run that never crashed)."""
+    return [f"resumed automatically after a crash ({r.get('attempt')}/{r.get('max')}): from step "
+            f"{r.get('from_step')}, crashed flow run {r.get('crashed_flow_run')}, at {r.get('time')}"
+            for r in report.auto_resumes]
 
 
 def verdict(report: Week1Report) -> str:
@@ -289,6 +298,8 @@ def checklist_markdown(report: Week1Report) -> str:
         lora = f" with LoRA r={t.lora['r']} on {', '.join(t.lora['target_modules'])}" if t.lora else ""
         origin = f"projector from `{t.started_from}`" if t.started_from else "a fresh projector"
         lines += ["", f"Stage `{t.stage}`{lora}, starting from {origin}."]
+    if report.auto_resumes:
+        lines += [""] + [f"- {line}" for line in auto_resume_lines(report)]
     lines += ["", f"**{verdict(report)}.** Run directory: `{report.run_dir}`"]
     if report.advice:
         lines += ["", report.advice]

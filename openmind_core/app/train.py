@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from openmind_core import interrupt
 from openmind_core.data.collate import Collator
@@ -107,11 +109,18 @@ def train_from_config(
         if progress is not None:
             progress(info)
 
+    def every_step(record: dict) -> None:  # under torchrun: every rank stops at the same step, or none
+        _stop_together(model)
+        interrupt.check()
+
     trainer = ProductionTrainer(
         model, train, val, collate, cfg.train, run_dir,
         seed=cfg.run.seed, fingerprint=fingerprint, progress=report, rank=rank, world_size=world_size,
+        at_step=every_step if world_size > 1 else None,
     )
-    with interrupt.deferred():
+    # under torchrun no rank interrupts itself mid-step (the others would wait in a collective): they
+    # stop together at a boundary, and the launcher kills what has not stopped after its grace
+    with interrupt.deferred(grace=None if world_size > 1 else interrupt.GRACE):
         try:
             result = trainer.train()
         except Exception as e:  # e.g. loader workers killed by the same Ctrl-C: the stop, not a failure
@@ -129,6 +138,18 @@ def train_from_config(
     if rank == 0:
         result.reload_equal = equal
     return result
+
+
+def _stop_together(model) -> None:
+    """Under torchrun: when any rank was asked to stop, every rank stops at this step boundary (a rank that
+    went on alone would wait in the next collective for ever).  One tiny all-reduce a step."""
+    if not dist.is_initialized():
+        return
+    flag = torch.tensor([1.0 if interrupt.requested() is not None else 0.0],
+                        device=next(model.parameters()).device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and interrupt.requested() is None:
+        interrupt.request(signal.SIGTERM)
 
 
 @torch.no_grad()

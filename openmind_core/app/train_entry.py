@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from openmind_core import interrupt
 from openmind_core.io import atomic_write_text
 from openmind_core.app.train import train_from_config
 from schemas import CuratedDataset, load_config
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-dir", required=True)
     p.add_argument("--result", required=True, help="where rank 0 writes the TrainingResult JSON")
     a = p.parse_args(argv)
+    interrupt.install()  # torchrun forwards a stop as SIGTERM: stop at a step boundary, as one process does
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(name)s %(message)s")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     old_factory = logging.getLogRecordFactory()
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         result = train_from_config(cfg, curated, a.run_dir, a.tokenizer_dir, rank=rank, world_size=world)
         if rank == 0:
             atomic_write_text(a.result, result.model_dump_json(indent=2))
+    except KeyboardInterrupt:  # the forwarded stop: every rank ended at the same step boundary
+        logging.getLogger("openmind_core.app.train_entry").warning(
+            "stopped by %s at a step boundary", signal.Signals(interrupt.requested() or signal.SIGINT).name)
+        return interrupt.exit_code()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

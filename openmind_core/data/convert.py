@@ -1,9 +1,12 @@
 """The JSONL -> Parquet conversion: validate every row, quarantine the bad, write a versioned lake.
 
 ``convert(raw, cfg, lake)`` reads a raw download (``sources.download``) and writes
-``<lake>/curated/<version>/part-00000.parquet ...`` (zstd; shards and row groups sized by
-``cfg.shard_rows``/``shard_bytes`` and ``row_group_rows``/``row_group_bytes``, see ``shards.py``)
-and ``_manifest.json`` last, with the bad rows (file, line, reason, detail, the line's text) in
+``<lake>/curated/<version>/train-00000-of-0000N.parquet ...`` and ``validation-00000-of-0000M.parquet
+...`` (one shard set per split, named as Hugging Face ``datasets`` names shards, so
+``load_dataset("parquet", data_dir=<version>)`` finds both splits; zstd; shards and row groups
+sized by ``cfg.shard_rows``/``shard_bytes`` and ``row_group_rows``/``row_group_bytes``, see
+``shards.py``) and ``_manifest.json`` last (its ``shards``: path, split, rows, bytes, sha256), with
+the bad rows (file, line as a number, reason, detail, the line's own text) in
 ``<lake>/quarantine/<version>/quarantine.jsonl``.
 
 - ``version`` hashes the schema version, the converter settings and the sha256 of every raw
@@ -58,14 +61,18 @@ from openmind_core.data.image_checks import ImageCache, Pool
 from openmind_core.data.layout import CURATED_MANIFEST, SCHEMA_VERSION, DataError, read_json, stable_hash
 from openmind_core.data.quarantine import SPOOL_FILE, ConversionLedger, write_quarantine
 from openmind_core.data.reader import SourceFile, candidates, source_files
-from openmind_core.data.rows import SCHEMA, shard_writer
+from openmind_core.data.rows import SCHEMA, SPLITS, shard_writer
 from openmind_core.data.sources import load_raw
 from openmind_core.io import atomic_write_text, clean_stale, remove_dir, staged_dir
-from openmind_core.progress import progress
+from openmind_core.progress import Reported, progress
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 4  # 2: xxh3-128 sample ids, shards and row groups sized by bytes; 3: statistics, line encoding; 4: BOM/CRLF kept, conversations, answers
+# 2: xxh3-128 sample ids, shards and row groups sized by bytes; 3: statistics, line encoding; 4: BOM/CRLF kept,
+# conversations, answers; 5: one shard set per split named as datasets names them (train-00000-of-00001.parquet),
+# pandas metadata (nullable image sizes), quarantine lines' own text.  A version of an earlier converter is
+# still read (its manifest lists its shards); a new conversion of the same input writes a version of this one.
+CONVERTER_VERSION = 5
 # the settings that change a curated version's content
 LAYOUT_SETTINGS = {"val_fraction", "shard_rows", "shard_bytes", "row_group_rows", "row_group_bytes",
                    "max_text_chars", "max_image_bytes", "max_image_pixels"}
@@ -103,12 +110,13 @@ def file_rows(f: SourceFile, cfg: DataConfig, ledger: ConversionLedger, raw_root
 
 
 def _lake_rows(raw_root: Path, manifest: dict, cfg: DataConfig, ledger: ConversionLedger,
-               pool: Pool) -> Iterator[pa.Table]:
+               pool: Pool, report=None) -> Iterator[pa.Table]:
     cache = ImageCache()
     total = sum(int(manifest.get(k) or 0) for k in ("caption_rows", "vqa_rows", "conversation_rows"))
     with progress(total, "converting", unit="row") as bar:
+        shown = Reported(bar, total, report)  # one count over every file
         for f in source_files(raw_root, manifest, ledger):
-            yield from file_rows(f, cfg, ledger, raw_root, cache, pool, bar)
+            yield from file_rows(f, cfg, ledger, raw_root, cache, pool, shown)
 
 
 def _artifact(final: Path, m: dict, lake: Path, reused: bool) -> CuratedDataset:
@@ -155,8 +163,10 @@ def existing_version(lake: Path, raw_root: Path, cfg: DataConfig) -> tuple[dict,
     return manifest, version, final, None
 
 
-def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDataset:
-    """Validate and convert a raw download into ``<lake>/curated/<version>/`` (idempotent)."""
+def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path, report=None) -> CuratedDataset:
+    """Validate and convert a raw download into ``<lake>/curated/<version>/`` (idempotent).
+
+    ``report(done, total)``: called as rows are converted (the task layer's progress artifact)."""
     lake = Path(lake)
     raw_root = Path(raw.root)
     manifest, version, final, done = existing_version(lake, raw_root, cfg)
@@ -166,7 +176,7 @@ def convert(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> CuratedDatase
     pool = Pool(cfg.num_workers or os.cpu_count() or 1)
     try:
         m = write_version(final, lake, version, manifest, cfg, ledger,
-                          lambda: _lake_rows(raw_root, manifest, cfg, ledger, pool))
+                          lambda: _lake_rows(raw_root, manifest, cfg, ledger, pool, report))
     finally:
         pool.shutdown()
     if ledger.rows_bad:
@@ -189,17 +199,20 @@ def write_version(final: Path, lake: Path, version: str, manifest: dict, cfg: Da
     kinds: Counter[str] = Counter()
     with staged_dir(final) as tmp:
         spool = tmp / SPOOL_FILE  # the bad rows as they come; moved to the quarantine below
-        writer = shard_writer(tmp, cfg)  # encodes in a background thread while rows are validated
+        # one shard set per split, each encoded in a background thread while rows are validated
+        writers = {split: shard_writer(tmp, cfg, split) for split in SPLITS}
         try:
             with open(spool, "w", encoding="utf-8") as ledger.spool:
                 for rows in streams():
                     splits.update({d["values"]: d["counts"] for d in pc.value_counts(rows["split"]).to_pylist()})
                     kinds.update({d["values"]: d["counts"] for d in pc.value_counts(rows["kind"]).to_pylist()})
-                    writer.write(rows)
+                    for split, writer in writers.items():
+                        writer.write(rows.filter(pc.equal(rows["split"], split)))
                 ledger.flush()
-            shards = writer.close()
+            shards = [dict(s, split=split) for split, writer in writers.items() for s in writer.close()]
         finally:
-            writer.abort()
+            for writer in writers.values():
+                writer.abort()
         kept = sum(s["rows"] for s in shards)
         by_reason = dict(sorted(ledger.reasons.items()))
         assert ledger.rows_in == kept + ledger.rows_bad, (ledger.rows_in, kept, ledger.rows_bad)

@@ -2,8 +2,9 @@
 
 ```
 <lake>/raw/<source>/<fingerprint>/        download output: captions.jsonl, vqa.jsonl, files/, manifest.json
-<lake>/curated/<version>/                 shard-00000.parquet ..., _manifest.json
-<lake>/quarantine/<version>/              quarantine.jsonl (file, line, reason, detail, raw text)
+<lake>/curated/<version>/                 train-00000-of-0000N.parquet ..., validation-00000-of-0000M.parquet ...,
+                                          _manifest.json (each shard's path, split, rows, bytes, sha256)
+<lake>/quarantine/<version>/              quarantine.jsonl (file, line number, reason, detail, the line's own text)
 ```
 
 A directory is built under a hidden temporary name beside its final place, its manifest is

@@ -8,8 +8,8 @@ jobs can run in threads, processes or on a Dask cluster that shares the lake's f
 
 ``merge(raw, cfg, lake, parts)`` then streams the parts, in file order, through ``convert.write_version``
 (the serial driver's own writer), doing what only the whole input can: a row whose content an earlier
-file already kept is quarantined as ``duplicate`` (its quarantine record rebuilt from its line, as the
-serial run writes it), and a within-file duplicate of such a row names the globally first copy.
+file already kept is quarantined as ``duplicate`` (its record holds the line's text, read from the file
+as the serial run reads it), and a within-file duplicate of such a row names the globally first copy.
 Row tables keep their boundaries and the quarantine its file and line order, so the shards, the
 manifest and the quarantine are byte for byte those of ``convert.convert`` (tested).
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +35,11 @@ from openmind_core.data.convert import _artifact, _complete, existing_version, f
 from openmind_core.data.image_checks import ImageCache, Pool
 from openmind_core.data.layout import CURATED_MANIFEST, read_json
 from openmind_core.data.quarantine import ConversionLedger
-from openmind_core.data.reader import candidates, source_files
-from openmind_core.data.rows import SCHEMA, _shown
+from openmind_core.data.reader import source_files
+from openmind_core.data.rows import SCHEMA
 from openmind_core.data.sources import load_raw
 from openmind_core.data.validate import Problem
+from openmind_core.progress import Reported
 
 PARTS = "rows.arrow"
 SPOOL = "quarantine.jsonl"
@@ -71,8 +72,9 @@ def is_complete(raw: RawDataset, cfg: DataConfig, lake: str | Path) -> bool:
     return _complete(Path(lake) / "curated" / version) is not None
 
 
-def convert_file(raw_root: str | Path, cfg: DataConfig, order: int, work: str | Path) -> FilePart:
-    """Convert raw file number ``order`` into ``work`` (replaced if present)."""
+def convert_file(raw_root: str | Path, cfg: DataConfig, order: int, work: str | Path, report=None) -> FilePart:
+    """Convert raw file number ``order`` into ``work`` (replaced if present); ``report(done, total)`` is
+    called as its rows are converted."""
     raw_root, work = Path(raw_root), Path(work)
     if work.exists():
         shutil.rmtree(work)
@@ -80,12 +82,14 @@ def convert_file(raw_root: str | Path, cfg: DataConfig, order: int, work: str | 
     manifest = load_raw(raw_root)
     ledger = ConversionLedger()
     f = source_files(raw_root, manifest, ledger)[order]
+    total = next((int(x.get("rows") or 0) for x in manifest["files"] if raw_root / x["path"] == f.path), 0)
     pool = Pool(cfg.num_workers or 1)  # the fan-out is the parallelism: one core a file unless asked
     tables: list[int] = []
     try:
         with open(work / SPOOL, "w", encoding="utf-8") as ledger.spool, \
                 pa.OSFile(str(work / PARTS), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-            for rows in file_rows(f, cfg, ledger, raw_root, ImageCache(), pool):
+            # no bar on the terminal (files convert side by side); ``report`` feeds the task's progress artifact
+            for rows in file_rows(f, cfg, ledger, raw_root, ImageCache(), pool, Reported(None, total, report)):
                 batches = rows.to_batches()
                 for b in batches:
                     writer.write_batch(b)
@@ -100,24 +104,6 @@ def convert_file(raw_root: str | Path, cfg: DataConfig, order: int, work: str | 
 def _digests(sample_ids: pa.ChunkedArray) -> np.ndarray:
     ids = "".join(sample_ids.to_pylist())
     return np.frombuffer(bytes.fromhex(ids), dtype=np.uint8).reshape(-1, 16)
-
-
-def _shown_lines(f, cfg: DataConfig, raw_root: Path, lines: set[int]) -> dict[int, str]:
-    """The quarantine text of some kept lines of a file, as ``rows.assemble`` shows a duplicate: the
-    file's candidates are read again (text checks only, no image decoded), from a fresh copy of
-    the file's record so its counts (CRLF lines, BOM) are not counted twice."""
-    out: dict[int, str] = {}
-    f = replace(f, resolved={}, constants={}, crlf_lines=0, bom=False)
-    scratch = ConversionLedger(files=[f])
-    for cand, refs in candidates(f, cfg, scratch, raw_root):
-        scratch.pending.clear()
-        got = cand["line"].to_numpy()
-        keys = cand["key"].to_pylist()
-        for i in np.flatnonzero(np.isin(got, list(lines))):
-            out[int(got[i])] = _shown(cand, int(i), refs.get(keys[i]) if keys[i] is not None else None)
-        if len(out) == len(lines):
-            break
-    return out
 
 
 def merge(raw: RawDataset, cfg: DataConfig, lake: str | Path, parts: list[FilePart]) -> CuratedDataset:
@@ -180,10 +166,8 @@ def _file_stream(f, p: FilePart, cfg: DataConfig, raw_root: Path, ledger: Conver
             records.append((f.order, rec["line"], rec))
     for reason, count in p.reasons.items():
         ledger.reasons[reason] += count
-    if dropped:
-        shown = _shown_lines(f, cfg, raw_root, set(dropped))
-        for line, first in dropped.items():
-            ledger.quarantine(f, line, Problem("duplicate", f"same content as {first}"), shown[line])
+    for line, first in dropped.items():  # the line's text is read back from the file at flush
+        ledger.quarantine(f, line, Problem("duplicate", f"same content as {first}"))
     ledger.pending += records
     ledger.flush()
 

@@ -8,8 +8,9 @@ bytes with their sha256, size and format.  The image column is Hugging Face's Pa
 ``datasets.load_dataset("parquet", ...)`` yields PIL images and typed columns; a text-only
 conversation row has a null image.  The split follows the image (its sha256), so rows that share
 an image share a split; a text-only row's split follows its content hash.  ``slices`` cuts a batch into pieces that hold at most
-``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES`` of images; ``shard_writer`` lays rows out as
-Parquet shards.
+``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES`` of images; ``shard_writer`` lays one split's rows
+out as Parquet shards.  The schema's ``pandas`` entry makes ``pandas.read_parquet`` read the image
+sizes as nullable integers (``Int32``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def _VALUE(dtype: str) -> dict:  # noqa: N802 - datasets' feature name
     return {"dtype": dtype, "_type": "Value"}
 
 
+SPLITS = ("train", "validation")  # each its own shard set, in this order in the manifest
+
+
+def _pandas_metadata() -> str:
+    """pandas' schema entry for the image size columns: nullable ``Int32``, so ``pandas.read_parquet`` keeps
+    them integers when a text-only row (no image, no size) is present instead of turning them into floats."""
+    cols = [{"name": n, "field_name": n, "pandas_type": "int32", "numpy_type": "Int32", "metadata": None}
+            for n in ("image_width", "image_height")]
+    return json.dumps({"index_columns": [], "column_indexes": [], "columns": cols,
+                       "creator": {"library": "openmind"}, "pandas_version": "2.0.0"})
+
+
 SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
@@ -73,20 +86,12 @@ SCHEMA = pa.schema(
         "image": {"_type": "Image"},
         "image_sha256": _VALUE("string"), "image_width": _VALUE("int32"), "image_height": _VALUE("int32"),
         "image_format": _VALUE("string"), "source_file": _VALUE("string"), "source_line": _VALUE("int64"),
-    }}})},
+    }}}), "pandas": _pandas_metadata()},
 )
 
 
 def _inspect_all(refs: list[ImageRef], cfg: DataConfig, pool: Pool) -> list:
     return pool.map(load_and_inspect, [(r, cfg.max_image_bytes, cfg.max_image_pixels) for r in refs])
-
-
-def _shown(cand: pa.Table, i: int, ref: ImageRef | None) -> str:
-    """A candidate row as JSON for the quarantine (its line already passed the text checks)."""
-    row = cand.slice(i, 1).to_pylist()[0]
-    fields = {n: row[n] for n in ("text", "question", "answer", "answers", "conversation") if row[n] is not None}
-    fields["language"] = row["language"]
-    return json.dumps({**fields, "image": (ref.path or "<inline>") if ref is not None else None}, ensure_ascii=False)
 
 
 TEXT_ONLY = (b"", ImageInfo("", 0, 0, ""))  # the "image" of a text-only row
@@ -119,7 +124,7 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     if not ok.all():
         lines = cand["line"].to_numpy()
         for i in np.flatnonzero(~ok):
-            ledger.quarantine(f, int(lines[i]), results[idx[i]], _shown(cand, int(i), refs[ulist[idx[i]]]))
+            ledger.quarantine(f, int(lines[i]), results[idx[i]])  # the line's text: read back at flush
         if not ok.any():
             return None
         cand, idx = cand.filter(pa.array(ok)), idx[ok]
@@ -132,8 +137,7 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     keep = ledger.seen.keep_new(f.order, digests, lines)
     if keep is not None:
         for i in np.flatnonzero(~keep):
-            ledger.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {ledger.first(digests[i])}"),
-                             _shown(cand, int(i), refs[ulist[idx[i]]]))
+            ledger.quarantine(f, int(lines[i]), Problem("duplicate", f"same content as {ledger.first(digests[i])}"))
         if not keep.any():
             return None
         mask = pa.array(keep)
@@ -222,8 +226,9 @@ def slices(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef]) -> Iterator
 
 
 
-def shard_writer(directory: Path, cfg: DataConfig) -> ShardWriter:
-    """Shards of ``SCHEMA`` sized by the config, zstd, dictionary-encoded where values repeat."""
+def shard_writer(directory: Path, cfg: DataConfig, split: str) -> ShardWriter:
+    """The shards of one split (``train-00000-of-00002.parquet``, ...): ``SCHEMA`` sized by the config, zstd,
+    dictionary-encoded where values repeat."""
     return ShardWriter(directory, SCHEMA, shard_rows=cfg.shard_rows, shard_bytes=cfg.shard_bytes,
                        row_group_rows=cfg.row_group_rows, row_group_bytes=cfg.row_group_bytes,
-                       dictionary=DICTIONARY_COLUMNS, statistics=STATISTICS_COLUMNS, encodings=ENCODINGS)
+                       dictionary=DICTIONARY_COLUMNS, statistics=STATISTICS_COLUMNS, encodings=ENCODINGS, name=split)

@@ -1,7 +1,9 @@
 """Writing a table stream as Parquet shards: sized by rows and bytes, encoded in the background.
 
-``ShardWriter(directory, schema, ...)`` takes row batches in order (``write``) and lays them out as
-``part-00000.parquet, part-00001.parquet, ...``:
+``ShardWriter(directory, schema, ..., name="train")`` takes row batches in order (``write``) and lays
+them out as ``train-00000-of-00002.parquet, train-00001-of-00002.parquet`` (the shard names of
+Hugging Face ``datasets``, so its split patterns find them; written under hidden names and renamed
+once their number is known, at ``close``):
 
 - a row group closes at ``row_group_rows`` rows or before it would pass ``row_group_bytes``; a
   shard closes at ``shard_rows`` rows or once it holds ``shard_bytes``.  Sizes are the content's
@@ -76,8 +78,9 @@ class ShardWriter:
     def __init__(self, directory: Path, schema: pa.Schema, *, shard_rows: int, shard_bytes: int,
                  row_group_rows: int, row_group_bytes: int, dictionary: Sequence[str] = (),
                  statistics: Sequence[str] | None = None, encodings: dict[str, str] | None = None,
-                 compression: str = "zstd") -> None:
+                 compression: str = "zstd", name: str = "part") -> None:
         self.directory = Path(directory)
+        self.name = name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.shard_rows, self.shard_bytes = shard_rows, shard_bytes
@@ -118,6 +121,11 @@ class ShardWriter:
             self._drain(0)
         finally:
             self.abort()
+        n = len(self.shards)
+        for i, shard in enumerate(self.shards):  # the hidden names become datasets' shard names
+            final = self.directory / f"{self.name}-{i:05d}-of-{n:05d}.parquet"
+            (self.directory / shard["path"]).rename(final)
+            shard["path"] = final.name
         return self.shards
 
     def abort(self) -> None:
@@ -167,7 +175,8 @@ class ShardWriter:
     # ----------------------------------------------------------------- encoder thread
 
     def path(self, shard: int) -> Path:
-        return self.directory / f"part-{shard:05d}.parquet"
+        """Where shard ``shard`` is written (hidden: its final name needs the number of shards)."""
+        return self.directory / f".{self.name}-{shard:05d}.parquet"
 
     def _write_group(self, shard: int, rows: pa.Table) -> None:
         if self._open is None:

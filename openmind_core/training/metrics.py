@@ -3,7 +3,7 @@
 ``metrics.jsonl`` holds one JSON object per optimizer step (``{"step", "loss", "lr", "grad_norm",
 "data_time", "step_time", "tokens_per_s", "skipped"}``) and event lines (``{"event": "eval" |
 "checkpoint" | "rollback" | "rollback_refused" | "resume" | "settings_changed" |
-"world_size_changed", "step", ...}``; a ``checkpoint`` event per checkpoint written, with its
+"world_size_changed" | "auto_resume", "step", ...}``; a ``checkpoint`` event per checkpoint written, with its
 ``path``).  Every line has the trainer's ``step`` when it was written, so on resume (or rollback)
 ``truncate_after(step)`` drops what the restored state has not lived yet and the file never holds
 duplicates.  Only rank 0 writes.
@@ -24,6 +24,8 @@ from typing import Any
 from openmind_core.io import atomic_write_text, staged_file
 
 log = logging.getLogger(__name__)
+
+RUN_EVENTS = {"auto_resume"}  # written by the app before training starts (openmind_core.app.auto_resume)
 
 
 class MetricsWriter:
@@ -49,8 +51,22 @@ class MetricsWriter:
         self.write({"event": event, "step": step, **fields})
 
     def start_fresh(self) -> None:
-        """A run without a checkpoint: drop what an earlier run left in the file."""
-        if self.enabled and self.path.exists():
+        """A run without a checkpoint: drop what an earlier run left in the file, but for the lines
+        about the run rather than its training (``RUN_EVENTS``: an automatic resume)."""
+        if not self.enabled or not self.path.exists():
+            return
+        self.close()
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("event") in RUN_EVENTS:
+                kept.append(line)
+        if kept:
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        else:
             self.path.unlink()
 
     def truncate_after(self, step: int) -> None:

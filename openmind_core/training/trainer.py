@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from openmind_core.data.sampler import ResumableSampler
 from openmind_core.training.batches import batch_tokens, label_tokens, to_device
-from openmind_core.training.callbacks import (CallbackList, Checkpointer, ConsoleProgress, Evaluator, FinalModel,
+from openmind_core.training.callbacks import (CallbackList, Checkpointer, ConsoleProgress, EveryStep, Evaluator, FinalModel,
                                               KillPoints, MetricsLog, ProgressReport, SpikeRollback, WandbLog)
 from openmind_core.training.checkpoint import CheckpointManager
 from openmind_core.training.distributed import device_for
@@ -84,11 +84,12 @@ class ProductionTrainer:
                  cfg: TrainConfig, run_dir: str | Path, *, seed: int = 0,
                  fingerprint: dict[str, str] | None = None, progress: Callable[[dict], None] | None = None,
                  rank: int = 0, world_size: int = 1,
-                 materialise: Callable[[torch.nn.Module], None] | None = None) -> None:
+                 materialise: Callable[[torch.nn.Module], None] | None = None,
+                 at_step: Callable[[dict], None] | None = None) -> None:
         self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
         self.rank, self.world, self.is_main = rank, world_size, rank == 0
         self.train_dataset, self.val_dataset, self.collate_fn = train_dataset, val_dataset, collate_fn
-        self.progress = progress
+        self.progress, self.at_step = progress, at_step
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -138,6 +139,7 @@ class ProductionTrainer:
         return [c for c in (
             MetricsLog(self.metrics),
             ConsoleProgress(self.state, self.total_steps, enabled=self.is_main),
+            EveryStep(self.at_step) if self.at_step is not None else None,
             ProgressReport(self.progress, self.cfg, self.total_steps) if report else None,
             wandb,
             Evaluator(self.evaluate, self.state, self.cfg, self.strategy, self.module, self.run_dir / "best",

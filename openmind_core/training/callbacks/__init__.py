@@ -5,6 +5,7 @@
 
 1. ``MetricsLog``       metrics.jsonl's step line
 2. ``ConsoleProgress``  the tqdm bar
+   ``EveryStep``        the caller's ``at_step`` callback (when given, every rank, every step)
 3. ``ProgressReport``   the caller's ``progress`` callback (when given, rank 0)
 4. ``WandbLog``         wandb: train/* every ``log_every`` steps (and val/loss for the evaluator)
 5. ``Evaluator``        the validation loss every ``eval_steps`` and at the end; ``best/``
@@ -19,7 +20,7 @@ at the end: the last evaluation, the last checkpoint, then ``final/``, then the 
 
 from openmind_core.training.callbacks.base import Callback, CallbackList
 from openmind_core.training.callbacks.checkpointer import Checkpointer
-from openmind_core.training.callbacks.console import ConsoleProgress, ProgressReport
+from openmind_core.training.callbacks.console import ConsoleProgress, EveryStep, ProgressReport
 from openmind_core.training.callbacks.evaluator import Evaluator
 from openmind_core.training.callbacks.final_model import FinalModel
 from openmind_core.training.callbacks.kill_points import KillPoints, kill_point
@@ -27,5 +28,5 @@ from openmind_core.training.callbacks.metrics_log import MetricsLog
 from openmind_core.training.callbacks.rollback import SpikeRollback
 from openmind_core.training.callbacks.wandb_log import WandbLog
 
-__all__ = ["Callback", "CallbackList", "Checkpointer", "ConsoleProgress", "Evaluator", "FinalModel", "KillPoints",
+__all__ = ["Callback", "CallbackList", "Checkpointer", "ConsoleProgress", "EveryStep", "Evaluator", "FinalModel", "KillPoints",
            "MetricsLog", "ProgressReport", "SpikeRollback", "WandbLog", "kill_point"]

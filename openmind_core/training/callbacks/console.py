@@ -56,3 +56,14 @@ class ProgressReport(Callback):
 
     def post_train(self, summary: dict[str, Any]) -> None:
         self.progress(summary)
+
+
+class EveryStep(Callback):
+    """The caller's ``at_step`` callback on every rank after every step (under torchrun: where the ranks
+    agree to stop together when one of them was asked to)."""
+
+    def __init__(self, fn: Callable[[dict], None]) -> None:
+        self.fn = fn
+
+    def post_step(self, record: dict[str, Any]) -> None:
+        self.fn(record)

@@ -1,4 +1,4 @@
-"""Task runners for ``openmind run --task-runner``: where the per-file conversion tasks run.
+"""Task runners for the per-file conversion tasks: ``--task-runner`` on the CLI, the ``task_runner`` parameter of a deployment.
 
 - ``thread`` (default): Prefect's ``ThreadPoolTaskRunner`` in the flow's process.
 - ``dask``: ``prefect_dask.DaskTaskRunner`` (``pip install -e '.[dask]'``): a temporary
@@ -18,8 +18,8 @@ def task_runner(kind: str = "thread", address: str | None = None, workers: int |
     """A Prefect task runner; ``ImportError`` with the install line when prefect-dask is missing."""
     if kind == "thread":
         if address:
-            raise ValueError("--dask-address needs --task-runner dask")
-        from prefect.task_runners import ThreadPoolTaskRunner  # start-up cost: the CLI imports this module early
+            raise ValueError("a Dask address (--dask-address, dask_address) needs the task runner dask")
+        from prefect.task_runners import ThreadPoolTaskRunner  # start-up cost: the CLI's pre-flight imports this module
 
         return ThreadPoolTaskRunner(max_workers=workers)
     if kind != "dask":
@@ -27,7 +27,7 @@ def task_runner(kind: str = "thread", address: str | None = None, workers: int |
     try:
         from prefect_dask import DaskTaskRunner  # an optional extra
     except ImportError:
-        raise ImportError("--task-runner dask needs prefect-dask: .venv/bin/pip install -e '.[dask]'") from None
+        raise ImportError("task runner dask needs prefect-dask: pip install -e '.[dask]'") from None
     if address:
         return DaskTaskRunner(address=address)
     # a temporary cluster's workers are killed at the end of the run: not worth a warning per worker
