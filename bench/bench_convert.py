@@ -295,7 +295,7 @@ def breakdown(rows: int = 100_000, repeat: int = 7) -> list[tuple[str, float]]:
 class _CountingWriter:
     """A stand-in for the converter's ShardWriter that keeps the rows' count and encodes nothing."""
 
-    def __init__(self, directory: Path, cfg: DataConfig) -> None:
+    def __init__(self, directory: Path, cfg: DataConfig, split: str | None = None) -> None:
         self.rows = 0
 
     def write(self, rows: pa.Table) -> None:

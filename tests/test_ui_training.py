@@ -32,7 +32,9 @@ pytestmark = pytest.mark.slow
 CLAIM = "the loss so far is visible in the Prefect UI during training (README: 'the loss so far')"
 LOG_EVERY = 5
 OVERRIDES = ["data.synthetic.num_captions=200", "data.synthetic.num_vqa=100", "train.micro_batch_size=4",
-             "train.epochs=2", f"train.log_every={LOG_EVERY}", "inference.max_samples=2"]
+             "train.epochs=50", f"train.log_every={LOG_EVERY}", "inference.max_samples=2"]
+# far more steps than the checks need, on purpose: the run is stopped (SIGTERM) once they are done, so
+# even on a loaded machine it is still training when the browser looks
 
 
 def _unproven(claim: str, why: str) -> None:
@@ -104,4 +106,4 @@ def test_the_loss_so_far_in_the_ui_mid_training(tmp_path):
     shown = re.search(r"step (\d+)/(\d+)", dom)
     assert shown and 0 < int(shown.group(1)) < int(shown.group(2)), shown  # mid-training
     assert shot.stat().st_size > 20_000
-    assert "stopped by SIGTERM" in out or "OpenMind week1" in out, out[-2000:]
+    assert "stopped by SIGTERM" in out, out[-2000:]
