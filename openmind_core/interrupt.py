@@ -57,6 +57,14 @@ def request(signum: int) -> None:
         _state.signum = signum
 
 
+def ignore_in_worker(_worker_id: int | None = None) -> None:
+    """A data-loader worker's ``worker_init_fn``: it ignores Ctrl-C and SIGTERM (a terminal's Ctrl-C and
+    torchrun's stop reach the whole process group).  Its process stops the loader at the step boundary;
+    a worker killed mid-step would end one rank's step early while the others wait in a collective."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def reset() -> None:
     _state.signum, _state.count, _state.raised = None, 0, False
 

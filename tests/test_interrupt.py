@@ -79,6 +79,41 @@ def test_deferred_stop_without_a_step_boundary_interrupts_after_the_grace(monkey
         interrupt._state.installed = False
 
 
+class _SlowItems:
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        time.sleep(0.3)
+        return i
+
+
+def test_loader_workers_outlive_a_group_stop_so_the_step_ends_at_its_boundary():
+    """A terminal's Ctrl-C and torchrun's SIGTERM reach the loader workers too (the whole process group):
+    with ``ignore_in_worker`` they keep serving the step in progress, and the loader yields every item."""
+    from torch.utils.data import DataLoader
+
+    from openmind_core import interrupt
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # this process: record nothing, go on
+    try:
+        loader = DataLoader(_SlowItems(), batch_size=1, num_workers=2, worker_init_fn=interrupt.ignore_in_worker)
+        got = []
+        for i, item in enumerate(loader):
+            got.append(int(item))
+            if i == 0:
+                for w in loader_workers(os.getpid()):
+                    os.kill(w, signal.SIGTERM)
+        assert got == list(range(8))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def loader_workers(parent: int) -> list[int]:
+    kids = Path(f"/proc/{parent}/task/{parent}/children")
+    return [int(p) for p in kids.read_text().split()] if kids.exists() else []
+
+
 # --------------------------------------------------------------------------- end to end through the CLI
 
 

@@ -135,7 +135,7 @@ def test_a_sigterm_to_the_caller_stops_every_rank_at_one_step_boundary(prepared,
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert "forwarding SIGTERM to torchrun" in caplog.text
     stopped = [line for line in log.lines if "stopped by SIGTERM at a step boundary" in line]
-    assert {"rank0", "rank1"} <= {w for line in stopped for w in line.split()}, log.lines[-30:]
+    assert {"rank0", "rank1"} <= {w for line in stopped for w in line.split()}, "\n".join(log.lines[-80:])
     done = steps()
     assert 3 <= len(done) < 2000 and done == list(range(1, len(done) + 1))  # stopped early, no step twice
     assert not [p for p in _descendants(os.getpid()) if "train_entry" in open(f"/proc/{p}/cmdline").read()]

@@ -105,7 +105,8 @@ def train_from_config(
     train, val, collate = build_datasets(cfg, curated, model)
     fingerprint = {"model": cfg.fingerprint("model"), "data": curated.version}
     def report(info: dict) -> None:  # called at step boundaries: where a requested stop happens
-        interrupt.check()
+        if world_size == 1:  # under torchrun only every_step stops, after the ranks agreed (one collective)
+            interrupt.check()
         if progress is not None:
             progress(info)
 

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from openmind_core import interrupt
 from openmind_core.data.sampler import ResumableSampler
 from openmind_core.training.batches import batch_tokens, label_tokens, to_device
 from openmind_core.training.callbacks import (CallbackList, Checkpointer, ConsoleProgress, EveryStep, Evaluator, FinalModel,
@@ -196,6 +197,7 @@ class ProductionTrainer:
         g.manual_seed(self.seed * 1_000_003 + state.epoch)
         return DataLoader(self.train_dataset, batch_size=self.cfg.micro_batch_size, sampler=self.sampler,
                           collate_fn=self.collate_fn, num_workers=self.cfg.num_workers, generator=g,
+                          worker_init_fn=interrupt.ignore_in_worker if self.cfg.num_workers else None,
                           pin_memory=self.device.type == "cuda", drop_last=False)
 
     def _reached_end(self) -> bool:
