@@ -103,7 +103,7 @@ def test_a_sigterm_to_the_caller_stops_every_rank_at_one_step_boundary(prepared,
     from tasks.distributed import train_with_torchrun
 
     cfg, curated, tokenizer, _ = prepared
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 2000, "save_steps": 2})})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 2000, "epochs": 400, "save_steps": 2})})
     run_dir = tmp_path / "stopped"
     run_dir.mkdir()
 
