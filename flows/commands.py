@@ -17,10 +17,12 @@ def cmd_run(args) -> int:
     from flows import console
     from flows.lake import default_run_name, resolve_lake
 
-    cfg = load(args)
+    from openmind_core.app.run_dir import with_lake_paths
+
     lake = resolve_lake(args.lake)
+    cfg = with_lake_paths(load(args), lake)  # as the flow does: model.init_from read from the lake
     check_lake(lake)
-    check_inputs(cfg)
+    check_inputs(cfg, lake)
     check_model_parts(cfg)
     name = args.run_name or cfg.run.name or default_run_name()
     check_resumable(cfg, lake / "runs" / name)
@@ -57,7 +59,7 @@ def cmd_data_prepare(args) -> int:
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
-    check_inputs(cfg)
+    check_inputs(cfg, lake)
     from flows import console
     from flows.data import prepare_data
 
@@ -80,7 +82,7 @@ def cmd_data_inspect(args) -> int:
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
-    check_inputs(cfg)
+    check_inputs(cfg, lake)
     from openmind_core.app.inspect_data import inspect_samples
     from openmind_core.app.tokenizer import build_run_tokenizer
     from openmind_core.data import convert, download

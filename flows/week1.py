@@ -18,7 +18,7 @@ from prefect.logging import get_run_logger
 
 from flows.lake import default_run_name, resolve_lake
 from openmind_core.app.report import build_report, checklist_markdown
-from openmind_core.app.run_dir import prepare_run_dir
+from openmind_core.app.run_dir import prepare_run_dir, with_lake_paths
 from openmind_core.io import atomic_write_text
 from openmind_core.model.memory import estimate_memory
 from schemas import OpenMindConfig, Week1Report, load_config
@@ -71,8 +71,8 @@ def week1(
         lake: the data lake directory; default ``$OPENMIND_LAKE`` or ``./data_lake``.
     """
     log = get_run_logger()
-    cfg = load_config(config_path, overrides)  # ConfigError: nothing written yet
     lake_dir = resolve_lake(lake)
+    cfg = with_lake_paths(load_config(config_path, overrides), lake_dir)  # ConfigError: nothing written yet
     name = _run_name(run_name, cfg)
     run_dir = prepare_run_dir(cfg, lake_dir, name)
     log.info("run %s in %s", name, run_dir)
