@@ -32,7 +32,9 @@ class ImagePromptGeneration:
             return []
         return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
-    def _prepare_prompts(self, prompts, batch: int, n_image: int, thinking: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prepare_prompts(self, prompts, batch: int, n_image: int | None = None,
+                         thinking: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        n_image = self.num_image_tokens if n_image is None else n_image  # 0: text-only prompts
         if isinstance(prompts, str):
             prompts = [prompts] * batch
         if len(prompts) != batch:
