@@ -20,9 +20,10 @@ def cmd_run(args) -> int:
     from openmind_core.app.run_dir import with_lake_paths
 
     lake = resolve_lake(args.lake)
-    cfg = with_lake_paths(load(args), lake)  # as the flow does: model.init_from read from the lake
+    cfg = load(args)
     check_lake(lake)
     check_inputs(cfg, lake)
+    cfg = with_lake_paths(cfg, lake)  # as the flow does: model.init_from read from the lake
     check_model_parts(cfg)
     name = args.run_name or cfg.run.name or default_run_name()
     check_resumable(cfg, lake / "runs" / name)
