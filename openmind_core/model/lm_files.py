@@ -87,7 +87,7 @@ def require_gguf() -> None:
 
 
 def _key(path: Path) -> str:
-    import transformers
+    import transformers  # start-up cost: only where a GGUF file is named
 
     st = path.stat()
     raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|transformers {transformers.__version__}"
@@ -116,15 +116,18 @@ def converted_dir(path: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from openmind_core.progress import hf_bars
+    from openmind_core.progress import hf_bars, progress
 
     logger.info("converting %s once into %s (GGUF -> safetensors; later loads read that)", path, out)
     t0 = time.perf_counter()
-    with staged_dir(out) as tmp, hf_bars(0):
+    with staged_dir(out) as tmp, hf_bars(0), progress(3, f"converting {path.name} once", "step") as bar:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         tokenizer.save_pretrained(str(tmp))
+        bar.update()
         lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        bar.update()
         _dequantized(lm, path).save_pretrained(str(tmp))  # config.json, model.safetensors, generation_config.json
+        bar.update()
         st = path.stat()
         (tmp / MARKER).write_text(json.dumps({"source": str(path.resolve()), "size": st.st_size,
                                               "mtime_ns": st.st_mtime_ns}, indent=2), encoding="utf-8")
