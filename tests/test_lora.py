@@ -387,6 +387,16 @@ def test_run_refuses_a_missing_init_from_before_anything_runs(tmp_path):
         check_inputs(cfg)
 
 
+def test_loading_init_from_names_a_missing_directory_as_missing(tmp_path):
+    from openmind_core.model.assembly import init_projector_from
+
+    with pytest.raises(FileNotFoundError, match="nope'?: the directory does not exist"):
+        init_projector_from(None, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty'?: it holds no model.safetensors"):
+        init_projector_from(None, tmp_path / "empty")
+
+
 def test_a_relative_init_from_is_read_from_the_lake(tmp_path, monkeypatch):
     """``runs/<run>/final`` names a directory in the lake, whatever the working directory and --lake."""
     from flows.preflight import UsageError, check_inputs
