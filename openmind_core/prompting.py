@@ -7,8 +7,12 @@ Two layouts, chosen by the tokenizer:
   assistant turn the target.  The template is rendered once per turn layout with markers where the
   contents go (``openmind_core.chat_template``); its own text (headers, system prompt, end-of-turn
   tokens) is tokenised once and reused, and only the contents are tokenised per sample (two batched tokenizer calls for many
-  samples).  Labels cover each assistant turn's tokens and the end-of-turn token that closes it
-  (``<|eot_id|>``, ``<|im_end|>``), nothing else.
+  samples).  The ids equal the template's own rendering, tokenised (what it writes after the last
+  turn, ChatML's newline, included, unlabelled).  Labels cover each assistant turn's tokens and the
+  end-of-turn token that closes it (``<|eot_id|>``, ``<|im_end|>``), nothing else; an answer that
+  starts with a reasoning trace (``<think>...</think>``) is rendered as the template renders one,
+  and the block that holds it is part of the target.  Generation prompts set ``enable_thinking``
+  (``thinking``, False by default), so reasoning templates render the assistant turn as in training.
 * **No template** (the tiny default's trained BPE): ``[bos] [image] * N "\\nUSER: {instruction}\\nASSISTANT:"
   " {target}" [eos]``.
 
@@ -21,7 +25,8 @@ or the template's own tokens.
 **Conversations** (``encode_turns`` / ``encode_conversations``; curated rows of kind
 ``conversation``): any number of turns, an optional first ``system`` turn, then user / assistant
 alternating.  The image's tokens go where the user turn's ``<image>`` tag is (``image_tag``; the
-tag itself is removed, a leading tag gives the same layout as a caption row); a row without an
+tag itself is removed, the text around it kept as written, so ``"...this?\n<image>"`` keeps its
+newline as the template does; a leading tag gives the same layout as a caption row); a row without an
 image (``num_image_tokens=0``) gets no image tokens, and its tag-free text stays text.  Every
 assistant turn is a label target (with its end-of-turn token), system and user turns are masked.
 A conversation longer than ``max_length`` first loses whole trailing user/assistant pairs (never
