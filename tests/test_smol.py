@@ -73,17 +73,18 @@ def test_lora_starts_from_init_from_and_reloads(smol, tmp_path):
     """The second stage: LoRA adapters on the real LM, the projector from the first stage's final/."""
     from openmind_core.model import MultimodalReasoningModel, build_model
 
+    from safetensors.torch import save_file
+
     cfg, tok, aligned = smol
-    with torch.no_grad():
-        for p in aligned.projector.parameters():
-            p.add_(0.01)  # "trained": differs from any fresh init
-    aligned.save_pretrained(tmp_path / "align" / "final")
+    first = {k: v + 0.01 for k, v in aligned.projector.state_dict().items()}  # "trained": unlike any fresh init
+    (tmp_path / "align" / "final").mkdir(parents=True)  # what init_from reads of a final/: its projector tensors
+    save_file({f"projector.{k}": v.contiguous() for k, v in first.items()}, str(tmp_path / "align" / "final" / "model.safetensors"))
     lora_cfg = load_config(overrides=[f"model.lm.name_or_path={SMOL}", "model.stage=finetune", *VISION,
                                       "model.lm.lora.r=4", "model.lm.lora.target_modules=[q_proj,v_proj]",
                                       f"model.init_from={tmp_path / 'align' / 'final'}"])
     torch.manual_seed(1)
     model = build_model(lora_cfg.model, tok)
-    for k, v in aligned.projector.state_dict().items():
+    for k, v in first.items():
         assert torch.equal(model.projector.state_dict()[k], v), k
     counts = model.parameter_counts()
     assert counts["language_model (LoRA)"][0] == 30 * 4 * (576 + 576 + 576 + 192)  # q and v adapters, rank 4
