@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flows import console
 from flows.lake import default_run_name, resolve_lake
+from openmind_core.app.run_dir import with_lake_paths
 from flows.preflight import (UsageError, check_inputs, check_lake, check_model_parts, check_resumable,
                              check_run_dir_free, load)
 from tasks.runners import task_runner
@@ -18,10 +19,11 @@ from flows.summary import normalised_note, summary
 
 
 def cmd_run(args) -> int:
-    cfg = load(args)
     lake = resolve_lake(args.lake)
+    cfg = load(args)
     check_lake(lake)
-    check_inputs(cfg)
+    check_inputs(cfg, lake)
+    cfg = with_lake_paths(cfg, lake)  # as the flow does: model.init_from read from the lake
     check_model_parts(cfg)
     name = args.run_name or cfg.run.name or default_run_name()
     check_resumable(cfg, lake / "runs" / name)
@@ -54,7 +56,7 @@ def cmd_data_prepare(args) -> int:
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
-    check_inputs(cfg)
+    check_inputs(cfg, lake)
     task_runner_from_args(args)  # prefect-dask installed when asked for
     from flows.data import prepare_data  # start-up cost: prefect, after the checks
 
@@ -76,7 +78,7 @@ def cmd_data_inspect(args) -> int:
     cfg = load(args)
     lake = resolve_lake(args.lake)
     check_lake(lake)
-    check_inputs(cfg)
+    check_inputs(cfg, lake)
     # start-up cost: the model package and torch load after the checks
     from openmind_core.app.inspect_data import inspect_samples
     from openmind_core.app.tokenizer import build_run_tokenizer

@@ -16,6 +16,7 @@ from pathlib import Path
 from openmind_core.app.auto_resume import RunDirBusy, check_free
 from openmind_core.app.run_dir import ResumeRefused
 from openmind_core.app.run_dir import check_resumable as check_run_dir
+from openmind_core.app.run_dir import resolve_init_from
 from openmind_core.data.inputs import InputError, check_input_files
 from schemas import ConfigError, load_config
 
@@ -75,14 +76,27 @@ def _fs_type(path: Path) -> str | None:
     return best[1] if best else None
 
 
-def check_inputs(cfg) -> None:
+def check_inputs(cfg, lake: Path | None = None) -> None:
     try:
         check_input_files(cfg.data)  # missing, a directory where a file belongs, unreadable
     except InputError as e:
         raise UsageError(str(e)) from None
-    init = cfg.model.init_from
-    if init and not (Path(init).expanduser() / "model.safetensors").is_file():
-        raise UsageError(f"model.init_from: {init} holds no model.safetensors (point it at an earlier run's final/)")
+    if cfg.model.init_from:
+        check_init_from(cfg.model.init_from, lake)
+
+
+def check_init_from(init: str, lake: Path | None) -> None:
+    """``model.init_from`` must be a saved model directory (a relative one is read from the lake)."""
+    d = resolve_init_from(init, lake) if lake is not None else Path(init).expanduser()
+    where = f" (a relative model.init_from is read from the lake, {lake})" if lake is not None and d != Path(
+        init).expanduser() else ""
+    if not d.exists():
+        raise UsageError(f"model.init_from: directory {d} does not exist{where}; run the earlier stage first "
+                         f"(its run's final/), or point it at a saved model directory")
+    if not d.is_dir():
+        raise UsageError(f"model.init_from: {d} is not a directory (point it at an earlier run's final/)")
+    if not (d / "model.safetensors").is_file():
+        raise UsageError(f"model.init_from: {d} holds no model.safetensors (point it at an earlier run's final/)")
 
 
 def check_model_parts(cfg) -> None:

@@ -53,8 +53,8 @@ def summary(report) -> str:
         *(f"             {part}" for part in training_events(t)),
         *(f"  {'inference' if i == 0 else '':<9}  {line}" for i, line in enumerate(summary_lines(inf))),
     ]
-    prompts = [p for p in inf.predictions if p.kind == "prompt"][:1]
-    for p in prompts:
+    prompts = list({p.prompt: p for p in reversed([p for p in inf.predictions if p.kind == "prompt"])}.values())
+    for p in prompts[::-1]:  # each extra prompt's answer about the first image
         lines.append(f"             {p.prompt} -> {p.prediction!r}")
     lines += [f"  {'criteria' if i == 0 else '':<9}  [{MARKS[c.status]}] {c.name}" for i, c in enumerate(report.criteria)]
     if report.advice:

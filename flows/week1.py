@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 from flows.lake import default_run_name, resolve_lake
 from openmind_core.app.auto_resume import hold as hold_run_dir
 from openmind_core.app.report import auto_resume_lines, build_report, checklist_markdown
-from openmind_core.app.run_dir import prepare_run_dir
+from openmind_core.app.run_dir import prepare_run_dir, with_lake_paths
 from openmind_core.io import atomic_write_text
 from openmind_core.model.memory import estimate_memory
 from schemas import OpenMindConfig, Week1Report, load_config
@@ -81,8 +81,8 @@ def week1(
             resumes (counted against ``run.max_auto_resumes``).
     """
     log = get_run_logger()
-    cfg = load_config(config_path, overrides)  # ConfigError: nothing written yet
     lake_dir = resolve_lake(lake)
+    cfg = with_lake_paths(load_config(config_path, overrides), lake_dir)  # ConfigError: nothing written yet
     name = _run_name(run_name, cfg)
     with hold_run_dir(lake_dir / "runs" / name):  # one process per run directory (RunDirBusy otherwise)
         run_dir = prepare_run_dir(cfg, lake_dir, name)

@@ -1,4 +1,4 @@
-"""Image preprocessing shared by the data loader, smoke tests and generation.
+"""Image preprocessing shared by the data loader, smoke tests and generation (PIL images, image bytes, or image files by path).
 
 SigLIP's recipe by default: resize to a square (bicubic), rescale to [0, 1] and normalise with
 mean 0.5 and std 0.5, so pixel values lie in [-1, 1].  A vision checkpoint with its own image
@@ -9,7 +9,9 @@ processor (``preprocessor_config.json``: CLIP-style mean/std, another resample f
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,9 +22,15 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 BICUBIC = int(Image.Resampling.BICUBIC)
 
 
-def load_image(data: bytes | Image.Image) -> Image.Image:
-    """Decode image bytes (or pass a PIL image through) as RGB."""
-    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
+def load_image(data: bytes | Image.Image | str | os.PathLike) -> Image.Image:
+    """Decode image bytes or an image file (a path), or pass a PIL image through, as RGB."""
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"image {str(data)!r}: no such file")
+        img = Image.open(path)
+    else:
+        img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
     return img.convert("RGB")
 
 

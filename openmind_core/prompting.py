@@ -7,8 +7,12 @@ Two layouts, chosen by the tokenizer:
   assistant turn the target.  The template is rendered once per turn layout with markers where the
   contents go (``openmind_core.chat_template``); its own text (headers, system prompt, end-of-turn
   tokens) is tokenised once and reused, and only the contents are tokenised per sample (two batched tokenizer calls for many
-  samples).  Labels cover each assistant turn's tokens and the end-of-turn token that closes it
-  (``<|eot_id|>``, ``<|im_end|>``), nothing else.
+  samples).  The ids equal the template's own rendering, tokenised (what it writes after the last
+  turn, ChatML's newline, included, unlabelled).  Labels cover each assistant turn's tokens and the
+  end-of-turn token that closes it (``<|eot_id|>``, ``<|im_end|>``), nothing else; an answer that
+  starts with a reasoning trace (``<think>...</think>``) is rendered as the template renders one,
+  and the block that holds it is part of the target.  Generation prompts set ``enable_thinking``
+  (``thinking``, False by default), so reasoning templates render the assistant turn as in training.
 * **No template** (the tiny default's trained BPE): ``[bos] [image] * N "\\nUSER: {instruction}\\nASSISTANT:"
   " {target}" [eos]``.
 
@@ -21,7 +25,8 @@ or the template's own tokens.
 **Conversations** (``encode_turns`` / ``encode_conversations``; curated rows of kind
 ``conversation``): any number of turns, an optional first ``system`` turn, then user / assistant
 alternating.  The image's tokens go where the user turn's ``<image>`` tag is (``image_tag``; the
-tag itself is removed, a leading tag gives the same layout as a caption row); a row without an
+tag itself is removed, the text around it kept as written, so ``"...this?\n<image>"`` keeps its
+newline as the template does; a leading tag gives the same layout as a caption row); a row without an
 image (``num_image_tokens=0``) gets no image tokens, and its tag-free text stays text.  Every
 assistant turn is a label target (with its end-of-turn token), system and user turns are masked.
 A conversation longer than ``max_length`` first loses whole trailing user/assistant pairs (never
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from openmind_core.chat_template import Skeleton, has_chat_template, plain_skeleton, skeleton
+from openmind_core.chat_template import Skeleton, has_chat_template, plain_skeleton, skeleton, split_reasoning
 
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"  # marks the image's place in a conversation row's user turn
@@ -89,8 +94,7 @@ def _plain(ids: list[int], tokenizer, image_token_id: int) -> list[int]:
 
 def _fixed_tokens(skel: Skeleton, generation: bool) -> int:
     """Template tokens a layout always keeps (they count towards ``max_length``)."""
-    tail_kept = len(skel.chunks[-1]) if generation or not skel.roles else skel.turn_end[-1]
-    return sum(len(c) for c in skel.chunks[:-1]) + tail_kept
+    return sum(len(c) for c in skel.chunks)
 
 
 def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[int], max_length: int,
@@ -121,8 +125,9 @@ def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[i
             input_ids += chunk[:n]
             labels += chunk[:n]
             chunk = chunk[n:]
+        opened = skel.opener[i] if skel.trace_kept(i) else 0  # "<think>\n": the start of the turn's target
         input_ids += chunk
-        labels += [IGNORE_INDEX] * len(chunk)
+        labels += [IGNORE_INDEX] * (len(chunk) - opened) + chunk[len(chunk) - opened:]
         content = contents[i]
         if i == image_turn and image_ids:
             at = min(image_offset, len(content))  # the text after the image may have been cut
@@ -141,9 +146,8 @@ def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[i
         input_ids += tail[:n]
         labels += tail[:n]
         tail = tail[n:]
-    if generation:  # the generation prompt (the assistant header); after a finished turn (ChatML's
-        input_ids += tail  # trailing newline) the tail is left out: nothing follows it
-        labels += [IGNORE_INDEX] * len(tail)
+    input_ids += tail  # the generation prompt (the assistant header), or what the template writes after
+    labels += [IGNORE_INDEX] * len(tail)  # the last turn (ChatML's "\n"): as the template renders it, unlabelled
     return Encoded(input_ids, labels, (start, end), truncated)
 
 
@@ -155,9 +159,10 @@ def _check_roles(roles: tuple[str, ...]) -> None:
 
 
 def _turn_pieces(turns: list[tuple[str, str]], has_image: bool, image_tag: str | None,
-                 templated: bool) -> tuple[tuple[str, ...], list[list[str]], int | None]:
-    """(roles, text pieces per turn, the image's turn).  The image's turn has two pieces: the text
-    before the image and the text after it; every other turn one."""
+                 templated: bool) -> tuple[tuple[str, ...], list[list[str]], int | None, tuple[bool, ...]]:
+    """(roles, text pieces per turn, the image's turn, which turns hold a reasoning trace).  The image's
+    turn has two pieces: the text before the image and the text after it; a templated assistant turn
+    with a trace (``<think>...</think>`` first) two: the trace and the answer; every other turn one."""
     roles = tuple(r for r, _ in turns)
     _check_roles(roles)
     texts = [t.strip() for _, t in turns]
@@ -167,22 +172,28 @@ def _turn_pieces(turns: list[tuple[str, str]], has_image: bool, image_tag: str |
         tagged = [i for i in users if image_tag and image_tag in texts[i]] if image_tag else []
         image_turn = tagged[0] if tagged else users[0]
         text = texts[image_turn]
-        if tagged:
+        if tagged:  # the text around the tag as written: the template renders it so ("...this?\n<image>")
             before, _, after = text.partition(image_tag)
-        else:
-            after = text
-        before, after = before.strip(), after.strip() if not before.strip() else after.rstrip()
+        else:  # no tag: LLaVA's order, the image, then "\n" + the text (a caption row's layout)
+            after = "\n" + text if templated else text
+        if not templated:
+            before, after = before.strip(), after.strip() if not before.strip() else after.rstrip()
     pieces: list[list[str]] = []
+    traces = []
     for i, (role, text) in enumerate(zip(roles, texts)):
+        trace, answer = split_reasoning(text) if templated and role == "assistant" else (None, text)
+        traces.append(trace is not None)
         if i == image_turn:
-            if templated:  # LLaVA's order: the image, then "\n" + the text (a caption row's layout)
-                pieces.append([before, ("\n" + after) if not before else after])
+            if templated:
+                pieces.append([before, after])
             elif not before:  # the fixed layout: [image] "\nUSER: ..." as for caption rows
                 pieces.append(["", format_prompt(after)])
             else:
                 mark = "\ue002"
                 head, _, tail = format_prompt(f"{before}{mark}{after}").partition(mark)
                 pieces.append([head, tail])
+        elif trace is not None:
+            pieces.append([trace, answer])
         elif templated:
             pieces.append([text])
         elif role == "user":
@@ -191,7 +202,7 @@ def _turn_pieces(turns: list[tuple[str, str]], has_image: bool, image_tag: str |
             pieces.append([_target_text(text)])
         else:  # a system turn in the fixed layout: its text, before the first "\nUSER:"
             pieces.append([text])
-    return roles, pieces, image_turn
+    return roles, pieces, image_turn, tuple(traces)
 
 
 def _fit_pairs(roles: tuple[str, ...], contents: list[list[int]], image_turn: int | None, fixed_of,
@@ -209,12 +220,13 @@ def _fit_pairs(roles: tuple[str, ...], contents: list[list[int]], image_turn: in
 
 def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], num_image_tokens: int | list[int],
                          image_token_id: int, max_length: int, image_tag: str | None = IMAGE_TAG,
-                         generation: bool | None = None) -> list[Encoded]:
+                         generation: bool | None = None, thinking: bool = False) -> list[Encoded]:
     """Many conversations at once (one batched tokenizer call); see the module docstring.
 
     ``num_image_tokens``: per conversation (or one for all): 0 for a text-only row.  ``image_tag``
     (default ``<image>``): the text that marks the image's place in a user turn; None: the image
     goes first in the first user turn and every ``<image>`` in the text stays plain text.
+    ``thinking``: a generation prompt that lets a reasoning template think (``enable_thinking``).
     """
     if isinstance(num_image_tokens, int):
         num_image_tokens = [num_image_tokens] * len(conversations)
@@ -227,26 +239,27 @@ def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], 
     for turns, n in zip(conversations, num_image_tokens):
         if not turns:
             raise ValueError("a conversation needs at least one turn")
-        roles, pieces, image_turn = _turn_pieces(turns, n > 0, image_tag, templated)
-        prepared.append((roles, [len(p) for p in pieces], image_turn, n))
+        roles, pieces, image_turn, traces = _turn_pieces(turns, n > 0, image_tag, templated)
+        prepared.append((roles, [len(p) for p in pieces], image_turn, n, traces))
         flat.extend(x for p in pieces for x in p)
     flat_ids = tokenizer([x for x in flat if x], add_special_tokens=False)["input_ids"] if any(flat) else []
     it = iter(flat_ids)
     ids_of = [_plain(next(it), tokenizer, image_token_id) if x else [] for x in flat]
     out: list[Encoded] = []
     pos = 0
-    for roles, counts, image_turn, n in prepared:
-        contents, image_offset = [], 0
+    for roles, counts, image_turn, n, traces in prepared:
+        contents, image_offset, parts_of = [], 0, []
         for i, k in enumerate(counts):
             parts = ids_of[pos: pos + k]
             pos += k
             if i == image_turn:
                 image_offset = len(parts[0])
+            parts_of.append(parts)
             contents.append([t for part in parts for t in part])
         gen = (roles[-1] != "assistant") if generation is None else generation
         if templated:
-            def fixed_of(r, g=gen):
-                return _fixed_tokens(skeleton(tokenizer, r, g), g)
+            def fixed_of(r, g=gen, tr=traces):
+                return _fixed_tokens(skeleton(tokenizer, r, g, tr[:len(r)], thinking), g)
         elif roles in (("user",), ("user", "assistant")) and (image_turn is None or image_offset == 0):
             # a single exchange in the fixed layout: exactly a caption / VQA row's tokens
             out.append(assemble(tokenizer, contents[0], contents[1] if len(contents) > 1 else None, n,
@@ -256,7 +269,15 @@ def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], 
             def fixed_of(r, g=gen):
                 return _fixed_tokens(plain_skeleton(tokenizer, r), g)
         roles, contents, dropped = _fit_pairs(roles, contents, image_turn, fixed_of, max_length, gen)
-        skel = skeleton(tokenizer, roles, gen) if templated else plain_skeleton(tokenizer, roles)
+        traces = traces[:len(roles)]
+        if templated:
+            skel = skeleton(tokenizer, roles, gen, traces, thinking)
+            for i, traced in enumerate(traces):  # trace, the template's tokens between, answer; or the answer
+                if traced:  # alone where the template drops the trace (Qwen3: turns before the last question)
+                    trace_ids, answer_ids = parts_of[i]
+                    contents[i] = trace_ids + list(skel.mid[i]) + answer_ids if skel.trace_kept(i) else answer_ids
+        else:
+            skel = plain_skeleton(tokenizer, roles)
         at = (image_turn, image_offset) if image_turn is not None else None
         out.append(_assemble_turns(skel, contents, [image_token_id] * n, max_length, gen, image_at=at,
                                    truncated=dropped))
@@ -264,14 +285,15 @@ def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], 
 
 
 def encode_turns(tokenizer, turns: list[tuple[str, str]], num_image_tokens: int, image_token_id: int,
-                 max_length: int, generation: bool | None = None, image_tag: str | None = IMAGE_TAG) -> Encoded:
+                 max_length: int, generation: bool | None = None, image_tag: str | None = IMAGE_TAG,
+                 thinking: bool = False) -> Encoded:
     """Tokenise one conversation (``[(role, text), ...]``: an optional ``system`` turn, then ``user`` /
     ``assistant`` alternating).  The image's tokens go where a user turn's ``image_tag`` is (default
     ``<image>``; without one, first in the first user turn); ``num_image_tokens=0``: a text-only row.
     ``generation`` (default: the last turn is not the assistant's) ends with the template's
-    generation prompt and takes no labels."""
+    generation prompt and takes no labels; ``thinking`` lets a reasoning template think there."""
     return encode_conversations(tokenizer, [turns], num_image_tokens, image_token_id, max_length,
-                                image_tag=image_tag, generation=generation)[0]
+                                image_tag=image_tag, generation=generation, thinking=thinking)[0]
 
 
 # --------------------------------------------------------------------------- no template
@@ -317,10 +339,12 @@ def encode(
     num_image_tokens: int,
     image_token_id: int,
     max_length: int,
+    thinking: bool = False,
 ) -> Encoded:
     """Tokenise one sample.  ``target=None`` gives a generation prompt (no target, no labels)."""
     turns = [("user", instruction)] + ([("assistant", target)] if target is not None else [])
-    return encode_turns(tokenizer, turns, num_image_tokens, image_token_id, max_length, image_tag=None)
+    return encode_turns(tokenizer, turns, num_image_tokens, image_token_id, max_length, image_tag=None,
+                        thinking=thinking)
 
 
 def encode_many(
@@ -337,6 +361,9 @@ def encode_many(
     if not instructions:
         return []
     image = [image_token_id] * num_image_tokens
+    if has_chat_template(tokenizer) and any(split_reasoning(t)[0] is not None for t in targets):
+        return encode_conversations(tokenizer, [[("user", i), ("assistant", t)] for i, t in zip(instructions, targets)],
+                                    num_image_tokens, image_token_id, max_length, image_tag=None)
     if has_chat_template(tokenizer):
         skel = skeleton(tokenizer, ("user", "assistant"), False)
         lead = "\n" if num_image_tokens else ""

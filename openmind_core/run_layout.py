@@ -13,6 +13,7 @@ from pathlib import Path
 CONFIG_FILE = "config.yaml"  # the resolved config of the run's last start
 INPUTS_FILE = "inputs.json"  # the local inputs' stamps (size, mtime) when the run first started
 TOKENIZER_DIR = "tokenizer"  # the tokenizer every stage uses
+TEMPLATE_DATE_FILE = "template_date.txt"  # in tokenizer/: the date its chat template was pinned to (if it reads one)
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"  # the trainer's step lines and events
 AUTO_RESUMES_FILE = "auto_resumes.jsonl"  # the run's starts: by hand, or automatic resumes of a crash

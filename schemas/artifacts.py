@@ -84,6 +84,8 @@ class TokenizerReport(Artifact):
     image_token_id: int
     pad_token_id: int | None = None
     chat_template: bool = Field(False, description="prompts go through the tokenizer's own chat template")
+    template_date: str | None = Field(None, description="the date a date-dependent chat template renders with "
+                                      "(pinned when the run first started; ISO format); None: it reads no date")
     reused: bool = Field(False, description="the run directory already held it (a resume)")
 
 
@@ -163,14 +165,17 @@ class TrainingResult(Artifact):
 
 
 class Prediction(Artifact):
-    kind: Literal["vqa", "caption", "prompt"]
+    kind: Literal["vqa", "caption", "conversation", "prompt"]
     sample_id: str | None = None
     prompt: str
     reference: str | None = None
     references: list[str] = Field(default_factory=list, description="every ground truth scored against "
                                   "(a VQA row's answers, all of an image's captions)")
-    prediction: str
-    score: float | None = Field(None, description="VQA: the question's accuracy in [0, 1]; caption: its CIDEr-D")
+    prediction: str = Field(description="the answer scored (after a reasoning trace, when the output held one)")
+    reasoning: str | None = Field(None, description="the whole output, when it held a reasoning trace "
+                                  "(<think>...</think>) before the answer")
+    score: float | None = Field(None, description="VQA: the question's accuracy in [0, 1]; caption, conversation: "
+                                "its CIDEr-D")
     method: str | None = Field(None, description="VQA scoring that applied: vqav2 (10-answer consensus), "
                                "exact (one answer) or any (2-9 answers)")
     correct: bool | None = Field(None, description="VQA: full credit (score 1)")
@@ -194,6 +199,16 @@ class InferenceReport(Artifact):
     caption_chance_bleu4: float | None = Field(None, description="BLEU-4 of a random training caption per image")
     caption_tokenizer: str | None = None
     caption_count: int = Field(0, description="images captioned (each against all of its reference captions)")
+    conversation_cider: float | None = Field(None, description="corpus CIDEr-D of the answers to conversation "
+                                             "rows' last assistant turn, against that turn")
+    conversation_bleu4: float | None = None
+    conversation_chance_cider: float | None = Field(None, description="the same for the last answer of a random "
+                                                    "other training conversation")
+    conversation_chance_bleu4: float | None = None
+    conversation_count: int = Field(0, description="conversation rows answered and scored")
+    conversation_note: str | None = Field(None, description="conversation rows left unscored, and why")
+    thinking: bool = Field(False, description="generation prompts let a reasoning template think "
+                           "(inference.thinking, or the training answers hold reasoning traces)")
     chance_from: str | None = Field(None, description="the rows the chance baselines were drawn from")
     predictions: list[Prediction] = Field(default_factory=list)
     wall_seconds: float = 0.0

@@ -182,7 +182,9 @@ class LoraConfig(Strict):
 class LMConfig(Strict):
     """The causal language model: a hub id / local path, or an inline Llama-shaped config."""
 
-    name_or_path: str | None = Field(None, description="AutoModelForCausalLM id or path; None = inline config")
+    name_or_path: str | None = Field(None, description="AutoModelForCausalLM id or path, a .gguf file, or "
+                                     "pkg:<package>/<file> (openmind_core.model.lm_files); None = inline config")
+    gguf_file: str | None = Field(None, description="a GGUF file inside the name_or_path directory")
     hidden_size: int = Field(4096, ge=8)
     num_layers: int = Field(32, ge=1)
     num_heads: int = Field(32, ge=1)
@@ -210,6 +212,8 @@ class LMConfig(Strict):
 class TokenizerConfig(Strict):
     name_or_path: str | None = Field(None, description="None: the LM's own (lm.name_or_path) when that is set, "
                                      "else a BPE trained on the curated corpus")
+    gguf_file: str | None = Field(None, description="a GGUF file inside the name_or_path directory (default: "
+                                  "the LM's, when the tokenizer is the LM's own)")
     vocab_size: int = Field(1000, ge=64, description="size of a trained tokenizer")
     image_token: str = "<image>"
 
@@ -239,6 +243,7 @@ class ModelConfig(Strict):
         (a BPE trained here would index the LM's embeddings with meaningless ids)."""
         if self.lm.name_or_path and self.tokenizer.name_or_path is None:
             self.tokenizer.name_or_path = self.lm.name_or_path
+            self.tokenizer.gguf_file = self.tokenizer.gguf_file or self.lm.gguf_file
         return self
 
 
@@ -307,6 +312,8 @@ class InferenceConfig(Strict):
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     extra_prompts: list[str] = Field(default_factory=lambda: ["这张图片里有什么？"])
+    thinking: bool | None = Field(None, description="generation prompts let a reasoning chat template think "
+                                  "(enable_thinking); None: when the training answers hold <think> traces")
 
 
 class MemoryConfig(Strict):

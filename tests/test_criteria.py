@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from openmind_core.app.report import build_report, checklist_markdown
+from openmind_core.app.report import build_report, checklist_markdown, random_frozen_lm
 from schemas import (Check, CuratedDataset, InferenceReport, Prediction, RawDataset, SmokeReport, TrainingResult,
                      load_config)
 
 GIB = 1 << 30
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(**over):
@@ -121,3 +124,36 @@ def test_old_style_full_recipe_estimate_uses_the_configured_stage():
     cfg = load_config(overrides=["model.stage=full"])
     mem = _by_name(_report(cfg=cfg))["Training fits in 40 GB"]
     assert mem.status == "not measured" and "at stage full" in mem.evidence
+
+
+def test_a_random_frozen_lm_says_so_instead_of_train_longer():
+    """The tiny default at stage align: its LM is random and frozen, so no answer comes; the evidence and
+    the advice say that this is expected and what to change (a pretrained LM, or stage full)."""
+    cfg = load_config(overrides=["model.stage=align"])
+    report = _report(_train(val_losses=[4.0, 3.95]), _inference(acc=0.0, chance=0.16, empty=50), cfg=cfg)
+    c = _by_name(report)
+    assert not report.passed
+    for name in ("Inference generates text", "Loss fell normally"):
+        assert c[name].status == "fail"
+        assert "expected: the language model is random" in c[name].evidence and "frozen at stage align" in c[name].evidence
+    assert "trained too little" not in report.advice
+    assert "configs/smol.yaml" in report.advice and "--set model.stage=full" in report.advice
+    assert "pretrained LM" in checklist_markdown(report)
+    # the second stage on the same random LM (LoRA adapters on a frozen random base) says so too
+    lora = load_config(ROOT / "configs" / "full-finetune-lora.yaml")
+    lora_report = _report(_train(), _inference(acc=0.0, chance=0.16, empty=50), cfg=lora)
+    assert "frozen under LoRA r=16 adapters" in _by_name(lora_report)["Inference generates text"].evidence
+    # a random LM that trains (stage full), or a pretrained one, gets no such note
+    full = _report(_train(), _inference(acc=0.0, chance=0.16, empty=50), cfg=load_config())
+    assert "language model is random" not in _by_name(full)["Inference generates text"].evidence
+    assert random_frozen_lm(load_config(ROOT / "configs" / "smol.yaml")) is None  # SmolLM2, pretrained, at align
+
+
+def test_conversation_rows_are_scored_when_nothing_else_is():
+    inf = InferenceReport(model_dir="/m", nonempty=8, scored=8, conversation_count=8, conversation_cider=0.9,
+                          conversation_chance_cider=0.2, conversation_bleu4=0.3, conversation_chance_bleu4=0.0,
+                          predictions=[Prediction(kind="conversation", prompt="q", prediction="a")] * 8)
+    c = _by_name(_report(inf=inf))["Inference generates text"]
+    assert c.status == "pass" and "conversations' last answers CIDEr-D 0.900 vs a random training answer 0.200" in c.evidence
+    low = inf.model_copy(update={"conversation_cider": 0.25})
+    assert _by_name(_report(inf=low))["Inference generates text"].status == "fail"

@@ -81,6 +81,33 @@ def test_ten_answer_rows_use_the_consensus_formula(run):
     assert report.vqa_accuracy == pytest.approx(0.6)
 
 
+def test_conversation_rows_are_scored_on_their_last_answer(run):
+    """A conversation row's last assistant turn is answered (the turns before it are the prompt) and
+    scored with CIDEr-D / BLEU-4 against it; a reasoning trace is left out on both sides."""
+    from openmind_core.evaluation import evaluate_model
+    from openmind_core.evaluation.run import load_model, summary_lines
+
+    _, run_dir, cur = run
+    vqa = _rows_with_images(cur, "vqa")[:6]
+    convs = [dict(r, kind="conversation", sample_id=f"c{i}", conversation=[
+        {"role": "user", "content": "<image>\nWhat is in the image?"}, {"role": "assistant", "content": "a shape"},
+        {"role": "user", "content": r["question"]},
+        {"role": "assistant", "content": ("<think>\nlook at it\n</think>\n\n" if i == 0 else "") + r["answer"]}])
+        for i, r in enumerate(vqa)]
+    convs.append(dict(convs[1], sample_id="text-only", image=None))
+    convs.append(dict(convs[1], sample_id="no-answer", conversation=[{"role": "user", "content": "hi"}]))
+    cfg = load_config(overrides=TINY).inference
+    report = evaluate_model(load_model(run_dir / "final"), convs, cfg, chance_rows=convs, model_dir="m")
+    preds = {p.sample_id: p for p in report.predictions if p.kind == "conversation"}
+    assert report.conversation_count == 7 and set(preds) == {f"c{i}" for i in range(6)} | {"text-only"}
+    assert preds["c0"].reference == vqa[0]["answer"] and preds["c0"].prompt == vqa[0]["question"]
+    assert report.conversation_cider is not None and report.conversation_bleu4 is not None
+    assert report.conversation_chance_cider is not None and all(p.score is not None for p in preds.values())
+    assert "1 conversation(s) without a user turn" in report.conversation_note
+    assert report.scored == 7 and report.thinking  # a training answer holds a trace: the model may think
+    assert any(line.startswith("conversations (last answer) CIDEr-D") for line in summary_lines(report))
+
+
 def test_eval_cli_on_a_jsonl_file_under_prefect(run, prefect_server, tmp_path, capsys):
     from prefect.client.orchestration import get_client
 

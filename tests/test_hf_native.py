@@ -227,6 +227,20 @@ def test_image_processor_settings_are_honoured(tmp_path, llama3_dir):
     torch.testing.assert_close(ref, pix, atol=1e-5, rtol=1e-5)  # the saved processor preprocesses as we do
 
 
+def test_an_image_processor_of_another_size_is_refused(tmp_path, llama3_dir):
+    """transformers 5 gives ``proc.size`` as a SizeDict (not a dict): its size is read all the same, and a
+    preprocessor resizing to another size than the tower's is refused."""
+    from families import _save_image_processor
+    from openmind_core.model.assembly import image_processor_settings
+
+    vision = make_siglip_vision(tmp_path / "siglip56")
+    assert image_processor_settings(str(vision))[3] == 56
+    _save_image_processor(vision, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # a 224-px preprocessor, a 56-px tower
+    assert image_processor_settings(str(vision))[3] == 224
+    with pytest.raises(ValueError, match="resizes to 224 px, but model.vision.img_size is 56"):
+        family_model(llama3_dir, vision)
+
+
 def test_pretrained_towers_load_in_their_target_dtype_without_random_init(monkeypatch, llama3_dir, siglip_dir):
     """Frozen pretrained towers arrive in bf16 straight from the checkpoint: each is built on the meta
     device and filled from the file, never created at random (in fp32) first."""
@@ -309,5 +323,5 @@ def test_template_truncation_cuts_text_never_images_or_template(qwen2_dir, sigli
     assert cut.input_ids.count(image_id) == n
     text = tok.decode(cut.input_ids)
     assert text.startswith("<|im_start|>system\n") and "<|im_start|>assistant\n" in text
-    assert text.endswith("<|im_end|>")  # the turn still closes, and is still a target
+    assert text.endswith("<|im_end|>\n")  # the turn still closes (and ChatML's newline follows, as rendered)
     assert tok.decode([t for t in cut.labels if t != IGNORE]).endswith("<|im_end|>")

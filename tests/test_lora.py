@@ -379,8 +379,42 @@ def test_run_refuses_a_missing_init_from_before_anything_runs(tmp_path):
     from flows.preflight import UsageError, check_inputs
 
     cfg = load_config(RECIPE, [f"model.init_from={tmp_path / 'nope'}"])
-    with pytest.raises(UsageError, match=r"model.init_from: .* holds no model.safetensors"):
+    with pytest.raises(UsageError, match=r"model.init_from: directory .*nope does not exist"):
         check_inputs(cfg)
+    (tmp_path / "empty").mkdir()
+    cfg = load_config(RECIPE, [f"model.init_from={tmp_path / 'empty'}"])
+    with pytest.raises(UsageError, match=r"model.init_from: .*empty holds no model.safetensors"):
+        check_inputs(cfg)
+
+
+def test_loading_init_from_names_a_missing_directory_as_missing(tmp_path):
+    from openmind_core.model.assembly import init_projector_from
+
+    with pytest.raises(FileNotFoundError, match="nope'?: the directory does not exist"):
+        init_projector_from(None, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty'?: it holds no model.safetensors"):
+        init_projector_from(None, tmp_path / "empty")
+
+
+def test_a_relative_init_from_is_read_from_the_lake(tmp_path, monkeypatch):
+    """``runs/<run>/final`` names a directory in the lake, whatever the working directory and --lake."""
+    from flows.preflight import UsageError, check_inputs
+    from openmind_core.app.run_dir import with_lake_paths
+
+    lake, elsewhere = tmp_path / "lake", tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(RECIPE, ["model.init_from=runs/align/final"])
+    with pytest.raises(UsageError, match=rf"directory {lake}/runs/align/final does not exist \(a relative "
+                                         rf"model.init_from is read from the lake, {lake}\)"):
+        check_inputs(cfg, lake)
+    final = lake / "runs" / "align" / "final"
+    final.mkdir(parents=True)
+    (final / "model.safetensors").write_bytes(b"")
+    check_inputs(cfg, lake)
+    assert with_lake_paths(cfg, lake).model.init_from == str(final)
+    assert cfg.model.init_from == "runs/align/final"  # the config itself is left as written
 
 
 def test_save_with_a_given_state_dict_writes_the_same_files(saved, tmp_path):

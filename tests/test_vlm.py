@@ -145,6 +145,35 @@ def test_save_load_bit_exact(tok, tmp_path):
     assert lm.get_output_embeddings().weight.data_ptr() == lm.get_input_embeddings().weight.data_ptr()
 
 
+def test_the_parameter_table_counts_tied_embeddings_once_also_while_loading(tok, tmp_path, caplog):
+    """from_pretrained builds the model before it ties the LM head to the embeddings: the table it logs
+    then counts the head once, as the smoke report's parameter count does."""
+    import logging
+
+    m = make_model(tok, stage="align")
+    unique = sum(p.numel() for p in m.parameters())
+    m.save_pretrained(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="openmind_core.model.stages"):
+        MultimodalReasoningModel.from_pretrained(tmp_path)
+    tables = [r.getMessage() for r in caplog.records if "trainable parameters per module" in r.getMessage()]
+    assert tables and all(f"{unique:>16,}" in t.splitlines()[-1] for t in tables), tables
+
+
+def test_generate_takes_image_paths_and_conversations(tok, tmp_path):
+    m = make_model(tok).eval()
+    img = _images(1)[0]
+    img.save(tmp_path / "red.png")
+    by_path = m.generate([str(tmp_path / "red.png")], "Describe the image.", max_new_tokens=6)
+    assert by_path == m.generate([img], "Describe the image.", max_new_tokens=6)
+    assert m.generate([tmp_path / "red.png"], "Describe the image.", max_new_tokens=6) == by_path  # a Path too
+    with pytest.raises(FileNotFoundError, match="no-such.png"):
+        m.generate([str(tmp_path / "no-such.png")], "Describe the image.")
+    # a conversation so far is answered with its next assistant turn; images=None: text only
+    turns = [("user", "<image>\nWhat color is the circle?"), ("assistant", "red"), ("user", "Describe the image.")]
+    assert len(m.generate([img], [turns], max_new_tokens=4)) == 1
+    assert len(m.generate(None, [[("user", "Describe the image.")]], max_new_tokens=4)) == 1
+
+
 def test_from_pretrained_missing_dir(tmp_path):
     with pytest.raises(OSError, match="config.json"):
         MultimodalReasoningModel.from_pretrained(tmp_path)

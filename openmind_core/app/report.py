@@ -18,6 +18,11 @@ The thresholds are fixed here, in one place:
   trainer state was restored and matched (``TrainingResult.state_restore_checked``);
 - "Training fits in N GB": the peak measured on CUDA (``torch.cuda.max_memory_allocated``).  Elsewhere
   not measured, with the full-size estimate for the configured recipe as information.
+
+A random LM that the stage does not train (the tiny default's inline LM at stage align, or its base
+under LoRA adapters) has never learnt to write: when the loss or inference criterion fails in such a
+run, its evidence says so and the advice names what to change (a pretrained LM, or stage full)
+instead of "train longer".
 """
 
 from __future__ import annotations
@@ -131,15 +136,44 @@ def inference_criterion(inf: InferenceReport) -> tuple[Criterion, bool]:
         else:
             quality = PASS if inf.caption_cider - chance >= CIDER_MARGIN else FAIL
         parts.append(q)
+    elif inf.conversation_count and inf.conversation_cider is not None:
+        chance = inf.conversation_chance_cider or 0.0
+        q = (f"no VQA questions or captions; conversations' last answers CIDEr-D {inf.conversation_cider:.3f} vs "
+             f"a random training answer {chance:.3f} (needed {CIDER_MARGIN:+.2f}) on {inf.conversation_count}")
+        if inf.conversation_count < MIN_IMAGES:
+            quality = NOT_MEASURED
+            q += f"; too few conversations (fewer than {MIN_IMAGES})"
+        else:
+            quality = PASS if inf.conversation_cider - chance >= CIDER_MARGIN else FAIL
+        parts.append(q)
     else:
         quality = NOT_MEASURED
-        parts.append("nothing scored against a baseline (no VQA questions or captions)")
+        parts.append("nothing scored against a baseline (no VQA questions, captions or conversations)")
     if inf.caption_count and inf.vqa_count:
         parts.append(f"CIDEr-D {fmt_float(inf.caption_cider)} (random caption {fmt_float(inf.caption_chance_cider)}), "
                      f"BLEU-4 {fmt_float(inf.caption_bleu4)} ({fmt_float(inf.caption_chance_bleu4)})")
     status = _worst(text_status, quality)
     return (Criterion(name="Inference generates text", status=status, evidence="; ".join(parts)),
             text_status == PASS and quality == FAIL)
+
+
+def random_frozen_lm(cfg: OpenMindConfig) -> str | None:
+    """Why the run's LM cannot learn to answer, when it is random (no ``model.lm.name_or_path``) and the
+    stage does not train it in full (align; finetune with LoRA adapters only); None otherwise."""
+    m = cfg.model
+    if m.lm.name_or_path or m.stage == "full" or (m.stage == "finetune" and m.lm.lora is None):
+        return None
+    how = "frozen at stage align" if m.stage == "align" else f"frozen under LoRA r={m.lm.lora.r} adapters"
+    return (f"the language model is random (model.lm.name_or_path is unset: an inline config with random "
+            f"weights) and {how}, so it has never learnt to write text")
+
+
+def random_lm_advice(cfg: OpenMindConfig, why: str) -> str:
+    return (f"Expected with this config: {why}; a frozen random LM answers with noise or nothing, whatever the "
+            "projector learns. To see a model learn to answer, use a pretrained LM (configs/smol.yaml: "
+            "SmolLM2-135M-Instruct, with configs/smol-lora.yaml as its second stage; or "
+            "--set model.lm.name_or_path=<hub id, directory or .gguf file>), or train the random LM too with "
+            f"--set model.stage=full (configs/default.yaml does).")
 
 
 def checkpoint_criterion(t: TrainingResult) -> Criterion:
@@ -229,7 +263,13 @@ def week1_criteria(
     failed = [c for c in crit if c.failed]
     short = {loss.name: loss_short, infer.name: infer_short}
     advice = None
-    if failed and all(short.get(c.name) for c in failed):
+    why = random_frozen_lm(cfg)
+    if why and any(c.name in short for c in failed):  # a random frozen LM: the cause, not too little training
+        for c in failed:
+            if c.name in short:
+                c.evidence = f"{c.evidence}; expected: {why}"
+        advice = random_lm_advice(cfg, why)
+    elif failed and all(short.get(c.name) for c in failed):
         epochs, lr = cfg.train.epochs, cfg.train.lr
         advice = (f"This run failed only because it trained too little ({', '.join(c.name for c in failed)}): "
                   f"{t.epochs_completed} epoch(s), {t.steps} steps at train.lr={lr:g}. Train longer, e.g. "

@@ -23,6 +23,7 @@ checkpoint: nothing it refuses has been changed on disk.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from openmind_core.data.inputs import input_stamps
@@ -108,6 +109,30 @@ def check_resumable(cfg: OpenMindConfig, run_dir: str | Path) -> None:
         raise ResumeRefused(f"run directory {run_dir} holds checkpoints trained with another batch "
                             f"(train.micro_batch_size x train.grad_accum: {saved['batch']} -> {batch}); "
                             + ADVICE.format("batch settings"))
+
+
+def resolve_init_from(init_from: str, lake: str | Path) -> Path:
+    """Where ``model.init_from`` points: an absolute path as it is; a relative one inside the lake
+    (``runs/smol/final`` works with any ``--lake``), or, when only that exists, from the working directory
+    (configs written before init_from was read from the lake)."""
+    path = Path(init_from).expanduser()
+    if path.is_absolute():
+        return path
+    in_lake = Path(os.path.abspath(Path(lake).expanduser() / path))
+    return in_lake if in_lake.exists() or not path.exists() else Path(os.path.abspath(path))
+
+
+def with_lake_paths(cfg: OpenMindConfig, lake: str | Path) -> OpenMindConfig:
+    """``cfg`` with ``model.init_from`` resolved against the lake (``resolve_init_from``): the CLI's
+    pre-flight and the flow use, check and record the same absolute path."""
+    if not cfg.model.init_from:
+        return cfg
+    resolved = str(resolve_init_from(cfg.model.init_from, lake))
+    if resolved == cfg.model.init_from:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.model.init_from = resolved
+    return out
 
 
 def record_inputs(cfg: OpenMindConfig, run_dir: Path) -> None:

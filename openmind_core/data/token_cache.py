@@ -8,7 +8,7 @@ go ``[start, end)`` in the full sequence, whether it was truncated, and its imag
 pixel cache (``-1``: a text-only row).
 Both live under ``<lake>/cache/<version>/`` beside the pixel cache; ``<tok>`` hashes what the
 tokens depend on (the tokenizer's vocabulary and template, the image token, its count, the text
-budget and ``prompting.py`` itself), so another tokenizer or prompt layout gets its own files.
+budget and ``prompting.py`` and ``chat_template.py`` themselves), so another tokenizer or prompt layout gets its own files.
 Loader workers share their pages (a fork inherits the mapping, a spawn re-maps the paths).
 
 Rows are tokenised in chunks of ``CHUNK`` (caption / VQA rows in two batched tokenizer calls,
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from openmind_core import prompting
+from openmind_core import chat_template, prompting
 from openmind_core.data.cache import mapped_cache
 from openmind_core.progress import progress
 from openmind_core.prompting import IMAGE_TAG, Encoded, encode_conversations, encode_many, instruction_for
@@ -36,7 +36,8 @@ from openmind_core.prompting import IMAGE_TAG, Encoded, encode_conversations, en
 CHUNK = 16_384  # rows tokenised per batch
 TOKENS_VERSION = 2  # bump when the file layout changes
 INDEX_FIELDS = ("offset", "length", "image_start", "image_end", "truncated", "image_slot")
-_PROMPTING = hashlib.sha256(inspect.getsource(prompting).encode()).hexdigest()[:16]
+# how samples become tokens: prompting and the template rendering it uses (chat_template)
+_PROMPTING = hashlib.sha256((inspect.getsource(prompting) + inspect.getsource(chat_template)).encode()).hexdigest()[:16]
 
 
 def tokenizer_key(tokenizer, num_image_tokens: int, image_token_id: int, max_length: int) -> str:

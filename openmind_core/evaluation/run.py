@@ -17,6 +17,12 @@ Captions: one caption per *image* (rows sharing an image are its references), sc
 with CIDEr-D and BLEU-4 (:mod:`openmind_core.evaluation.captions`); the baseline is a random training
 caption of another image.  The extra prompts (the guide's "这张图片里有什么？") are asked about the
 first held-out images and reported as generated, unscored.
+
+Conversations: the last assistant turn of each conversation row is answered and scored with
+CIDEr-D / BLEU-4 (:mod:`openmind_core.evaluation.conversations`).
+
+Reasoning: generation prompts let a reasoning template think (``inference.thinking``; by default
+when the training answers hold ``<think>`` traces), and every score is of the text after the trace.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from openmind_core.chat_template import split_reasoning, strip_reasoning
 from openmind_core.evaluation.captions import TOKENIZER, caption_scores
+from openmind_core.evaluation.conversations import score_conversations, turns_of
 from openmind_core.evaluation.vqa import answers_of, normalize_vqa_answer, vqa_score
 from schemas import InferenceConfig, InferenceReport, Prediction
 
@@ -92,6 +100,18 @@ def caption_baseline(refs: dict[str, list[str]], train_rows: list[dict], seed: i
     return caption_scores(guess, refs)
 
 
+def holds_traces(rows: list[dict]) -> bool:
+    """Some training answer (a VQA answer, a conversation's assistant turn) starts with a reasoning trace."""
+    texts = [r.get("answer") or "" for r in rows] + [t for r in rows for role, t in turns_of(r) if role == "assistant"]
+    return any(split_reasoning(t)[0] is not None for t in texts)
+
+
+def _answer(out: str) -> tuple[str, str | None]:
+    """(the answer scored, the whole output when it held a reasoning trace)."""
+    answer = strip_reasoning(out)
+    return answer, (out if answer != out.strip() else None)
+
+
 def evaluate_model(model, rows: list[dict], cfg: InferenceConfig, *, chance_rows: list[dict] | None = None,
                    chance_from: str | None = None, seed: int = 0, model_dir: str = "", data: str | None = None,
                    progress=None) -> InferenceReport:
@@ -106,20 +126,23 @@ def evaluate_model(model, rows: list[dict], cfg: InferenceConfig, *, chance_rows
     groups = list(caption_groups([r for r in rows if r["kind"] == "caption"]).items())[: cfg.max_samples]
     if chance_rows is None:
         chance_rows, chance_from = rows, "the evaluated rows themselves (no training split known)"
+    thinking = cfg.thinking if cfg.thinking is not None else holds_traces(chance_rows)
     gen = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
-               top_p=cfg.top_p, seed=seed)
+               top_p=cfg.top_p, seed=seed, thinking=thinking)
     preds: list[Prediction] = []
     methods: Counter = Counter()
     total = 0.0
     for chunk in _batched(vqa, cfg.batch_size):
         outs = model.generate([r["image"] for r in chunk], [r["question"] for r in chunk], **gen)
         for r, out in zip(chunk, outs):
-            answers = answers_of(r)
+            answers = [strip_reasoning(a) for a in answers_of(r)]
+            out, trace = _answer(out)
             score, method = vqa_score(out, answers)
             methods[method] += 1
             total += score
-            preds.append(Prediction(kind="vqa", sample_id=r["sample_id"], prompt=r["question"], reference=r.get("answer"),
-                                    references=answers, prediction=out, score=score, method=method,
+            preds.append(Prediction(kind="vqa", sample_id=r["sample_id"], prompt=r["question"],
+                                    reference=strip_reasoning(r["answer"]) if r.get("answer") else None,
+                                    references=answers, prediction=out, reasoning=trace, score=score, method=method,
                                     correct=score >= 1.0))
         if progress:
             progress(len(preds))
@@ -132,10 +155,11 @@ def evaluate_model(model, rows: list[dict], cfg: InferenceConfig, *, chance_rows
         instr = [caption_instruction(group[0].get("language") or "en") for _, group in chunk]
         outs = model.generate([group[0]["image"] for _, group in chunk], instr, **gen)
         for (key, group), p, out in zip(chunk, instr, outs):
+            out, trace = _answer(out)
             cap_out[key] = out
             cap_preds.append(Prediction(kind="caption", sample_id=group[0]["sample_id"], prompt=p,
                                         reference=refs[key][0] if refs[key] else None, references=refs[key],
-                                        prediction=out))
+                                        prediction=out, reasoning=trace))
         if progress:
             progress(len(preds) + len(cap_preds))
     caps = caption_scores(cap_out, refs) if cap_out else None
@@ -145,14 +169,21 @@ def evaluate_model(model, rows: list[dict], cfg: InferenceConfig, *, chance_rows
     preds += cap_preds
     cap_chance = caption_baseline(refs, [r for r in chance_rows if r["kind"] == "caption"], seed) if caps else None
 
+    conv_preds, conv = score_conversations(model, rows, cfg.max_samples, cfg.batch_size, gen,
+                                           [r for r in chance_rows if r["kind"] == "conversation"], seed)
+    preds += conv_preds
+    if progress and conv_preds:
+        progress(len(preds))
+
     shown = [r for r in (vqa + [g[0] for _, g in groups])][:2]
     for prompt in cfg.extra_prompts:
         if not shown:
             break
         outs = model.generate([r["image"] for r in shown], prompt, **gen)
         for r, out in zip(shown, outs):
+            out, trace = _answer(out)
             preds.append(Prediction(kind="prompt", sample_id=r["sample_id"], prompt=prompt,
-                                    reference=r.get("text") or r.get("answer"), prediction=out))
+                                    reference=r.get("text") or r.get("answer"), prediction=out, reasoning=trace))
 
     scored = [p for p in preds if p.kind != "prompt"]
     report = InferenceReport(
@@ -163,7 +194,10 @@ def evaluate_model(model, rows: list[dict], cfg: InferenceConfig, *, chance_rows
         caption_cider=caps["cider"] if caps else None, caption_bleu4=caps["bleu4"] if caps else None,
         caption_chance_cider=cap_chance["cider"] if cap_chance else None,
         caption_chance_bleu4=cap_chance["bleu4"] if cap_chance else None,
-        caption_tokenizer=TOKENIZER if caps else None, caption_count=len(cap_out),
+        caption_tokenizer=TOKENIZER if (caps or conv.get("count")) else None, caption_count=len(cap_out),
+        conversation_cider=conv.get("cider"), conversation_bleu4=conv.get("bleu4"),
+        conversation_chance_cider=conv.get("chance_cider"), conversation_chance_bleu4=conv.get("chance_bleu4"),
+        conversation_count=conv.get("count", 0), conversation_note=conv.get("note"), thinking=thinking,
         chance_from=chance_from, predictions=preds, wall_seconds=round(time.perf_counter() - t0, 2),
     )
     log.info("eval: VQA accuracy %s (chance %s) on %d; CIDEr-D %s BLEU-4 %s on %d images", report.vqa_accuracy,
@@ -317,8 +351,14 @@ def summary_lines(r: InferenceReport) -> list[str]:
         lines.append(f"captions CIDEr-D {_num(r.caption_cider)}, BLEU-4 {_num(r.caption_bleu4)} on {r.caption_count} "
                      f"images; random caption: CIDEr-D {_num(r.caption_chance_cider)}, BLEU-4 "
                      f"{_num(r.caption_chance_bleu4)} ({r.caption_tokenizer})")
+    if r.conversation_count:
+        lines.append(f"conversations (last answer) CIDEr-D {_num(r.conversation_cider)}, BLEU-4 "
+                     f"{_num(r.conversation_bleu4)} on {r.conversation_count}; a random training answer: CIDEr-D "
+                     f"{_num(r.conversation_chance_cider)}, BLEU-4 {_num(r.conversation_chance_bleu4)}")
+    if r.conversation_note:
+        lines.append(r.conversation_note)
     if not lines:
-        lines.append("nothing scored (no VQA or caption rows)")
+        lines.append("nothing scored (no VQA, caption or conversation rows)")
     return lines
 
 

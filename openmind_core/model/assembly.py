@@ -52,8 +52,8 @@ def image_processor_settings(path: str | None) -> tuple[list[float] | None, list
     from transformers import AutoImageProcessor  # start-up cost: image-processing modules load only when needed
 
     proc = AutoImageProcessor.from_pretrained(path)
-    size = getattr(proc, "size", None) or {}
-    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else None
+    size = getattr(proc, "size", None)  # a dict before transformers 5, a SizeDict (``.get``, not a dict) since
+    side = (size.get("height") or size.get("shortest_edge")) if hasattr(size, "get") else None
     resample = getattr(proc, "resample", 3)
     resample = int(getattr(resample, "value", resample) if resample is not None else 3)
     mean = getattr(proc, "image_mean", None)
@@ -104,8 +104,12 @@ def lm_attention(model_cfg, device: torch.device | None) -> str:
 def init_projector_from(model, path: str | Path) -> None:
     """Load the projector weights of a saved model directory (an earlier run's ``final/``, ``model.init_from``)."""
     f = Path(path) / SAFE_WEIGHTS_NAME
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model.init_from {str(path)!r}: the directory does not exist (run the earlier "
+                                "stage first, or point it at a run's final/)")
     if not f.is_file():
-        raise FileNotFoundError(f"model.init_from {str(path)!r}: {f} does not exist (point it at a run's final/)")
+        raise FileNotFoundError(f"model.init_from {str(path)!r}: it holds no {SAFE_WEIGHTS_NAME} (point it at a "
+                                "run's final/)")
     own = model.projector.state_dict()
     got = {}
     with safe_open(str(f), framework="pt") as sf:

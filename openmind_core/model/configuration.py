@@ -13,7 +13,8 @@ normalisation (from the vision checkpoint's image processor).  ``openmind`` keep
 
 ``config_for`` makes the composite config from a ``ModelConfig``, its tokenizer and the towers'
 own configs; ``generation_config_for`` makes the generation settings that go with it (every stop
-id of the LM, the tokenizer and the chat template; a pad id for left-padded batches).
+id of the LM, the tokenizer and the chat template; a pad id for left-padded batches; no total
+``max_length``, as answers are bounded by ``max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ def generation_config_for(tokenizer, lm_config, lm_generation: GenerationConfig 
     gen.pad_token_id = pad if pad is not None else (stops[0] if stops else 0)
     if gen.bos_token_id is None:
         gen.bos_token_id = tokenizer.bos_token_id
+    # the answer length is max_new_tokens (generate(images, prompts) always sets it); an LM's own total
+    # max_length (Llama-3: 4096) would only make transformers warn "Both max_new_tokens and max_length"
+    gen.max_length = None
     return gen
 
 

@@ -1,10 +1,11 @@
-"""The language model: any ``AutoModelForCausalLM`` (hub id or local path) or an inline Llama config.
+"""The language model: any ``AutoModelForCausalLM`` (hub id, local path, GGUF file) or an inline Llama config.
 
 ``build_language_model`` returns the causal LM (SDPA attention, or flash-attn 2 where the caller
 chose it), created or loaded once in its target dtype on its target device, its embedding matrix
 sized to hold every token of the tokenizer (the image placeholder and pad token included).  With
 ``lm.name_or_path`` unset, a Llama-shaped model is built from the ``lm.*`` fields (random init):
-the tiny CPU default and the full-size 8 B shape both come from this path.
+the tiny CPU default and the full-size 8 B shape both come from this path.  A GGUF file or a
+``pkg:`` name is read through ``openmind_core.model.lm_files`` (converted once, then loaded as a directory).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 from openmind_core.hub import hub_access, unreachable_error
+from openmind_core.model.lm_files import ModelFilesError, locate
 from openmind_core.model.tokenizer import PAD, build_tokenizer
 from openmind_core.progress import hf_bars, weight_bytes
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel
@@ -48,14 +50,23 @@ def _hub_error(name: str, what: str, e: Exception, unreachable: str | None = Non
     return OSError(f"cannot load {what} from lm.name_or_path {name!r} ({where}): {e}")
 
 
+def lm_files(lm_cfg) -> str:
+    """What ``from_pretrained`` takes for ``lm.name_or_path`` (a GGUF file: its converted directory)."""
+    try:
+        return locate(lm_cfg.name_or_path, lm_cfg.gguf_file)
+    except ModelFilesError as e:
+        raise ModelFilesError(f"lm.name_or_path: {e}") from e
+
+
 def language_model_config(lm_cfg, tokenizer) -> PretrainedConfig:
     """The transformers config of the LM the ``lm`` section describes (reads only config.json)."""
     if lm_cfg.name_or_path is None:
         return inline_llama_config(lm_cfg, tokenizer)
+    path = lm_files(lm_cfg)
     unreachable = None
     try:
-        with hub_access(lm_cfg.name_or_path) as unreachable:
-            return AutoConfig.from_pretrained(lm_cfg.name_or_path)
+        with hub_access(path) as unreachable:
+            return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise _hub_error(lm_cfg.name_or_path, "a model config", e, unreachable) from e
 
@@ -103,10 +114,11 @@ def build_language_model(
     if lm_cfg.name_or_path is not None and lm_cfg.pretrained_weights:
         if device is not None and torch.device(device).type != "cpu":
             kw["device_map"] = str(device)
+        path = lm_files(lm_cfg)
         unreachable = None
         try:
-            with hub_access(lm_cfg.name_or_path) as unreachable, hf_bars(weight_bytes(lm_cfg.name_or_path)):
-                lm = AutoModelForCausalLM.from_pretrained(lm_cfg.name_or_path, **kw)
+            with hub_access(path) as unreachable, hf_bars(weight_bytes(path)):
+                lm = AutoModelForCausalLM.from_pretrained(path, **kw)
         except (OSError, ValueError) as e:
             raise _hub_error(lm_cfg.name_or_path, "a causal LM", e, unreachable) from e
     else:

@@ -181,11 +181,23 @@ class MultimodalReasoningModel(ImagePromptGeneration, PreTrainedModel, Generatio
         counts: dict[str, tuple[int, int]] = {}
         for name in stages.MODULES:
             params = list(getattr(self, name).parameters())
+            if name == "language_model":
+                params = [p for p in params if id(p) not in self._head_to_tie()]
             counts[name] = (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
         if stages.declares_lora(self.config):  # PEFT's count: adapters trainable, all = base + adapters
             counts["language_model (LoRA)"] = counts.pop("language_model")
         counts["total"] = (sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values()))
         return counts
+
+    def _head_to_tie(self) -> set[int]:
+        """The LM head's weight when the config ties it to the input embeddings but it is not tied yet
+        (``from_pretrained`` ties after loading): counted once, as it will be."""
+        lm = self.language_model
+        out = lm.get_output_embeddings()
+        tied = getattr(lm.config, "tie_word_embeddings", False)
+        if not tied or out is None or out.weight is lm.get_input_embeddings().weight:
+            return set()
+        return {id(out.weight)}
 
     def parameter_table(self) -> str:
         lines = [f"{'module':<22}{'trainable':>16}{'frozen':>16}{'total':>16}"]
