@@ -65,7 +65,7 @@ def is_local(name_or_path: str | os.PathLike) -> bool:
 @contextmanager
 def offline_mode() -> Iterator[None]:
     """The libraries' offline mode for the block, also where they read ``HF_HUB_OFFLINE`` at import."""
-    import huggingface_hub.constants as hub_constants
+    import huggingface_hub.constants as hub_constants  # start-up cost: only where a hub is reached
 
     targets = [hub_constants]
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -52,7 +53,7 @@ HF_BAR_BYTES = 256 << 20  # transformers' own load/save bars only for weights at
 def hf_bars(nbytes: int) -> Iterator[None]:
     """transformers' "Loading weights" / "Writing model shards" bars for large weights only: turned off
     around the load or save of ``nbytes`` below ``HF_BAR_BYTES``."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # start-up cost: transformers only where it loads
 
     if nbytes >= HF_BAR_BYTES or not hf_logging.is_progress_bar_enabled():
         yield
@@ -66,8 +67,6 @@ def hf_bars(nbytes: int) -> Iterator[None]:
 
 def weight_bytes(path) -> int:
     """Bytes of the weight files under a local model directory (0 for a hub id)."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_dir():
         return 0

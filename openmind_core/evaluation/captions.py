@@ -53,7 +53,7 @@ def caption_tokens(text: str | None) -> list[str]:
 
 
 def _scorers():
-    try:
+    try:  # the eval extra: imported where captions are scored, so a missing one names what to install
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
     except ImportError as e:

@@ -18,6 +18,10 @@ without images gets a blank one.
 from __future__ import annotations
 
 import torch
+from PIL import Image
+
+from openmind_core import prompting
+from openmind_core.evaluation.run import load_model
 
 try:
     from lmms_eval.api.instance import Instance
@@ -31,14 +35,12 @@ MODEL_ID = "openmind"
 
 def manifest():
     """The entry point ``lmms_eval.models: openmind`` (lmms-eval >= 0.7's registry)."""
-    from lmms_eval.models.registry_v2 import ModelManifest
+    from lmms_eval.models.registry_v2 import ModelManifest  # lmms-eval >= 0.7 only: older ones lack it
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.OpenMind")
 
 
 def _first_image(visuals):
-    from PIL import Image
-
     flat = []
     for v in visuals if isinstance(visuals, (list, tuple)) else [visuals]:
         flat.extend(v if isinstance(v, (list, tuple)) else [v])
@@ -55,8 +57,6 @@ class OpenMind(lmms):
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1,
                  max_new_tokens: int = 32, **kwargs) -> None:
         super().__init__()
-        from openmind_core.evaluation.run import load_model
-
         self.model = load_model(pretrained, device)
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
@@ -93,8 +93,6 @@ class OpenMind(lmms):
 
     @torch.no_grad()
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        from openmind_core import prompting
-
         m = self.model
         res = []
         for req in requests:

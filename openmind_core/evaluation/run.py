@@ -35,10 +35,13 @@ from collections import Counter
 from pathlib import Path
 
 from openmind_core.chat_template import split_reasoning, strip_reasoning
+from openmind_core.data import convert, download, read_rows
 from openmind_core.evaluation.captions import TOKENIZER, caption_scores
 from openmind_core.evaluation.conversations import score_conversations, turns_of
 from openmind_core.evaluation.vqa import answers_of, normalize_vqa_answer, vqa_score
-from schemas import InferenceConfig, InferenceReport, Prediction
+from openmind_core.io import atomic_write_text
+from openmind_core.prompting import caption_instruction
+from schemas import DataConfig, InferenceConfig, InferenceReport, Prediction, load_config
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +122,6 @@ def evaluate_model(model, rows: list[dict], cfg: InferenceConfig, *, chance_rows
 
     ``chance_rows`` (default: ``rows`` themselves, said so in ``chance_from``) give the baselines.
     """
-    from openmind_core.prompting import caption_instruction
-
     t0 = time.perf_counter()
     vqa = [r for r in rows if r["kind"] == "vqa"][: cfg.max_samples]
     groups = list(caption_groups([r for r in rows if r["kind"] == "caption"]).items())[: cfg.max_samples]
@@ -206,7 +207,7 @@ def evaluate_model(model, rows: list[dict], cfg: InferenceConfig, *, chance_rows
 
 
 def load_model(model_dir: str | Path, device: str | None = None):
-    import torch
+    import torch  # start-up cost: torch and the model classes only where a model is loaded
 
     from openmind_core.model import MultimodalReasoningModel
 
@@ -216,8 +217,6 @@ def load_model(model_dir: str | Path, device: str | None = None):
 
 def held_out_rows(curated) -> tuple[list[dict], list[dict], str]:
     """(validation rows with images, training rows, description) of a curated lake version."""
-    from openmind_core.data import read_rows
-
     root = getattr(curated, "root", curated)
     rows = read_rows(curated, split="validation", with_images=True)
     train = read_rows(curated, split="train")
@@ -251,9 +250,6 @@ def run_lake(run_dir: Path):
         root = json.loads(report.read_text())["curated"]["root"]
         if Path(root).is_dir():
             return root
-    from openmind_core.data import convert, download
-    from schemas import load_config
-
     cfg = load_config(run_dir / "config.yaml")
     lake = run_dir.parent.parent  # <lake>/runs/<run>
     log.info("no report.json in %s: preparing its data from config.yaml (cached in %s)", run_dir, lake)
@@ -275,9 +271,6 @@ def _detect_jsonl_kind(path: Path) -> str:
 def external_rows(lake: str | Path, *, jsonl: str | None = None, hf: str | None = None, kind: str | None = None,
                   split: str = "validation", columns: dict[str, str] | None = None, seed: int = 0):
     """(rows, description) of a JSONL file or an HF data set, converted into ``lake`` like any input (cached)."""
-    from openmind_core.data import convert, download, read_rows
-    from schemas import DataConfig
-
     if jsonl:
         p = Path(jsonl).expanduser()
         if not p.is_file():
@@ -305,9 +298,6 @@ def evaluate_path(path: str | Path, cfg: InferenceConfig, *, lake: str | Path | 
 
     Writes the report to ``out`` (default ``PATH/eval.json``) and returns it with that path.
     """
-    from openmind_core.data import read_rows
-    from openmind_core.io import atomic_write_text
-
     model_dir, run_dir = resolve_model_path(path)
     train_lake = run_lake(run_dir) if run_dir is not None else None
     if jsonl or hf:
