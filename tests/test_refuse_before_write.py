@@ -82,6 +82,64 @@ def test_what_may_and_may_not_change_on_resume(tmp_path):
     check_resumable(load_config(None, ["data.synthetic.language=zh"]), run_dir)
 
 
+def _as_an_earlier_openmind_wrote_it(run_dir: Path, new_key: str = "gguf_file") -> str:
+    """Rewrite the run as an OpenMind without the setting ``model.lm.<new_key>`` wrote it: its config.yaml
+    lacks the key, so the model fingerprint it pinned hashes a smaller dump.  Returns that fingerprint."""
+    import hashlib
+
+    import yaml
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del raw["model"]["lm"][new_key]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    old = hashlib.sha256(json.dumps(raw["model"], sort_keys=True).encode()).hexdigest()[:16]
+    fp_file = run_dir / "checkpoints" / "step-00000004" / "fingerprint.json"
+    fp_file.write_text(json.dumps({**json.loads(fp_file.read_text()), "model": old}))
+    return old
+
+
+def test_a_run_an_earlier_openmind_wrote_resumes_with_its_own_fingerprint(tmp_path):
+    """Settings added since a run started read back at their defaults: the same model, so it resumes,
+    pinning the fingerprint its checkpoints hold; a real change is still refused, named key by key."""
+    from openmind_core.app.run_dir import check_resumable, model_fingerprint
+    from schemas import load_config
+
+    base = ["data.synthetic.num_captions=40"]
+    run_dir = tmp_path / "runs" / "r"
+    _fake_run(run_dir, base)
+    old = _as_an_earlier_openmind_wrote_it(run_dir)
+    cfg = load_config(None, base)
+    assert old != cfg.fingerprint("model")
+    check_resumable(cfg, run_dir)
+    assert model_fingerprint(cfg, run_dir) == old
+    assert "different model (model.lm.num_layers: 2 -> 3)" in _refused(base + ["model.lm.num_layers=3"], run_dir)
+    assert model_fingerprint(load_config(None, base + ["model.lm.num_layers=3"]), run_dir) != old
+
+
+def test_a_run_on_an_earlier_converters_lake_is_refused_naming_the_converter(tmp_path):
+    """The same inputs make another lake version under a newer converter: the checkpoints' sample positions
+    do not describe it, and the refusal says so in one line (before the model is built)."""
+    from openmind_core.app.run_dir import ResumeRefused, check_lake_version
+    from schemas import CuratedDataset
+
+    run_dir = tmp_path / "runs" / "r"
+    _fake_run(run_dir, [])
+    curated_root = tmp_path / "curated"
+    (curated_root / "0123456789abcdef").mkdir(parents=True)
+    (curated_root / "0123456789abcdef" / "_manifest.json").write_text(json.dumps({"version": "0123456789abcdef"}))
+    new = CuratedDataset.model_construct(version="fedcba9876543210", root=str(curated_root / "fedcba9876543210"))
+    with pytest.raises(ResumeRefused) as e:
+        check_lake_version(run_dir, new, 5)
+    msg = str(e.value)
+    assert "lake version 0123456789abcdef, written by an earlier OpenMind (converter < 5)" in msg
+    assert "lake version fedcba9876543210 (converter 5)" in msg and "\n" not in msg
+    # the same converter: another version is another change of the data (the trainer names it)
+    (curated_root / "0123456789abcdef" / "_manifest.json").write_text(json.dumps({"converter_version": 5}))
+    check_lake_version(run_dir, new, 5)
+    same = CuratedDataset.model_construct(version="0123456789abcdef", root=str(curated_root / "0123456789abcdef"))
+    check_lake_version(run_dir, same, 6)
+
+
 def test_changed_input_file_is_refused(tmp_path, jsonl_inputs):
     overrides, caps = jsonl_inputs
     run_dir = tmp_path / "runs" / "r"

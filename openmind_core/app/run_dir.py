@@ -70,6 +70,42 @@ def _saved_config(run_dir: Path) -> OpenMindConfig | None:
         return None  # unreadable: the checkpoint's fingerprint (and the trainer's check) still guard
 
 
+def model_fingerprint(cfg: OpenMindConfig, run_dir: str | Path) -> str:
+    """The model fingerprint this run pins: ``cfg``'s, or the one its checkpoints hold when the run's
+    ``config.yaml`` describes the same model as ``cfg``.  An earlier OpenMind wrote that fingerprint
+    before settings were added (they read back at their defaults, so the dump, and its hash, grew):
+    the model is the same, and the run resumes with the fingerprint it started with."""
+    now = cfg.fingerprint("model")
+    saved = newest_fingerprint(Path(run_dir)).get("model")
+    if saved is None or saved == now:
+        return now
+    old = _saved_config(Path(run_dir))
+    if old is not None and old.model.model_dump(mode="json") == cfg.model.model_dump(mode="json"):
+        return saved
+    return now
+
+
+def check_lake_version(run_dir: str | Path, curated, converter_version: int) -> None:
+    """Refuse, naming why, a run whose checkpoints were trained on a lake version an earlier converter
+    wrote: this OpenMind converts the same inputs into another version, which the checkpoints' sample
+    positions do not describe.  (Any other change of the data is the checks above, and the trainer's.)"""
+    saved = newest_fingerprint(Path(run_dir)).get("data")
+    if saved is None or saved == curated.version:
+        return
+    try:
+        old = json.loads((Path(curated.root).parent / saved / "_manifest.json").read_text())
+    except (OSError, ValueError):
+        return  # not in this lake: the trainer's fingerprint check names the two versions
+    if old.get("converter_version") == converter_version:
+        return
+    was = old.get("converter_version")
+    raise ResumeRefused(
+        f"run directory {run_dir} holds checkpoints trained on lake version {saved}, written by an earlier "
+        f"OpenMind (converter {was if was is not None else f'< {converter_version}'}); this one converts the "
+        f"same inputs into lake version {curated.version} (converter {converter_version}), which the checkpoints "
+        "do not describe: finish the run with the OpenMind that started it, or use a new --run-name")
+
+
 def check_resumable(cfg: OpenMindConfig, run_dir: str | Path) -> None:
     """Raise ``ResumeRefused`` when ``cfg`` cannot resume the checkpoints in ``run_dir`` (see the module
     docstring); no checkpoint, nothing to check.  Reads only; writes nothing."""
@@ -79,7 +115,7 @@ def check_resumable(cfg: OpenMindConfig, run_dir: str | Path) -> None:
     old = _saved_config(run_dir)
     saved = newest_fingerprint(run_dir)
 
-    model_changed = (saved["model"] != cfg.fingerprint("model")) if "model" in saved else (
+    model_changed = (saved["model"] != model_fingerprint(cfg, run_dir)) if "model" in saved else (
         old is not None and old.fingerprint("model") != cfg.fingerprint("model"))
     if model_changed:
         changed = _diff(dotted_keys(old.model.model_dump(mode="json"), "model."),

@@ -28,7 +28,9 @@ import torch
 import torch.distributed as dist
 
 from openmind_core import interrupt
+from openmind_core.app.run_dir import check_lake_version, model_fingerprint
 from openmind_core.data.collate import Collator
+from openmind_core.data.convert import CONVERTER_VERSION
 from openmind_core.data.dataset import VLMDataset
 from openmind_core.model import builder as model_builder
 from openmind_core.model.modeling import MultimodalReasoningModel
@@ -96,6 +98,7 @@ def train_from_config(
     raises KeyboardInterrupt, the newest checkpoint stays the newest, and a rerun resumes from it.
     """
     run_dir = Path(run_dir)
+    check_lake_version(run_dir, curated, CONVERTER_VERSION)  # before the model is built
     tokenizer = load_tokenizer(tokenizer_dir)
     # one process or DDP: the towers are created / loaded straight on this rank's GPU; FSDP builds on
     # the CPU and shards before anything reaches the device
@@ -103,7 +106,7 @@ def train_from_config(
     sharded = resolve_strategy(cfg.train.strategy, world_size) == "fsdp"
     model = build_model(cfg, tokenizer, device=None if sharded else device_for(local_rank))
     train, val, collate = build_datasets(cfg, curated, model)
-    fingerprint = {"model": cfg.fingerprint("model"), "data": curated.version}
+    fingerprint = {"model": model_fingerprint(cfg, run_dir), "data": curated.version}
     def report(info: dict) -> None:  # called at step boundaries: where a requested stop happens
         if world_size == 1:  # under torchrun only every_step stops, after the ranks agreed (one collective)
             interrupt.check()

@@ -227,6 +227,7 @@ def write_version(final: Path, lake: Path, version: str, manifest: dict, cfg: Da
         m = {
             "schema_version": SCHEMA_VERSION,
             "version": version,
+            "converter_version": CONVERTER_VERSION,  # lakes of earlier converters lack it
             "raw": {"source": manifest["source"], "fingerprint": manifest["fingerprint"], "root": raw_root},
             "shards": shards,
             "columns": SCHEMA.names,
