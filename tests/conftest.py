@@ -27,6 +27,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# One math thread per process, set before torch loads (subprocesses inherit it): the suite runs a
+# Prefect server, workers and torchrun ranks beside the pytest process, and OpenMP threads that spin
+# while another process holds the core make a step of the tiny model 10x slower (the default run's
+# 85 steps took 2 min with torch's default 2 threads beside other work, 11 s with one; same losses).
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("OPENMIND_LAKE", None)
 
