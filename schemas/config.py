@@ -297,6 +297,9 @@ class TrainConfig(Strict):
         "auto", description="with more than one process: ddp (auto) replicates the model, fsdp shards it (FSDP2)")
     deterministic: bool = False
     log_every: int = Field(10, ge=1)
+    packing: bool = Field(False, description="pack each micro-batch's samples into rows of up to pack_length tokens "
+                          "(first-fit-decreasing; samples isolated: position ids restart, attention never crosses)")
+    pack_length: int | None = Field(None, ge=8, description="tokens per packed row; default: model.max_length")
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
