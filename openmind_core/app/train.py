@@ -30,6 +30,7 @@ import torch.distributed as dist
 from openmind_core import interrupt
 from openmind_core.data.collate import Collator
 from openmind_core.data.dataset import VLMDataset
+from openmind_core.data.packing import PackingCollator
 from openmind_core.model import builder as model_builder
 from openmind_core.model.modeling import MultimodalReasoningModel
 from openmind_core.model.tokenizer import load_tokenizer
@@ -64,7 +65,7 @@ def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
         image_size=model.img_size,
         num_image_tokens=model.num_image_tokens,
         image_token_id=model.image_token_id,
-        max_length=cfg.model.max_length,
+        max_length=sequence_length(cfg),
         image_mean=model.config.image_mean,
         image_std=model.config.image_std,
         image_resample=model.config.image_resample,
@@ -75,7 +76,23 @@ def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
     # a tiny data set may have no validation rows: train without evaluation then
     val = VLMDataset(curated, "validation", **kwargs) if curated.splits.get("validation") else None
     pad = model.tokenizer.pad_token_id
-    return train, val, Collator(pad if pad is not None else 0)
+    pad = pad if pad is not None else 0
+    if cfg.train.packing:  # padding-free: the micro-batch's samples packed into rows, isolated
+        return train, val, PackingCollator(pad, pack_length(cfg))
+    return train, val, Collator(pad)
+
+
+def pack_length(cfg: OpenMindConfig) -> int:
+    """Tokens per packed row: ``train.pack_length``, default ``model.max_length``."""
+    return cfg.train.pack_length or cfg.model.max_length
+
+
+def sequence_length(cfg: OpenMindConfig) -> int:
+    """Where a sample is truncated (image and template tokens kept whole): ``model.max_length``, or the
+    pack length when packing with a shorter one (a sample must fit a packed row)."""
+    if cfg.train.packing:
+        return min(cfg.model.max_length, pack_length(cfg))
+    return cfg.model.max_length
 
 
 # --------------------------------------------------------------------------- training

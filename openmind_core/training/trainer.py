@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from openmind_core import interrupt
 from openmind_core.data.sampler import ResumableSampler
-from openmind_core.training.batches import batch_tokens, label_tokens, to_device
+from openmind_core.training.batches import batch_slots, batch_tokens, label_tokens, to_device
 from openmind_core.training.callbacks import (CallbackList, Checkpointer, ConsoleProgress, EveryStep, Evaluator, FinalModel,
                                               KillPoints, MetricsLog, ProgressReport, SpikeRollback, WandbLog)
 from openmind_core.training.checkpoint import CheckpointManager
@@ -126,7 +126,7 @@ class ProductionTrainer:
         self.callbacks = CallbackList(self._callbacks())
         self.checkpoints.on_phase = self.callbacks.checkpoint_phase
         self.resumed_from: int | None = None
-        self._tokens_run = 0
+        self._tokens_run = self._slots_run = 0
         self._time_run = 0.0
 
     def _callbacks(self) -> list:
@@ -226,8 +226,8 @@ class ProductionTrainer:
     def _train_step(self, micro: list[dict[str, Any]], data_time: float, t0: float) -> None:
         state, step = self.state, self.state.step + 1
         ids = [str(s) for b in micro for s in b.pop("sample_ids")]
-        tokens = sum(batch_tokens(b) for b in micro)
-        loss, norm = self._forward_backward(micro, step)
+        sizes = [sum(batch_tokens(b) for b in micro), sum(batch_slots(b) for b in micro)]
+        loss, norm, tokens, slots = self._forward_backward(micro, step, sizes)
         if not math.isfinite(loss):
             state.nan_or_inf += 1
         verdict = self.detector.check(step, loss)
@@ -251,13 +251,15 @@ class ProductionTrainer:
             raise Rollback(step, onset, f"{cap} skipped steps in a row (last: {why})", loss, ids)
         state.finish_step(step, len(ids), self.world, loss)
         self.recent_ids.record(step, ids)
-        self.callbacks.post_step(self._step_record(step, loss, norm, applied, tokens, data_time, t0))
+        self.callbacks.post_step(self._step_record(step, loss, norm, applied, tokens, slots, data_time, t0))
 
-    def _forward_backward(self, micro: list[dict[str, Any]], step: int) -> tuple[float, float]:
-        """Token-weighted loss over the step's micro-batches, backward, clip: (loss, pre-clip norm)."""
+    def _forward_backward(self, micro: list[dict[str, Any]], step: int,
+                          sizes: list[int]) -> tuple[float, float, int, int]:
+        """Token-weighted loss over the step's micro-batches, backward, clip: (loss, pre-clip norm, input tokens,
+        slots); ``sizes``: this rank's [input tokens, slots], summed over the ranks with the label tokens."""
         counts = [label_tokens(b) for b in micro]
         weights = [float(c) for c in counts] if all(c is not None for c in counts) else [1.0] * len(micro)
-        total = self.strategy.global_sum(sum(weights))
+        total, tokens, slots = self.strategy.global_sums([sum(weights), *sizes])
         total = total if total > 0 else 1.0
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         for i, batch in enumerate(micro):
@@ -276,7 +278,7 @@ class ProductionTrainer:
             self.scaler.unscale_(self.optimizer)
         norm_t = self.strategy.clip_and_measure((p for _, p in self.trainable), self.cfg.clip_grad_norm)
         loss_val, norm_val = torch.stack([loss_sum / total, norm_t.detach().float().to(self.device)]).tolist()
-        return loss_val, norm_val
+        return loss_val, norm_val, int(tokens), int(slots)
 
     def _optimizer_step(self, norm: float) -> tuple[bool, str, bool]:
         """optimizer.step() unless the gradient check refuses: (applied, why not, counts toward a rollback)."""
@@ -293,16 +295,17 @@ class ProductionTrainer:
             self.optimizer.step()
         return ok, why, counts
 
-    def _step_record(self, step: int, loss: float, norm: float, applied: bool, tokens: int, data_time: float,
-                     t0: float) -> dict[str, Any]:
-        """The step's metrics.jsonl line; adds the step to this process's throughput."""
+    def _step_record(self, step: int, loss: float, norm: float, applied: bool, tokens: int, slots: int,
+                     data_time: float, t0: float) -> dict[str, Any]:
+        """The step's metrics.jsonl line (``tokens``/``slots``: all ranks'); adds the step to this process's throughput."""
         step_time = time.perf_counter() - t0
-        tps = tokens * self.world / step_time if step_time > 0 else 0.0
-        self._tokens_run += tokens * self.world
+        tps = tokens / step_time if step_time > 0 else 0.0
+        self._tokens_run += tokens
+        self._slots_run += slots
         self._time_run += step_time
         return {"step": step, "epoch": self.state.epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": norm, "data_time": round(data_time, 6), "step_time": round(step_time, 6),
-                "tokens_per_s": round(tps, 2), "skipped": not applied}
+                "tokens_per_s": round(tps, 2), "tokens": tokens, "slots": slots, "skipped": not applied}
 
     # ----------------------------------------------------------------------- entry point
 
@@ -348,7 +351,8 @@ class ProductionTrainer:
             val_losses=list(state.val_losses), nan_or_inf_losses=state.nan_or_inf, skipped_steps=state.skipped_steps,
             rollbacks=list(state.rollbacks), resumed_from_step=self.resumed_from,
             settings_changes=list(state.settings_changes), state_restore_checked=self.final.restore_ok,
-            wall_seconds=time.time() - t_start, tokens_per_second=tps,
+            wall_seconds=time.time() - t_start, tokens_per_second=tps, tokens=self._tokens_run, slots=self._slots_run,
+            pad_fraction=1.0 - self._tokens_run / self._slots_run if self._slots_run else None,
             peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
             device=str(self.device), amp=self.amp.name,
             checkpoints=[str(self.checkpoints.path(s)) for s in self.checkpoints.steps()],
