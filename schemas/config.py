@@ -299,7 +299,8 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1)
     packing: bool = Field(False, description="pack each micro-batch's samples into rows of up to pack_length tokens "
                           "(first-fit-decreasing; samples isolated: position ids restart, attention never crosses)")
-    pack_length: int | None = Field(None, ge=8, description="tokens per packed row; default: model.max_length")
+    pack_length: int | None = Field(None, ge=8, description="tokens per packed row; default: the longest sample "
+                                    "(model.max_length text tokens + BOS + one image's tokens)")
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 

@@ -252,3 +252,45 @@ def test_ddp_with_packing_keeps_ranks_in_step_and_equals_one_process(tmp_path, p
     assert [r["step"] for r in got] == [r["step"] for r in ref] == list(range(1, 9))
     assert [r["tokens"] for r in got] == [r["tokens"] for r in ref]  # both ranks' tokens, summed
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in ref], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_app_trains_packed_from_the_config(tmp_path):
+    """``train.packing`` through the stages: the smoke test and training build the packing collator; the
+    run reloads equal and reports its pad fraction; a pack_length without room for text is refused."""
+    from openmind_core.app.smoke import run_smoke
+    from openmind_core.app.tokenizer import load_prepared, prepare_tokenizer
+    from openmind_core.app.train import PipelineError, build_datasets, build_model, train_from_config
+    from openmind_core.data import convert, download
+    from schemas import load_config
+
+    over = ["data.synthetic.num_captions=16", "data.synthetic.num_vqa=8", "train.micro_batch_size=8",
+            "train.max_steps=2", "train.wandb.mode=disabled", "train.packing=true"]
+    cfg = load_config(overrides=over)
+    cur = convert(download(cfg.data, tmp_path), cfg.data, tmp_path)
+    prepared = prepare_tokenizer(cfg, cur, tmp_path / "run")
+    tok_dir = prepared.path
+    assert run_smoke(cfg, cur, prepared).passed
+    model = build_model(cfg, load_prepared(prepared))
+    _, _, collate = build_datasets(cfg, cur, model)
+    assert isinstance(collate, PackingCollator) and collate.pack_length == 1 + 16 + cfg.model.max_length
+    result = train_from_config(cfg, cur, tmp_path / "run", tok_dir)
+    assert result.steps == 2 and result.reload_equal
+    assert 0 <= result.pad_fraction < 1 and result.tokens < result.slots
+    with pytest.raises(PipelineError, match="train.pack_length 17 leaves no room for text"):
+        build_datasets(load_config(overrides=over + ["train.pack_length=17"]), cur, model)
+
+
+def test_the_memory_estimate_counts_packed_rows():
+    from openmind_core.model import estimate_memory
+    from schemas.config import FULL_CONFIG
+    from schemas.loading import load_config
+
+    padded = estimate_memory(load_config(FULL_CONFIG))
+    same = estimate_memory(load_config(FULL_CONFIG, ["train.packing=true"]))  # default row: the longest sample
+    assert same.train_peak_bytes == padded.train_peak_bytes and same.seq_len == padded.seq_len
+    double = estimate_memory(load_config(FULL_CONFIG, ["train.packing=true", f"train.pack_length={2 * padded.seq_len}"]))
+    assert double.seq_len == 2 * padded.seq_len
+    assert double.logits == 2 * padded.logits and double.activations > padded.activations
+    assert double.weights == padded.weights and double.optimizer_state == padded.optimizer_state
+    assert f"packed rows of {double.seq_len} tokens" in double.format_table()
