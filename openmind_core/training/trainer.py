@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from openmind_core import interrupt
 from openmind_core.data.sampler import ResumableSampler
+from openmind_core.data.token_batches import TokenBudgetBatches, sample_lengths
 from openmind_core.training.batches import batch_slots, batch_tokens, label_tokens, to_device
 from openmind_core.training.callbacks import (CallbackList, Checkpointer, ConsoleProgress, EveryStep, Evaluator, FinalModel,
                                               KillPoints, MetricsLog, ProgressReport, SpikeRollback, WandbLog)
@@ -105,7 +106,12 @@ class ProductionTrainer:
         if len(ids) == 0:
             raise TrainingError("the training dataset is empty")
         self.sampler = ResumableSampler(ids, seed=seed, shuffle=True, rank=rank, world_size=world_size)
-        self.total_steps = total_optimizer_steps(cfg, math.ceil(len(ids) / world_size))
+        self.budget = None  # train.max_tokens_per_batch: micro-batches of a variable number of samples
+        if cfg.max_tokens_per_batch:
+            self.budget = TokenBudgetBatches(self.sampler, sample_lengths(train_dataset), cfg.max_tokens_per_batch)
+        self.total_steps = total_optimizer_steps(cfg, math.ceil(len(ids) / world_size),
+                                                 [self.budget.epoch_batches(e) for e in range(cfg.epochs)]
+                                                 if self.budget and cfg.max_steps is None else None)
         self.lrs = LearningRates(self.optimizer, cfg, self.total_steps)  # builds the LR scheduler
         self.scheduler = self.lrs.scheduler
         self.scaler = make_scaler(self.amp)
@@ -195,10 +201,11 @@ class ProductionTrainer:
         self.sampler.set_epoch(state.epoch, start=state.consumed, offset=state.epoch_offset)
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + state.epoch)
-        return DataLoader(self.train_dataset, batch_size=self.cfg.micro_batch_size, sampler=self.sampler,
-                          collate_fn=self.collate_fn, num_workers=self.cfg.num_workers, generator=g,
-                          worker_init_fn=interrupt.ignore_in_worker if self.cfg.num_workers else None,
-                          pin_memory=self.device.type == "cuda", drop_last=False)
+        batching = {"batch_sampler": self.budget} if self.budget else \
+            {"batch_size": self.cfg.micro_batch_size, "sampler": self.sampler, "drop_last": False}
+        return DataLoader(self.train_dataset, **batching, collate_fn=self.collate_fn, num_workers=self.cfg.num_workers,
+                          generator=g, worker_init_fn=interrupt.ignore_in_worker if self.cfg.num_workers else None,
+                          pin_memory=self.device.type == "cuda")
 
     def _reached_end(self) -> bool:
         if self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps:
