@@ -236,13 +236,16 @@ def _check_rows(rows: list[dict]) -> None:
         assert r["ours_s"] is not None and r["ours_s"] >= 0
 
 
-@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer", "lora", "checkpoint"])
+@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer", "lora", "checkpoint", "packing"])
 def test_cpu_benchmark_quick_produces_rows(name):
     rows = _load(name).run(quick=True)
     _check_rows(rows)
     if name == "checkpoint":
         [row] = rows
         assert row["baseline_s"] > 0 and row["ratio"] == pytest.approx(row["ours_s"] / row["baseline_s"])
+    if name == "packing":  # same tokens both ways; the pad fraction rows are fractions of the packed slots
+        pads = [r for r in rows if r["name"].startswith("pad fraction")]
+        assert len(pads) == 2 and all(r["ratio"] == pytest.approx(r["ours_s"] / r["baseline_s"], abs=1e-4) for r in pads)
     if name == "loader":
         wait = [r for r in rows if "wait fraction" in r["name"]]
         assert [w["name"] for w in wait] == ["loader wait fraction, main process (tiny train step)",
