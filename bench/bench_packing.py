@@ -57,8 +57,8 @@ def _log_uniform(g: torch.Generator, lo: int, hi: int) -> int:
     return int(math.exp(math.log(lo) + float(torch.rand((), generator=g)) * (math.log(hi) - math.log(lo))))
 
 
-def make_rows(model, n: int, kind: str, seed: int = 0) -> list[dict]:
-    """``n`` dataset items of the ``kind`` mix ("instruct" or "captions")."""
+def make_rows(model, n: int, kind: str, seed: int = 0, scale: int = SCALE) -> list[dict]:
+    """``n`` dataset items of the ``kind`` mix ("instruct" or "captions"), text lengths / ``scale``."""
     g = torch.Generator().manual_seed(seed)
     n_img, img_id, size = model.num_image_tokens, model.image_token_id, model.img_size
     vocab = model.language_model.config.vocab_size
@@ -68,11 +68,11 @@ def make_rows(model, n: int, kind: str, seed: int = 0) -> list[dict]:
         if kind == "captions":
             images, text = 1, int(torch.randint(8, 17, (), generator=g))
         elif u < 0.15:  # ShareGPT: text only
-            images, text = 0, _log_uniform(g, 300 // SCALE, 2000 // SCALE)
+            images, text = 0, _log_uniform(g, 300 // scale, 2000 // scale)
         elif u < 0.35:  # OneVision / M4-Instruct: 2-3 images
-            images, text = int(torch.randint(2, 4, (), generator=g)), _log_uniform(g, 200 // SCALE, 2000 // SCALE)
+            images, text = int(torch.randint(2, 4, (), generator=g)), _log_uniform(g, 200 // scale, 2000 // scale)
         else:  # LLaVA-Instruct: one image, multi-turn
-            images, text = 1, _log_uniform(g, 100 // SCALE, 1000 // SCALE)
+            images, text = 1, _log_uniform(g, 100 // scale, 1000 // scale)
         ids = torch.randint(img_id + 1, vocab, (text,), generator=g)
         prompt = max(1, text // 3)
         input_ids = torch.cat([ids[:1], torch.full((images * n_img,), img_id), ids[1:]])
@@ -82,6 +82,20 @@ def make_rows(model, n: int, kind: str, seed: int = 0) -> list[dict]:
         rows.append({"sample_id": f"{kind}{i}", "input_ids": input_ids, "labels": labels,
                      "pixel_values": px[0] if images == 1 else px})
     return rows
+
+
+def mix_batch(model, samples: int, packed: bool, device: str, scale: int = 1, seed: int = 0) -> dict:
+    """One micro-batch of ``samples`` instruct-mix rows at 1/``scale`` of the real lengths (``bench/gpu.py``:
+    full size), packed into rows of the longest sample's tokens or padded, on ``device``."""
+    from openmind_core.data.collate import Collator
+    from openmind_core.data.packing import PackingCollator
+
+    rows = make_rows(model, samples, "instruct", seed, scale=scale)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    longest = 1 + 3 * model.num_image_tokens + 2000 // scale
+    batch = (PackingCollator(pad, longest) if packed else Collator(pad))(rows)
+    batch.pop("sample_ids")
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def train(model, state: dict, batches: list[list[dict]], collate) -> tuple[float, int, int]:
