@@ -40,8 +40,10 @@ def test_first_fit_decreasing_fills_rows_deterministically():
     # longest first into the first row with room: 10 | 9+1 | 7+3 | 5+3+2; rows by first item, items in order
     assert rows == [[0, 2, 5], [1, 7], [3, 4], [6]]
     assert first_fit_decreasing(lengths, 10) == rows
-    with pytest.raises(ValueError, match="item 6 has 10 tokens"):
-        first_fit_decreasing(lengths, 9)
+    # an item longer than a row is a row of its own (never cut): 10 | 9 | 7+2 | 5+3+1 | 3
+    assert first_fit_decreasing(lengths, 9) == [[0, 4, 7], [1], [2, 3], [5], [6]]
+    with pytest.raises(ValueError, match="positive number of tokens"):
+        first_fit_decreasing(lengths, 0)
 
 
 def _item(sid, ids, labels, px=None):
@@ -66,8 +68,8 @@ def test_packing_collator_restarts_positions_masks_first_labels_and_keeps_image_
     assert batch["packed"] is True and batch["sample_ids"] == ["a", "b", "c", "d"]
     padded = Collator(0)(items)
     assert padded["pixel_values"][:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]  # [k, 3, H, W] items in the padded path too
-    with pytest.raises(ValueError, match="sample 'b' has 7 tokens, more than train.pack_length 6"):
-        PackingCollator(0, 6)(items)
+    wide = PackingCollator(0, 6)(items)  # b (7 tokens) is longer than a row: alone, never cut
+    assert wide["input_ids"].shape == (3, 7) and wide["input_ids"][1].tolist() == [9] * 7
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,11 @@ label tokens of a packed micro-batch are exactly those of the same samples unpac
 (sum over target tokens / target tokens of the optimizer step, ``training/trainer.py``) is unchanged.
 
 Images are stacked in the order their placeholder runs appear in the rows (row by row, sample by
-sample, each sample's images in its own order), the order the model fills them in.  A sample never
-is cut here: one longer than ``pack_length`` is an error naming it (the dataset truncates to
-``min(model.max_length, pack_length)``, keeping image and template tokens whole).
+sample, each sample's images in its own order), the order the model fills them in.  A sample is
+never cut here: the dataset truncates its text to fit ``pack_length`` (``app/train.sequence_length``)
+and keeps image and template tokens whole, as without packing; one still longer than
+``pack_length`` (a template longer than the budget) is a row of its own, as wide as it is, the way
+a padded batch grows to its longest sample.
 """
 
 from __future__ import annotations
@@ -37,16 +39,14 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     """Rows of item indices, each summing to at most ``capacity``: deterministic first-fit-decreasing.
 
     Items are taken longest first (ties: lower index first) and each goes into the first row that
-    still has room, else a new row.  A row lists its items in index order; rows are ordered by
-    their first item."""
+    still has room, else a new row; an item longer than ``capacity`` is a row of its own.  A row
+    lists its items in index order; rows are ordered by their first item."""
     if capacity < 1:
         raise ValueError(f"pack capacity must be a positive number of tokens, got {capacity}")
     rows: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda k: (-int(lengths[k]), k)):
         n = int(lengths[i])
-        if n > capacity:
-            raise ValueError(f"item {i} has {n} tokens, more than the pack length {capacity}")
         for r, left in enumerate(room):
             if n <= left:
                 rows[r].append(i)
@@ -71,12 +71,7 @@ class PackingCollator:
 
     def rows(self, items: Sequence[dict[str, Any]]) -> list[list[int]]:
         """The packing of ``items``: rows of item indices."""
-        lengths = [len(it["input_ids"]) for it in items]
-        for it, n in zip(items, lengths):
-            if n > self.pack_length:
-                raise ValueError(f"sample {it.get('sample_id')!r} has {n} tokens, more than train.pack_length "
-                                 f"{self.pack_length}: the dataset must truncate to min(model.max_length, pack_length)")
-        return first_fit_decreasing(lengths, self.pack_length)
+        return first_fit_decreasing([len(it["input_ids"]) for it in items], self.pack_length)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not items:
