@@ -296,3 +296,13 @@ def test_the_memory_estimate_counts_packed_rows():
     assert double.logits == 2 * padded.logits and double.activations > padded.activations
     assert double.weights == padded.weights and double.optimizer_state == padded.optimizer_state
     assert f"packed rows of {double.seq_len} tokens" in double.format_table()
+
+
+def test_the_report_gives_the_pad_fraction():
+    from test_criteria import _report, _train
+
+    from openmind_core.app.report import checklist_markdown
+
+    md = checklist_markdown(_report(_train(tokens=9_000, slots=10_000, pad_fraction=0.1, tokens_per_second=1234.0)))
+    assert "Trained on 9,000 real tokens in 10,000 computed positions: pad fraction 10.0%, 1,234 tokens/s." in md
+    assert "pad fraction" not in checklist_markdown(_report(_train()))  # a result without steps says nothing
