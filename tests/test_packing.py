@@ -306,3 +306,26 @@ def test_the_report_gives_the_pad_fraction():
     md = checklist_markdown(_report(_train(tokens=9_000, slots=10_000, pad_fraction=0.1, tokens_per_second=1234.0)))
     assert "Trained on 9,000 real tokens in 10,000 computed positions: pad fraction 10.0%, 1,234 tokens/s." in md
     assert "pad fraction" not in checklist_markdown(_report(_train()))  # a result without steps says nothing
+
+
+def test_the_flash_attn_path_flattens_real_tokens_with_transformers_cu_seqlens():
+    """flash-attn cannot run here; its inputs can: one row of the real tokens, and the cu_seqlens /
+    max lengths transformers' own ``prepare_fa_kwargs_from_position_ids`` derives from those positions."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    from openmind_core.model.packed import packed_lm_inputs
+
+    img = [torch.zeros(3, 4, 4)]
+    items = [_item("a", [7, 4, 4, 8], [-100, -100, -100, 8], img[0]), _item("b", [9] * 7, [-100] + [9] * 6),
+             _item("c", [5, 6, 1, 2, 3, 4], [5, 6, 1, 2, 3, 4]), _item("d", [3, 3], [3, 3])]
+    batch = PackingCollator(0, 10)(items)
+    embeds = batch["input_ids"].float().unsqueeze(-1).expand(-1, -1, 2)
+    out = packed_lm_inputs("flash_attention_2", embeds, batch["attention_mask"], batch["position_ids"], batch["labels"])
+    keep = batch["attention_mask"].bool()
+    assert out["inputs_embeds"].shape == (1, 19, 2) and out["attention_mask"] is None  # 19 real tokens, no padding
+    assert torch.equal(out["labels"][0], batch["labels"][keep])
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(out["position_ids"])
+    assert out["cu_seq_lens_q"].tolist() == cu_q.tolist() == [0, 4, 10, 17, 19] and out["cu_seq_lens_k"] is out["cu_seq_lens_q"]
+    assert out["max_length_q"] == out["max_length_k"] == int(max_q) == 7
+    sdpa = packed_lm_inputs("sdpa", embeds, batch["attention_mask"], batch["position_ids"], batch["labels"])
+    assert sdpa["attention_mask"] is None and sdpa["inputs_embeds"] is embeds  # transformers masks by position ids
