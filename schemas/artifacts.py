@@ -147,6 +147,10 @@ class TrainingResult(Artifact):
     val_losses: list[float] = Field(default_factory=list, description="every validation loss, in order")
     wall_seconds: float = 0.0
     tokens_per_second: float | None = None
+    tokens: int = Field(0, description="real input tokens trained on (image tokens included), all ranks, this process")
+    slots: int = Field(0, description="positions computed (padding included), all ranks, this process")
+    pad_fraction: float | None = Field(None, description="1 - tokens/slots: the share of computed positions that "
+                                       "were padding (None before a step)")
     peak_memory_bytes: int | None = Field(None, description="torch.cuda.max_memory_allocated() on CUDA; None elsewhere")
     device: str = "cpu"
     amp: str = "off"

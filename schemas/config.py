@@ -297,8 +297,27 @@ class TrainConfig(Strict):
         "auto", description="with more than one process: ddp (auto) replicates the model, fsdp shards it (FSDP2)")
     deterministic: bool = False
     log_every: int = Field(10, ge=1)
+    packing: bool = Field(False, description="pack each micro-batch's samples into rows of up to pack_length tokens "
+                          "(first-fit-decreasing; samples isolated: position ids restart, attention never crosses)")
+    pack_length: int | None = Field(None, ge=8, description="tokens per packed row; default: the longest sample "
+                                    "(model.max_length text tokens + BOS + one image's tokens)")
+    max_tokens_per_batch: int | None = Field(
+        None, ge=1, description="unpacked: a micro-batch takes the next samples while samples x the longest stays "
+        "within this many tokens (a variable number of samples; one process); None: micro_batch_size samples")
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @model_validator(mode="after")
+    def _token_budget(self) -> "TrainConfig":
+        if self.max_tokens_per_batch is None:
+            return self
+        if self.packing:
+            raise ValueError("train.max_tokens_per_batch is for unpacked batches: with train.packing the micro-batch's "
+                             "samples are packed into rows of train.pack_length; set one of the two")
+        if self.nproc > 1:
+            raise ValueError(f"train.max_tokens_per_batch works in one process (train.nproc is {self.nproc}): ranks "
+                             "would take different numbers of samples per step; use train.packing instead")
+        return self
 
 
 # --------------------------------------------------------------------------- inference

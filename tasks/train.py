@@ -98,7 +98,8 @@ def _publish(result: TrainingResult, cfg: OpenMindConfig) -> None:
             ("val loss", f"{fmt_float(result.first_val_loss)} → {fmt_float(result.final_val_loss)} (best {fmt_float(result.best_val_loss)})"),
             ("NaN/inf losses", result.nan_or_inf_losses), ("skipped steps", result.skipped_steps),
             ("rollbacks", len(result.rollbacks)), ("resumed from step", result.resumed_from_step),
-            ("tokens/s", result.tokens_per_second), ("device / amp", f"{result.device} / {result.amp}"),
+            ("tokens/s", result.tokens_per_second),
+            ("pad fraction", "n/a" if result.pad_fraction is None else f"{result.pad_fraction:.1%}"), ("device / amp", f"{result.device} / {result.amp}"),
             ("stage", cfg.model.stage), ("final", f"`{result.final_dir}`"), ("best", f"`{result.best_dir}`"),
         ]),
     )

@@ -236,13 +236,16 @@ def _check_rows(rows: list[dict]) -> None:
         assert r["ours_s"] is not None and r["ours_s"] >= 0
 
 
-@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer", "lora", "checkpoint"])
+@pytest.mark.parametrize("name", ["convert", "loader", "model", "trainer", "lora", "checkpoint", "packing"])
 def test_cpu_benchmark_quick_produces_rows(name):
     rows = _load(name).run(quick=True)
     _check_rows(rows)
     if name == "checkpoint":
         [row] = rows
         assert row["baseline_s"] > 0 and row["ratio"] == pytest.approx(row["ours_s"] / row["baseline_s"])
+    if name == "packing":  # same tokens both ways; the pad fraction rows are fractions of the packed slots
+        pads = [r for r in rows if r["name"].startswith("pad fraction")]
+        assert len(pads) == 2 and all(r["ratio"] == pytest.approx(r["ours_s"] / r["baseline_s"], abs=1e-4) for r in pads)
     if name == "loader":
         wait = [r for r in rows if "wait fraction" in r["name"]]
         assert [w["name"] for w in wait] == ["loader wait fraction, main process (tiny train step)",
@@ -353,3 +356,21 @@ def test_build_benchmark_quick_measures_build_and_load():
         assert m[f"{key}_raw"]["extra"] > 0  # the raw read brought the weights in
     assert rows[0]["baseline_s"] == pytest.approx(m["build"]["weights"] / 1e6)
     assert rows[0]["ratio"] == pytest.approx(rows[0]["ours_s"] / rows[0]["baseline_s"])
+
+
+@pytest.mark.slow
+def test_gpu_script_measures_the_instruct_mix_padded_and_packed_on_cpu(tmp_path):
+    """``--packing``: two more rows train one micro-batch of the instruct mix padded, then packed."""
+    out = tmp_path / "gpu.json"
+    rc = gpu.main(["--device", "cpu", "--config", str(REPO / "configs" / "default.yaml"), "--quick", "--packing",
+                   "--mix-batch", "8", "--mix-scale", "8", "--finetune-batches", "", "--steps", "1", "--warmup", "1", "--peak-tflops", "1",
+                   "--set", "model.lm.max_position_embeddings=512", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["attention"], r["status"]) for r in rows] == [("sdpa", "ok"), ("sdpa mix-padded", "ok"),
+                                                              ("sdpa mix-packed", "ok")]
+    padded, packed = rows[1], rows[2]
+    assert padded["seq_len"] == packed["seq_len"]  # the same samples: the same real tokens per sample
+    pads = [float(r["notes"].split()[-1].rstrip("%")) for r in (padded, packed)]
+    assert pads[1] < pads[0]
+    assert packed["flops_per_step"] < padded["flops_per_step"]  # padding is computed only padded

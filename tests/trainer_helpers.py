@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poison", default="")
     ap.add_argument("--dump", default=None, help="write the TrainingResult JSON here")
     ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--model", choices=("toy", "vlm", "lora"), default="toy")
+    ap.add_argument("--model", choices=("toy", "vlm", "lora", "packed", "padded"), default="toy",
+                    help="packed / padded: the tiny real model on packing_helpers.PackDataset")
     ap.add_argument("--fsdp-check", action="store_true", help="after training, check FSDP2 against a replica")
     args = ap.parse_args(argv)
     over = {}
@@ -295,8 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     rank, world, _ = D.init_from_env()
     torch.set_num_threads(1)
     poison = {p: 100.0 for p in args.poison.split(",") if p}
-    res = run_toy(args.run_dir, cfg, poison=poison, rank=rank, world_size=world, dropout=args.dropout,
-                  model=args.model)
+    if args.model in ("packed", "padded"):
+        from packing_helpers import run_packed
+
+        res = run_packed(args.run_dir, cfg, packed=args.model == "packed", rank=rank, world_size=world)
+    else:
+        res = run_toy(args.run_dir, cfg, poison=poison, rank=rank, world_size=world, dropout=args.dropout,
+                      model=args.model)
     if args.dump and rank == 0:
         Path(args.dump).write_text(res.model_dump_json())
     if args.fsdp_check:

@@ -338,6 +338,10 @@ def checklist_markdown(report: Week1Report) -> str:
         lora = f" with LoRA r={t.lora['r']} on {', '.join(t.lora['target_modules'])}" if t.lora else ""
         origin = f"projector from `{t.started_from}`" if t.started_from else "a fresh projector"
         lines += ["", f"Stage `{t.stage}`{lora}, starting from {origin}."]
+    if t.pad_fraction is not None:  # how much of the compute was padding (train.packing lowers it)
+        tps = f", {t.tokens_per_second:,.0f} tokens/s" if t.tokens_per_second else ""
+        lines += ["", f"Trained on {t.tokens:,} real tokens in {t.slots:,} computed positions: pad fraction "
+                  f"{t.pad_fraction:.1%}{tps}."]
     if report.auto_resumes:
         lines += [""] + [f"- {line}" for line in auto_resume_lines(report)]
     lines += ["", f"**{verdict(report)}.** Run directory: `{report.run_dir}`"]

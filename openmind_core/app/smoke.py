@@ -82,12 +82,12 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer_report: To
 
     def loader() -> str:
         train, _, collate = build_datasets(cfg, curated, model)
-        batch = collate([train[i] for i in range(min(4, len(train)))])
-        n_img = (batch["input_ids"] == model.image_token_id).sum(dim=1)
-        if not bool((n_img == expected_tokens).all()):
-            raise AssertionError(f"image placeholders per row {n_img.tolist()}, expected {expected_tokens}")
-        n_lab = (batch["labels"] != -100).sum(dim=1)
-        if not bool((n_lab > 0).all()):
+        items = [train[i] for i in range(min(4, len(train)))]
+        batch = collate(items)  # packed (train.packing) or padded: each sample is checked on its own
+        n_img = [int((it["input_ids"] == model.image_token_id).sum()) for it in items]
+        if n_img != [expected_tokens] * len(items):
+            raise AssertionError(f"image placeholders per sample {n_img}, expected {expected_tokens}")
+        if not all(bool((it["labels"] != -100).any()) for it in items):
             raise AssertionError("a sample has no target tokens (all labels masked)")
         state["batch"] = batch
         shapes = {k: list(t.shape) for k, t in batch.items() if isinstance(t, torch.Tensor)}
@@ -97,7 +97,7 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer_report: To
         batch = state.get("batch")
         if batch is None:
             raise AssertionError("no loader batch (loader check failed)")
-        inputs = {k: t.to(device) for k, t in batch.items() if isinstance(t, torch.Tensor)}
+        inputs = {k: t.to(device) if isinstance(t, torch.Tensor) else t for k, t in batch.items() if k != "sample_ids"}
         model.train()
         model.zero_grad(set_to_none=True)
         with autocast(amp):

@@ -32,6 +32,7 @@ from openmind_core.app.run_dir import check_lake_version, model_fingerprint
 from openmind_core.data.collate import Collator
 from openmind_core.data.convert import CONVERTER_VERSION
 from openmind_core.data.dataset import VLMDataset
+from openmind_core.data.packing import PackingCollator
 from openmind_core.model import builder as model_builder
 from openmind_core.model.modeling import MultimodalReasoningModel
 from openmind_core.model.tokenizer import load_tokenizer
@@ -66,7 +67,7 @@ def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
         image_size=model.img_size,
         num_image_tokens=model.num_image_tokens,
         image_token_id=model.image_token_id,
-        max_length=cfg.model.max_length,
+        max_length=sequence_length(cfg, model.num_image_tokens),
         image_mean=model.config.image_mean,
         image_std=model.config.image_std,
         image_resample=model.config.image_resample,
@@ -77,7 +78,28 @@ def build_datasets(cfg: OpenMindConfig, curated: CuratedDataset, model):
     # a tiny data set may have no validation rows: train without evaluation then
     val = VLMDataset(curated, "validation", **kwargs) if curated.splits.get("validation") else None
     pad = model.tokenizer.pad_token_id
-    return train, val, Collator(pad if pad is not None else 0)
+    pad = pad if pad is not None else 0
+    if cfg.train.packing:  # padding-free: the micro-batch's samples packed into rows, isolated
+        return train, val, PackingCollator(pad, pack_length(cfg, model.num_image_tokens))
+    return train, val, Collator(pad)
+
+
+def pack_length(cfg: OpenMindConfig, image_tokens: int) -> int:
+    """Tokens per packed row: ``train.pack_length``, default the longest sample (``model.max_length`` text
+    tokens, the BOS and one image's ``image_tokens``)."""
+    return cfg.train.pack_length or 1 + image_tokens + cfg.model.max_length
+
+
+def sequence_length(cfg: OpenMindConfig, image_tokens: int) -> int:
+    """The text budget a sample is truncated to (image and template tokens kept whole): ``model.max_length``,
+    or less when packing with a ``pack_length`` a longest sample would not fit."""
+    if not cfg.train.packing:
+        return cfg.model.max_length
+    budget = min(cfg.model.max_length, pack_length(cfg, image_tokens) - 1 - image_tokens)
+    if budget < 1:
+        raise PipelineError(f"train.pack_length {cfg.train.pack_length} leaves no room for text beside an image's "
+                            f"{image_tokens} tokens: set it to at least {image_tokens + 2}")
+    return budget
 
 
 # --------------------------------------------------------------------------- training

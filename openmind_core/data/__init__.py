@@ -20,7 +20,7 @@ import importlib
 _HOMES = {
     "SCHEMA": "convert", "convert": "convert", "read_rows": "curated", "SCHEMA_VERSION": "layout",
     "DataError": "layout", "HubUnreachableError": "layout", "download": "sources", "REASONS": "validate",
-    "VLMDataset": "dataset", "Collator": "collate", "ResumableSampler": "sampler",
+    "VLMDataset": "dataset", "Collator": "collate", "PackingCollator": "packing", "ResumableSampler": "sampler",
 }
 __all__ = sorted(_HOMES)
 

@@ -2,7 +2,9 @@
 
 Sequences are right-padded (``input_ids`` with the pad token, ``labels`` with -100, the attention
 mask 0).  The images of the rows that have one are stacked in row order, LLaVA's layout: the model
-fills the image tokens in order, so a batch may mix image and text-only rows.
+fills the image tokens in order, so a batch may mix image and text-only rows.  An item's
+``pixel_values`` is None (text-only), ``[3, H, W]`` (one image) or ``[k, 3, H, W]`` (k images, in
+tag order).  ``packing.PackingCollator`` is the padding-free alternative (``train.packing``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,20 @@ from typing import Any
 import torch
 
 from openmind_core.prompting import IGNORE_INDEX
+
+
+def item_images(item: dict[str, Any]) -> list[torch.Tensor]:
+    """An item's images as a list of ``[3, H, W]`` tensors: ``pixel_values`` None (text-only),
+    ``[3, H, W]`` (one image) or ``[k, 3, H, W]`` (k images, in tag order)."""
+    px = item.get("pixel_values")
+    if px is None:
+        return []
+    if px.dim() == 3:
+        return [px]
+    if px.dim() == 4:
+        return list(px.unbind(0))
+    raise ValueError(f"sample {item.get('sample_id')!r}: pixel_values must be [3, H, W] or [k, 3, H, W], "
+                     f"got shape {tuple(px.shape)}")
 
 
 class Collator:
@@ -36,12 +52,12 @@ class Collator:
             input_ids[i, :k] = it["input_ids"]
             labels[i, :k] = it["labels"]
             attention[i, :k] = 1
-        images = [it["pixel_values"] for it in items if it.get("pixel_values") is not None]
+        images = [img for it in items for img in item_images(it)]
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
             "labels": labels,
-            # [images in the batch, 3, H, W] in row order; None when every row is text-only
+            # [images in the batch, 3, H, W] in row order (a row's own in tag order); None when all are text-only
             "pixel_values": torch.stack(images) if images else None,
             "sample_ids": [it["sample_id"] for it in items],
         }

@@ -132,6 +132,10 @@ class VLMDataset(Dataset):
     def row(self, index: int) -> dict[str, Any]:
         return self.table.slice(int(index), 1).to_pylist()[0]
 
+    def lengths(self) -> np.ndarray:
+        """Every row's tokens (text + image placeholders), from the token index: no decoding."""
+        return (self.index[:, 1] + self.index[:, 3] - self.index[:, 2]).astype(np.int64)
+
     def kinds(self) -> list[str]:
         return self.table["kind"].to_pylist()
 

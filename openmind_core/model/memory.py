@@ -25,7 +25,8 @@ allocated).  Per component:
   rank-``r`` intermediate.
 
 Assumed: the model is held in ``model.dtype`` (bf16 at full size); ``train.amp`` bf16/fp16 on an
-fp32 model is approximated by 2-byte activations; training batches are padded (transformers then
+fp32 model is approximated by 2-byte activations; training batches are padded to the longest sample, or
+with ``train.packing`` are at most ``micro_batch_size`` rows of ``pack_length`` tokens (transformers then
 repeats grouped KV heads before SDPA); allocator fragmentation, CUDA context (~0.5-1 GB) and
 temporary buffers of backward are not included.
 """
@@ -126,6 +127,7 @@ class MemoryEstimate:
     inference_kv_cache: int = 0
     inference_activations: int = 0
     budget_bytes: int = 0
+    packing: bool = False  # train.packing: seq_len is the packed row (pack_length), batch_size rows at most
 
     @property
     def activations(self) -> int:
@@ -155,8 +157,10 @@ class MemoryEstimate:
             return f"{x / GIB:10.2f} GiB"
 
         ck = "on" if self.gradient_checkpointing else "off"
+        seq = (f"packed rows of {self.seq_len} tokens ({self.batch_size * self.seq_len:,} tokens per micro-batch "
+               f"at most)" if self.packing else f"sequence {self.seq_len}")
         rows = [
-            f"stage {self.stage}, dtype {self.dtype}, micro-batch {self.batch_size}, sequence {self.seq_len} "
+            f"stage {self.stage}, dtype {self.dtype}, micro-batch {self.batch_size}, {seq} "
             f"({self.image_tokens} image tokens), vocab {self.vocab_size}, activation checkpointing {ck}",
             f"{'module':<16}{'trainable':>16}{'total':>16}",
         ]
@@ -243,8 +247,11 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
     vocab = lm.get_input_embeddings().weight.shape[0]
     n_img = tokens_for_config(m)
     b = tr.micro_batch_size
-    s = 1 + n_img + m.max_length
-    tokens = b * s
+    s = 1 + n_img + m.max_length  # the longest sample: BOS, one image, max_length text tokens
+    # packed: at most micro_batch_size rows (one per sample) of pack_length tokens; the images are still
+    # one per sample, so the vision tower and projector terms below are unchanged
+    row = (tr.pack_length or s) if tr.packing else s
+    tokens = b * row
     lm_t = "language_model" in trainable
     vis_t = "vision_encoder" in trainable
 
@@ -292,7 +299,7 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
         dtype=m.dtype,
         activation_bytes_per_element=e,
         batch_size=b,
-        seq_len=s,
+        seq_len=row,
         image_tokens=n_img,
         vocab_size=vocab,
         gradient_checkpointing=m.gradient_checkpointing,
@@ -308,4 +315,5 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
         inference_kv_cache=kv_cache,
         inference_activations=inf_act,
         budget_bytes=int(budget * GIB),
+        packing=tr.packing,
     )

@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from openmind_core.model import saving, stages
 from openmind_core.model.configuration import MultimodalReasoningConfig
 from openmind_core.model.generation import ImagePromptGeneration
+from openmind_core.model.packed import packed_lm_inputs
 from openmind_core.model.projector import ImprovedProjector
 from openmind_core.model.vision import ImprovedVisionEncoder, enable_checkpointing, random_siglip
 from schemas.config import ModelConfig
@@ -148,9 +149,14 @@ class MultimodalReasoningModel(ImagePromptGeneration, PreTrainedModel, Generatio
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        packed: bool = False,
         **lm_kwargs,
     ):
-        """Returns the LM's ``CausalLMOutputWithPast`` (``.loss``/``["loss"]``, ``.logits``)."""
+        """Returns the LM's ``CausalLMOutputWithPast`` (``.loss``/``["loss"]``, ``.logits``).
+
+        ``packed``: a batch of ``openmind_core.data.packing.PackingCollator`` (several samples per row,
+        ``position_ids`` restarting per sample): samples are isolated (``openmind_core.model.packed``);
+        with flash-attn the logits come back as one flattened row of the real tokens."""
         if "past_key_values" in lm_kwargs:  # the name before transformers 5.2x
             cache = lm_kwargs.pop("past_key_values")
         if inputs_embeds is None:
@@ -161,6 +167,12 @@ class MultimodalReasoningModel(ImagePromptGeneration, PreTrainedModel, Generatio
             use_cache = cache is not None
         if cache is not None:
             lm_kwargs[self._cache_kw()] = cache
+        if packed:
+            if cache is not None or use_cache:
+                raise ValueError("a packed batch is for training and scoring: it takes no KV cache")
+            lm_kwargs.update(packed_lm_inputs(self.language_model.config._attn_implementation, inputs_embeds,
+                                              attention_mask, position_ids, labels))
+            return self.language_model(use_cache=False, logits_to_keep=logits_to_keep, **lm_kwargs)
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels,
             use_cache=use_cache, logits_to_keep=logits_to_keep, **lm_kwargs,

@@ -1,4 +1,5 @@
-"""What the loop reads off a batch: label tokens (the loss weights), input tokens (throughput), device moves."""
+"""What the loop reads off a batch: label tokens (the loss weights), input tokens and slots (throughput, the pad
+fraction), device moves."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def batch_tokens(batch: dict[str, Any]) -> int:
         if isinstance(t, torch.Tensor):
             return int(t.sum()) if key == "attention_mask" else t.numel()
     return 0
+
+
+def batch_slots(batch: dict[str, Any]) -> int:
+    """Positions a batch computes, padding included (``input_ids``' size): with ``batch_tokens``, the pad fraction."""
+    t = batch.get("input_ids")
+    return t.numel() if isinstance(t, torch.Tensor) else 0
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

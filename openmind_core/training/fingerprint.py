@@ -24,7 +24,8 @@ from schemas.config import TrainConfig
 #: fingerprint keys -> the config keys a user would change
 FINGERPRINT_KEYS = {"batch": "train.micro_batch_size x train.grad_accum", "seed": "run.seed", "model": "model",
                     "data": "data (the curated lake version)", "train_samples": "the training rows",
-                    "trainable_params": "the trainable parameters (model.stage, model.lm.lora, ...)"}
+                    "trainable_params": "the trainable parameters (model.stage, model.lm.lora, ...)",
+                    "token_budget": "train.max_tokens_per_batch"}
 
 
 def run_fingerprint(trainable: list[tuple[str, torch.nn.Parameter]], train_samples: int, cfg: TrainConfig,
@@ -37,6 +38,8 @@ def run_fingerprint(trainable: list[tuple[str, torch.nn.Parameter]], train_sampl
         "batch": f"{cfg.micro_batch_size}x{cfg.grad_accum}",
         "world_size": str(world_size),  # may change on resume (full state dicts): a WorldSizeChange
         "seed": str(seed),
+        # only when set: fingerprints of runs without a budget stay as they were
+        **({"token_budget": str(cfg.max_tokens_per_batch)} if cfg.max_tokens_per_batch else {}),
         **{k: str(v) for k, v in (extra or {}).items()},
     }
 

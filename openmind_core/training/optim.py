@@ -75,10 +75,14 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-def total_optimizer_steps(cfg: TrainConfig, samples_per_epoch_per_rank: int) -> int:
-    """``max_steps`` or ``epochs * ceil(samples / (micro_batch_size * grad_accum))``."""
+def total_optimizer_steps(cfg: TrainConfig, samples_per_epoch_per_rank: int,
+                          micro_batches: list[int] | None = None) -> int:
+    """``max_steps`` or ``epochs * ceil(samples / (micro_batch_size * grad_accum))``; ``micro_batches``: each
+    epoch's micro-batches when they hold variable numbers of samples (``train.max_tokens_per_batch``)."""
     if cfg.max_steps is not None:
         return cfg.max_steps
+    if micro_batches is not None:
+        return max(1, sum(math.ceil(n / cfg.grad_accum) for n in micro_batches))
     per_step = cfg.micro_batch_size * cfg.grad_accum
     return max(1, cfg.epochs * math.ceil(samples_per_epoch_per_rank / per_step))
 

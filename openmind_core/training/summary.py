@@ -12,6 +12,8 @@ def summary_line(r: TrainingResult) -> str:
 
     parts = [f"trained {r.steps} steps ({r.epochs_completed} epochs): loss {f(r.first_loss)} -> {f(r.last_loss)}, "
              f"val {f(r.first_val_loss)} -> {f(r.final_val_loss)}"]
+    if r.pad_fraction is not None:
+        parts.append(f"{r.tokens:,} tokens in {r.slots:,} slots (pad fraction {r.pad_fraction:.1%})")
     if r.skipped_steps:
         parts.append(f"{r.skipped_steps} skipped steps")
     parts.append(f"{len(r.rollbacks)} rollbacks" + (": " + "; ".join(

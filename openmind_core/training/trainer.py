@@ -46,7 +46,8 @@ from torch.utils.data import DataLoader
 
 from openmind_core import interrupt
 from openmind_core.data.sampler import ResumableSampler
-from openmind_core.training.batches import batch_tokens, label_tokens, to_device
+from openmind_core.data.token_batches import TokenBudgetBatches, sample_lengths
+from openmind_core.training.batches import batch_slots, batch_tokens, label_tokens, to_device
 from openmind_core.training.callbacks import (CallbackList, Checkpointer, ConsoleProgress, EveryStep, Evaluator, FinalModel,
                                               KillPoints, MetricsLog, ProgressReport, SpikeRollback, WandbLog)
 from openmind_core.training.checkpoint import CheckpointManager
@@ -105,7 +106,12 @@ class ProductionTrainer:
         if len(ids) == 0:
             raise TrainingError("the training dataset is empty")
         self.sampler = ResumableSampler(ids, seed=seed, shuffle=True, rank=rank, world_size=world_size)
-        self.total_steps = total_optimizer_steps(cfg, math.ceil(len(ids) / world_size))
+        self.budget = None  # train.max_tokens_per_batch: micro-batches of a variable number of samples
+        if cfg.max_tokens_per_batch:
+            self.budget = TokenBudgetBatches(self.sampler, sample_lengths(train_dataset), cfg.max_tokens_per_batch)
+        self.total_steps = total_optimizer_steps(cfg, math.ceil(len(ids) / world_size),
+                                                 [self.budget.epoch_batches(e) for e in range(cfg.epochs)]
+                                                 if self.budget and cfg.max_steps is None else None)
         self.lrs = LearningRates(self.optimizer, cfg, self.total_steps)  # builds the LR scheduler
         self.scheduler = self.lrs.scheduler
         self.scaler = make_scaler(self.amp)
@@ -126,7 +132,7 @@ class ProductionTrainer:
         self.callbacks = CallbackList(self._callbacks())
         self.checkpoints.on_phase = self.callbacks.checkpoint_phase
         self.resumed_from: int | None = None
-        self._tokens_run = 0
+        self._tokens_run = self._slots_run = 0
         self._time_run = 0.0
 
     def _callbacks(self) -> list:
@@ -195,10 +201,11 @@ class ProductionTrainer:
         self.sampler.set_epoch(state.epoch, start=state.consumed, offset=state.epoch_offset)
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + state.epoch)
-        return DataLoader(self.train_dataset, batch_size=self.cfg.micro_batch_size, sampler=self.sampler,
-                          collate_fn=self.collate_fn, num_workers=self.cfg.num_workers, generator=g,
-                          worker_init_fn=interrupt.ignore_in_worker if self.cfg.num_workers else None,
-                          pin_memory=self.device.type == "cuda", drop_last=False)
+        batching = {"batch_sampler": self.budget} if self.budget else \
+            {"batch_size": self.cfg.micro_batch_size, "sampler": self.sampler, "drop_last": False}
+        return DataLoader(self.train_dataset, **batching, collate_fn=self.collate_fn, num_workers=self.cfg.num_workers,
+                          generator=g, worker_init_fn=interrupt.ignore_in_worker if self.cfg.num_workers else None,
+                          pin_memory=self.device.type == "cuda")
 
     def _reached_end(self) -> bool:
         if self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps:
@@ -226,8 +233,8 @@ class ProductionTrainer:
     def _train_step(self, micro: list[dict[str, Any]], data_time: float, t0: float) -> None:
         state, step = self.state, self.state.step + 1
         ids = [str(s) for b in micro for s in b.pop("sample_ids")]
-        tokens = sum(batch_tokens(b) for b in micro)
-        loss, norm = self._forward_backward(micro, step)
+        sizes = [sum(batch_tokens(b) for b in micro), sum(batch_slots(b) for b in micro)]
+        loss, norm, tokens, slots = self._forward_backward(micro, step, sizes)
         if not math.isfinite(loss):
             state.nan_or_inf += 1
         verdict = self.detector.check(step, loss)
@@ -251,13 +258,15 @@ class ProductionTrainer:
             raise Rollback(step, onset, f"{cap} skipped steps in a row (last: {why})", loss, ids)
         state.finish_step(step, len(ids), self.world, loss)
         self.recent_ids.record(step, ids)
-        self.callbacks.post_step(self._step_record(step, loss, norm, applied, tokens, data_time, t0))
+        self.callbacks.post_step(self._step_record(step, loss, norm, applied, tokens, slots, data_time, t0))
 
-    def _forward_backward(self, micro: list[dict[str, Any]], step: int) -> tuple[float, float]:
-        """Token-weighted loss over the step's micro-batches, backward, clip: (loss, pre-clip norm)."""
+    def _forward_backward(self, micro: list[dict[str, Any]], step: int,
+                          sizes: list[int]) -> tuple[float, float, int, int]:
+        """Token-weighted loss over the step's micro-batches, backward, clip: (loss, pre-clip norm, input tokens,
+        slots); ``sizes``: this rank's [input tokens, slots], summed over the ranks with the label tokens."""
         counts = [label_tokens(b) for b in micro]
         weights = [float(c) for c in counts] if all(c is not None for c in counts) else [1.0] * len(micro)
-        total = self.strategy.global_sum(sum(weights))
+        total, tokens, slots = self.strategy.global_sums([sum(weights), *sizes])
         total = total if total > 0 else 1.0
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         for i, batch in enumerate(micro):
@@ -276,7 +285,7 @@ class ProductionTrainer:
             self.scaler.unscale_(self.optimizer)
         norm_t = self.strategy.clip_and_measure((p for _, p in self.trainable), self.cfg.clip_grad_norm)
         loss_val, norm_val = torch.stack([loss_sum / total, norm_t.detach().float().to(self.device)]).tolist()
-        return loss_val, norm_val
+        return loss_val, norm_val, int(tokens), int(slots)
 
     def _optimizer_step(self, norm: float) -> tuple[bool, str, bool]:
         """optimizer.step() unless the gradient check refuses: (applied, why not, counts toward a rollback)."""
@@ -293,16 +302,17 @@ class ProductionTrainer:
             self.optimizer.step()
         return ok, why, counts
 
-    def _step_record(self, step: int, loss: float, norm: float, applied: bool, tokens: int, data_time: float,
-                     t0: float) -> dict[str, Any]:
-        """The step's metrics.jsonl line; adds the step to this process's throughput."""
+    def _step_record(self, step: int, loss: float, norm: float, applied: bool, tokens: int, slots: int,
+                     data_time: float, t0: float) -> dict[str, Any]:
+        """The step's metrics.jsonl line (``tokens``/``slots``: all ranks'); adds the step to this process's throughput."""
         step_time = time.perf_counter() - t0
-        tps = tokens * self.world / step_time if step_time > 0 else 0.0
-        self._tokens_run += tokens * self.world
+        tps = tokens / step_time if step_time > 0 else 0.0
+        self._tokens_run += tokens
+        self._slots_run += slots
         self._time_run += step_time
         return {"step": step, "epoch": self.state.epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": norm, "data_time": round(data_time, 6), "step_time": round(step_time, 6),
-                "tokens_per_s": round(tps, 2), "skipped": not applied}
+                "tokens_per_s": round(tps, 2), "tokens": tokens, "slots": slots, "skipped": not applied}
 
     # ----------------------------------------------------------------------- entry point
 
@@ -348,7 +358,8 @@ class ProductionTrainer:
             val_losses=list(state.val_losses), nan_or_inf_losses=state.nan_or_inf, skipped_steps=state.skipped_steps,
             rollbacks=list(state.rollbacks), resumed_from_step=self.resumed_from,
             settings_changes=list(state.settings_changes), state_restore_checked=self.final.restore_ok,
-            wall_seconds=time.time() - t_start, tokens_per_second=tps,
+            wall_seconds=time.time() - t_start, tokens_per_second=tps, tokens=self._tokens_run, slots=self._slots_run,
+            pad_fraction=1.0 - self._tokens_run / self._slots_run if self._slots_run else None,
             peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
             device=str(self.device), amp=self.amp.name,
             checkpoints=[str(self.checkpoints.path(s)) for s in self.checkpoints.steps()],

@@ -67,6 +67,12 @@ class Strategy:
             return value
         return float(all_reduce_sum(torch.tensor([value], dtype=torch.float64))[0])
 
+    def global_sums(self, values: list[float]) -> list[float]:
+        """Each of ``values`` summed over the ranks (one collective)."""
+        if self.world_size == 1:
+            return list(values)
+        return all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+
     def sum_over_ranks_(self, tensor: torch.Tensor) -> None:
         """Sum ``tensor`` over the ranks, in place."""
         if self.world_size > 1:
