@@ -89,6 +89,8 @@ class DataConfig(Strict):
     max_text_chars: int = Field(4000, ge=1)
     max_image_bytes: int = Field(20_000_000, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_row: int = Field(8, ge=1, description="a row naming more images is quarantined (too_many_images); "
+                                    "the memory estimate assumes this many images per row at worst")
     num_workers: int | None = Field(None, ge=1, description="image decoding processes; default: all cores")
 
     def input_paths(self) -> list[tuple[str, str]]:

@@ -62,7 +62,7 @@ def test_llava_rows_multi_turn_text_only_and_every_defect(tmp_path):
         llava(("human", "<image> tag, no image"), ("gpt", "x"), image=None),                        # 10 image_tag_mismatch
         llava(("human", "<image> q"), ("gpt", "see <image>")),                                      # 11 image_tag_in_answer
         llava(("human", "<image> q"), ("gpt", "x"), image="nope.png"),                              # 12 image_missing
-        llava(("human", "<image> q"), ("gpt", "x"), image=None, images=["a.png", "b.png"]),         # 13 too_many_images
+        llava(("human", "<image> q"), ("gpt", "x"), images=["a.png", "b.png"]),                     # 13 wrong_type: both
         llava(("bot", "<image> q"), ("gpt", "x")),                                                  # 14 wrong_type
         {"id": "y", "image": "a.png"},                                                              # 15 missing_field
         llava(("human", "<image>\nWhat is this?"), ("gpt", "A red square.")),                       # 16 duplicate of 1
@@ -73,7 +73,7 @@ def test_llava_rows_multi_turn_text_only_and_every_defect(tmp_path):
     assert {k: b["reason"] for k, b in bad.items()} == {
         4: "roles_out_of_order", 5: "roles_out_of_order", 6: "roles_out_of_order", 7: "empty_turn",
         8: "image_tag_mismatch", 9: "image_tag_mismatch", 10: "image_tag_mismatch", 11: "image_tag_in_answer",
-        12: "image_missing", 13: "too_many_images", 14: "wrong_type", 15: "missing_field", 16: "duplicate"}
+        12: "image_missing", 13: "wrong_type", 14: "wrong_type", 15: "missing_field", 16: "duplicate"}
     assert all(b["detail"] for b in bad.values()) and all(r in REASONS for r in curated.quarantine_by_reason)
 
     kept = {r["source_line"]: r for r in read_rows(curated, with_images=True)}

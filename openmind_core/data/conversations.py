@@ -5,12 +5,15 @@ Two shapes are read, detected once per file from its first JSON object (``detect
 - LLaVA: ``{"id", "image"?, "conversations": [{"from": "human" | "gpt" | "system", "value": ...}]}``
   (LLaVA-Pretrain, llava_instruct, ShareGPT4V);
 - messages: ``{"messages": [{"role": "user" | "assistant" | "system", "content": ...}], "image"? |
-  "images"?: [one path]}`` (LLaMA-Factory, ms-swift).
+  "images"?: [paths]}`` (LLaMA-Factory, ms-swift).
+
+Either form may name several images (``"image": ["a.jpg", "b.jpg"]``, LLaVA-OneVision's form, or
+``"images": [...]``), at most ``data.max_images_per_row``.
 
 ``parse_conversation`` normalises a row to turns ``{role, content}`` with roles ``system`` (optional,
 first only), ``user``, ``assistant``, alternating from ``user`` and ending with ``assistant``.  A
-user turn keeps the literal ``<image>`` tag where the image's tokens go; the number of tags must
-equal the row's images (0 or 1): a row without an image is a text-only row.  Every assistant turn
+user turn keeps the literal ``<image>`` tag where an image's tokens go, one tag per image, in
+order: the number of tags must equal the row's images; a row without an image is a text-only row.  Every assistant turn
 is a training target, user turns are masked (the training side's business).  Bad rows raise
 ``Problem``: ``roles_out_of_order``, ``empty_turn``, ``image_tag_mismatch``, ``image_tag_in_answer``,
 ``too_many_images``, ``missing_field``, ``wrong_type``, ``text_too_long``.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from openmind_core.data.validate import IMAGE_TAG, Problem, _SURROGATE, detect_language, load_object
+from openmind_core.data.validate import IMAGE_TAG, Problem, _SURROGATE, detect_language, image_list, load_object
 
 FORMATS = {"llava": ("conversations", "from", "value"), "messages": ("messages", "role", "content")}
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -42,8 +45,8 @@ def detect_format(head: bytes) -> str:
     return "llava"
 
 
-def parse_conversation(text: str, fmt: str, max_text_chars: int) -> dict[str, Any]:
-    """``{"image": value or None, "conversation": [{role, content}], "language"}`` of one line."""
+def parse_conversation(text: str, fmt: str, max_text_chars: int, max_images: int = 8) -> dict[str, Any]:
+    """``{"images": [values], "conversation": [{role, content}], "language"}`` of one line."""
     row = load_object(text)
     key, role_key, text_key = FORMATS[fmt]
     turns = row.get(key)
@@ -53,7 +56,7 @@ def parse_conversation(text: str, fmt: str, max_text_chars: int) -> dict[str, An
     if not isinstance(turns, list) or not turns:
         raise Problem("wrong_type" if not isinstance(turns, list) else "empty_turn",
                       f"{key!r} must be a non-empty list of turns")
-    image = _image_of(row)
+    images = image_list(row, max_images)
     out: list[dict[str, str]] = []
     for i, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
@@ -80,33 +83,13 @@ def parse_conversation(text: str, fmt: str, max_text_chars: int) -> dict[str, An
         if n and turn["role"] != "user":
             raise Problem("image_tag_in_answer", f"turn {i} ({turn['role']}) holds {IMAGE_TAG}")
         tags += n
-    images = 0 if image is None else 1
-    if tags != images:
-        raise Problem("image_tag_mismatch", f"{tags} {IMAGE_TAG} tag(s) for {images} image(s)"
-                      + (" (a text-only row has no tag; an image row has one in a user turn)" if tags > 1 or not images else ""))
+    if tags != len(images):
+        raise Problem("image_tag_mismatch", f"{tags} {IMAGE_TAG} tag(s) for {len(images)} image(s): a row needs one "
+                      f"tag per image, in a user turn, in the images' order (a text-only row has none)")
     lang = row.get("language")
     if not (isinstance(lang, str) and lang and not _SURROGATE.search(lang)):
         lang = detect_language(" ".join(t["content"] for t in out))
-    return {"image": image, "conversation": out, "language": lang}
-
-
-def _image_of(row: dict) -> Any:
-    """The row's one image value (path, base64 or {bytes, path}), None for a text-only row."""
-    images = row.get("images")
-    if images is not None:
-        if not isinstance(images, list):
-            images = [images]
-        if len(images) > 1:
-            raise Problem("too_many_images", f"{len(images)} images; a conversation row holds 0 or 1")
-        if row.get("image") is not None and images:
-            raise Problem("too_many_images", "both 'image' and 'images' are given")
-        return images[0] if images else row.get("image")
-    image = row.get("image")
-    if isinstance(image, list):
-        if len(image) > 1:
-            raise Problem("too_many_images", f"{len(image)} images; a conversation row holds 0 or 1")
-        return image[0] if image else None
-    return image if image != "" else None
+    return {"images": images, "conversation": out, "language": lang}
 
 
 def _check_order(turns: list[dict[str, str]]) -> None:

@@ -70,12 +70,13 @@ log = logging.getLogger(__name__)
 
 # 2: xxh3-128 sample ids, shards and row groups sized by bytes; 3: statistics, line encoding; 4: BOM/CRLF kept,
 # conversations, answers; 5: one shard set per split named as datasets names them (train-00000-of-00001.parquet),
-# pandas metadata (nullable image sizes), quarantine lines' own text.  A version of an earlier converter is
+# pandas metadata (nullable image sizes), quarantine lines' own text; 6: rows with several images (schema 3),
+# data.max_images_per_row.  A version of an earlier converter is
 # still read (its manifest lists its shards); a new conversion of the same input writes a version of this one.
-CONVERTER_VERSION = 5
+CONVERTER_VERSION = 6
 # the settings that change a curated version's content
 LAYOUT_SETTINGS = {"val_fraction", "shard_rows", "shard_bytes", "row_group_rows", "row_group_bytes",
-                   "max_text_chars", "max_image_bytes", "max_image_pixels"}
+                   "max_text_chars", "max_image_bytes", "max_image_pixels", "max_images_per_row"}
 
 
 def version_of(raw_manifest: dict, cfg: DataConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -25,7 +26,8 @@ TEXT_COLUMNS = ["sample_id", "kind", "split", "language", "text", "question", "a
 OPTIONAL_COLUMNS = {"answers": pa.list_(pa.string()),
                     "conversation": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))}
 ROW_COLUMNS = TEXT_COLUMNS + list(OPTIONAL_COLUMNS)
-IMAGE_COLUMNS = ["image", "image_sha256", "image_format"]
+IMAGE_COLUMNS = ["image", "image_sha256", "image_format", "extra_images"]
+EXTRA_IMAGES = pa.list_(pa.binary())  # ``extra_images`` as read: each row's 2nd, 3rd, ... images' bytes
 SPLITS = ("train", "validation")
 
 
@@ -59,6 +61,39 @@ def flat_image(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     return column
 
 
+def flat_extra_images(column: pa.ChunkedArray | None, rows: int) -> pa.ChunkedArray:
+    """``extra_images`` as a list of bytes per row (all null when the lake has no such column)."""
+    if column is None:
+        return pa.chunked_array([pa.nulls(rows, EXTRA_IMAGES)])
+    out = []
+    for chunk in column.chunks:
+        values = chunk.values if not isinstance(chunk, pa.ChunkedArray) else chunk
+        data = pc.struct_field(values, "bytes") if pa.types.is_struct(values.type) else values
+        out.append(pa.ListArray.from_arrays(chunk.offsets, data.cast(pa.binary()), mask=chunk.is_null()))
+    return pa.chunked_array(out, EXTRA_IMAGES)
+
+
+def row_images(image: pa.ChunkedArray, extra: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each row's images in order (the first, then the others) as a list of bytes; ``[]`` for a text-only row.
+    ``image``: nullable bytes (``flat_image``); ``extra``: ``flat_extra_images``."""
+    image = image.combine_chunks() if image.num_chunks != 1 else image.chunk(0)
+    extra = extra.combine_chunks() if extra.num_chunks != 1 else extra.chunk(0)
+    has = np.asarray(image.is_valid().to_numpy(zero_copy_only=False), dtype=np.int64)
+    more = pc.fill_null(pc.list_value_length(extra), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(has + more)]).astype(np.int32)
+    firsts = image.drop_null()
+    extra_flat = pc.list_flatten(extra)
+    order = np.empty(int(offsets[-1]), dtype=np.int64)
+    order[offsets[:-1][has == 1]] = np.arange(len(firsts))
+    if len(extra_flat):
+        parent = pc.list_parent_indices(extra).to_numpy()
+        starts = np.concatenate([[0], np.cumsum(more)])[parent]
+        within = np.arange(len(extra_flat)) - starts
+        order[offsets[parent] + has[parent] + within] = len(firsts) + np.arange(len(extra_flat))
+    values = pa.concat_arrays([firsts.cast(pa.binary()), extra_flat.cast(pa.binary())]).take(pa.array(order))
+    return pa.chunked_array([pa.ListArray.from_arrays(pa.array(offsets), values)])
+
+
 def read_shard(path: Path, columns: list[str], with_images: bool) -> pa.Table:
     """One shard's ``columns`` (a missing optional column as nulls), plus the image columns
     (``image`` flattened to bytes) when ``with_images``."""
@@ -72,6 +107,11 @@ def read_shard(path: Path, columns: list[str], with_images: bool) -> pa.Table:
             table = table.append_column(c, pa.nulls(table.num_rows, OPTIONAL_COLUMNS[c]))
     if with_images:
         table = table.set_column(table.schema.get_field_index("image"), "image", flat_image(table["image"]))
+        extra = flat_extra_images(table["extra_images"] if "extra_images" in names else None, table.num_rows)
+        if "extra_images" in names:
+            table = table.set_column(table.schema.get_field_index("extra_images"), "extra_images", extra)
+        else:
+            table = table.append_column("extra_images", extra)
     return table.select(columns + (IMAGE_COLUMNS if with_images else []))
 
 
@@ -84,14 +124,15 @@ def read_table(curated: CuratedDataset | str | Path, split: str | None = None,
     columns = list(columns or ROW_COLUMNS)
     tables = [filter_rows(read_shard(p, columns, with_images), split, kinds) for p in shard_paths(curated)]
     if not tables:
-        return pa.table({c: pa.array([], OPTIONAL_COLUMNS.get(c, pa.string()))
+        return pa.table({c: pa.array([], OPTIONAL_COLUMNS.get(c, EXTRA_IMAGES if c == "extra_images" else pa.string()))
                          for c in columns + (IMAGE_COLUMNS if with_images else [])})
     return pa.concat_tables(tables, promote_options="default")
 
 
 def read_rows(curated: CuratedDataset | str | Path, split: str | None = None,
               kinds: Iterable[str] | None = None, with_images: bool = False) -> list[dict]:
-    """Curated rows as dicts (``image`` bytes, None for a text-only row, only with ``with_images=True``)."""
+    """Curated rows as dicts (``image`` bytes, None for a text-only row, and ``extra_images``, a list of
+    bytes or None, only with ``with_images=True``)."""
     return read_table(curated, split, kinds, with_images).to_pylist()
 
 

@@ -23,7 +23,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: answers, conversation, the image as {bytes, path} (Hugging Face layout), splits by image
+# 2: answers, conversation, the image as {bytes, path} (Hugging Face layout), splits by image; 3: rows with several
+# images (``extra_images``, ``extra_image_sha256``).  A lake of version 2 is still read: its rows have one image at most.
+SCHEMA_VERSION = 3
 RAW_MANIFEST = "manifest.json"
 CURATED_MANIFEST = "_manifest.json"
 

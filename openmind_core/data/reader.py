@@ -75,8 +75,10 @@ TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
 CANDIDATE = pa.schema([("line", pa.int64()), ("text", pa.string()), ("question", pa.string()),
                        ("answer", pa.string()), ("language", pa.string()), ("key", pa.string()),
                        ("answers", pa.list_(pa.string())), ("conversation", pa.list_(TURN)),
-                       ("content", pa.string())])  # content: what a conversation's hash covers
-Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their ``key`` names (None: text-only)
+                       ("content", pa.string()),  # content: what a conversation's hash covers
+                       ("more_keys", pa.list_(pa.string()))])  # a multi-image row's 2nd, 3rd, ... images
+Batch = tuple[pa.Table, dict[str, ImageRef]]  # candidates and the images their ``key`` (the first image; None:
+# text-only) and ``more_keys`` (the others, in order; null: at most one) name
 
 
 def source_files(raw_root: Path, manifest: dict, ledger: ConversionLedger) -> list[SourceFile]:
@@ -123,23 +125,27 @@ def _slow_lines(f: SourceFile, lines: list[tuple[int, bytes]], cfg: DataConfig, 
         try:
             text = check_encoding(raw)
             if f.kind == "conversation":
-                fields = parse_conversation(text, f.format or "llava", cfg.max_text_chars)
+                fields = parse_conversation(text, f.format or "llava", cfg.max_text_chars, cfg.max_images_per_row)
                 fields["content"] = as_json(fields["conversation"])
             else:
-                fields = parse_row(text, f.kind, cfg.max_text_chars)
-            image = fields.pop("image")
-            ref = _resolve(f, image, raw_root) if image is not None else None
-            if isinstance(ref, Problem):
-                raise ref
+                fields = parse_row(text, f.kind, cfg.max_text_chars, cfg.max_images_per_row)
+            images = fields.pop("images")
+            row_refs = []
+            for i, image in enumerate(images, 1):
+                ref = _resolve(f, image, raw_root)
+                if isinstance(ref, Problem):
+                    raise ref if len(images) == 1 else Problem(ref.reason, f"image {i} of {len(images)}: {ref.detail}")
+                row_refs.append(ref)
         except Problem as p:
             ledger.quarantine(f, lineno, p, raw.decode("utf-8", errors="replace"))
             continue
-        if ref is not None:
+        for ref in row_refs:
             refs[ref.key] = ref
         for name in ("text", "question", "answer", "language", "answers", "conversation", "content"):
             cols[name].append(fields.get(name))
         cols["line"].append(lineno)
-        cols["key"].append(ref.key if ref is not None else None)
+        cols["key"].append(row_refs[0].key if row_refs else None)
+        cols["more_keys"].append([r.key for r in row_refs[1:]] if len(row_refs) > 1 else None)
     return pa.Table.from_pydict(cols, schema=CANDIDATE), refs
 
 
@@ -183,7 +189,8 @@ def _fast_block(f: SourceFile, block: bytes, first_line: int, cfg: DataConfig, l
            for n in ("text", "question", "answer", "language")),
          keys.take(pa.array(pos[good])),
          table["answers"].filter(mask) if "answers" in table.column_names else pa.nulls(n_good, CANDIDATE.field("answers").type),
-         pa.nulls(n_good, CANDIDATE.field("conversation").type), pa.nulls(n_good, pa.string())], schema=CANDIDATE)
+         pa.nulls(n_good, CANDIDATE.field("conversation").type), pa.nulls(n_good, pa.string()),
+         pa.nulls(n_good, CANDIDATE.field("more_keys").type)], schema=CANDIDATE)
     if not len(rest):
         return fast, refs
     slow, slow_refs = _slow_lines(f, [(int(lines[i]), raw(int(i))) for i in rest], cfg, ledger, raw_root)

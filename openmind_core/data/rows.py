@@ -6,8 +6,12 @@ seen before, and builds the rows of ``SCHEMA``: content-hash ids, splits, the em
 bytes with their sha256, size and format.  The image column is Hugging Face's Parquet image layout
 (``struct<bytes, path>``) and the schema carries the ``huggingface`` features entry, so
 ``datasets.load_dataset("parquet", ...)`` yields PIL images and typed columns; a text-only
-conversation row has a null image.  The split follows the image (its sha256), so rows that share
-an image share a split; a text-only row's split follows its content hash.  ``slices`` cuts a batch into pieces that hold at most
+conversation row has a null image.  A row with several images (schema version 3) keeps its first
+in ``image`` (and ``image_sha256``, sizes, format) and the others, in order, in ``extra_images``
+(a list of the same image structs, typed ``[Image]`` for ``datasets``) with ``extra_image_sha256``;
+both are null for a row with at most one image, so the row's images are ``[image, *extra_images]``.
+The split follows the (first) image's sha256, so rows that share an image share a split; a
+text-only row's split follows its content hash.  The content hash covers every image's sha256.  ``slices`` cuts a batch into pieces that hold at most
 ``CHUNK_ROWS`` rows and about ``IMAGE_BATCH_BYTES`` of images; ``shard_writer`` lays one split's rows
 out as Parquet shards.  The schema's ``pandas`` entry makes ``pandas.read_parquet`` read the image
 sizes as nullable integers (``Int32``).
@@ -76,6 +80,8 @@ SCHEMA = pa.schema(
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),
         pa.field("image_format", pa.string()),
+        pa.field("extra_images", pa.list_(IMAGE)),
+        pa.field("extra_image_sha256", pa.list_(pa.string())),
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_line", pa.int64(), nullable=False),
     ],
@@ -85,7 +91,10 @@ SCHEMA = pa.schema(
         "conversation": [{"role": _VALUE("string"), "content": _VALUE("string")}],  # a list of structs
         "image": {"_type": "Image"},
         "image_sha256": _VALUE("string"), "image_width": _VALUE("int32"), "image_height": _VALUE("int32"),
-        "image_format": _VALUE("string"), "source_file": _VALUE("string"), "source_line": _VALUE("int64"),
+        "image_format": _VALUE("string"),
+        "extra_images": [{"_type": "Image"}],  # a list of images
+        "extra_image_sha256": {"feature": _VALUE("string"), "_type": "Sequence"},
+        "source_file": _VALUE("string"), "source_line": _VALUE("int64"),
     }}}), "pandas": _pandas_metadata()},
 )
 
@@ -113,7 +122,9 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     ukeys = pc.unique(keys)
     ulist = ukeys.to_pylist()
     refs = {**refs, None: None}  # type: ignore[dict-item]
-    known = {k: cache.get(k, refs[k]) if k is not None else TEXT_ONLY for k in ulist}
+    more = cand["more_keys"].to_pylist() if cand["more_keys"].null_count < cand.num_rows else [None] * cand.num_rows
+    extra = [k for k in dict.fromkeys(k for ks in more if ks for k in ks) if k not in set(ulist)]
+    known = {k: cache.get(k, refs[k]) if k is not None else TEXT_ONLY for k in ulist + extra}
     todo = [k for k, r in known.items() if r is None]
     for k, result in zip(todo, _inspect_all([refs[k] for k in todo], cfg, pool)):
         cache.put(k, result)
@@ -121,18 +132,26 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
     results = [known[k] for k in ulist]
     idx = pc.index_in(keys, value_set=ukeys).to_numpy(zero_copy_only=False).astype(np.int64)
     ok = np.array([not isinstance(r, Problem) for r in results], dtype=bool)[idx]
+    problems = {i: results[idx[i]] for i in np.flatnonzero(~ok)}
+    for i, ks in enumerate(more):  # a multi-image row is kept only when every image is
+        bad = [(j, known[k]) for j, k in enumerate(ks or (), 2) if isinstance(known[k], Problem)]
+        if bad and ok[i]:
+            j, p = bad[0]
+            ok[i], problems[i] = False, Problem(p.reason, f"image {j} of {len(ks) + 1}: {p.detail}")
     if not ok.all():
         lines = cand["line"].to_numpy()
         for i in np.flatnonzero(~ok):
-            ledger.quarantine(f, int(lines[i]), results[idx[i]])  # the line's text: read back at flush
+            ledger.quarantine(f, int(lines[i]), problems[int(i)])  # the line's text: read back at flush
         if not ok.any():
             return None
         cand, idx = cand.filter(pa.array(ok)), idx[ok]
+        more = [m for m, k in zip(more, ok) if k]
     info = [r[1] if not isinstance(r, Problem) else ImageInfo("", 0, 0, "") for r in results]
     has_image = np.array([k is not None for k in ulist], dtype=bool)
     take = pa.array(idx)
     shas = pa.array([i.sha256 if k is not None else None for k, i in zip(ulist, info)], pa.string()).take(take)
-    digests = digests_of(f.kind, cand, shas)
+    extra_shas = [[known[k][1].sha256 for k in ks] if ks else None for ks in more]
+    digests = digests_of(f.kind, cand, _all_shas(shas, extra_shas))
     lines = cand["line"].to_numpy()
     keep = ledger.seen.keep_new(f.order, digests, lines)
     if keep is not None:
@@ -142,6 +161,8 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
             return None
         mask = pa.array(keep)
         cand, idx, shas, digests = cand.filter(mask), idx[keep], shas.filter(mask), digests[keep]
+        more = [m for m, k in zip(more, keep) if k]
+        extra_shas = [s for s, k in zip(extra_shas, keep) if k]
         take = pa.array(idx)
     n = len(idx)
     data_u = [r[0] if not isinstance(r, Problem) else b"" for r in results]
@@ -161,9 +182,19 @@ def assemble(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef], cfg: Data
         shas,
         *(pa.array([getattr(i, a) if k is not None else None for k, i in zip(ulist, info)], t).take(take)
           for a, t in (("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()))),
+        pa.array([[{"bytes": known[k][0], "path": None} for k in ks] if ks else None for ks in more], pa.list_(IMAGE)),
+        pa.array(extra_shas, pa.list_(pa.string())),
         _constant(f.shown, n, consts),
         cand["line"],
     ], schema=SCHEMA)
+
+
+def _all_shas(shas: pa.Array, extra: list[list[str] | None]) -> pa.Array:
+    """What the content hash covers of a row's images: the first sha256, and the others after it."""
+    if not any(extra):
+        return shas
+    first = shas.to_pylist()
+    return pa.array([s if not e else ",".join([s, *e]) for s, e in zip(first, extra)], pa.string())
 
 
 def _answers(cand: pa.Table) -> pa.ChunkedArray:

@@ -59,9 +59,9 @@ REASONS: dict[str, str] = {
     # conversation rows (conversations.py)
     "roles_out_of_order": "turns are not [system,] user, assistant, user, ..., assistant",
     "empty_turn": "a turn has no text",
-    "image_tag_mismatch": "the number of <image> tags differs from the row's images (0 or 1)",
+    "image_tag_mismatch": "the number of <image> tags differs from the number of the row's images",
     "image_tag_in_answer": "an assistant turn holds an <image> tag",
-    "too_many_images": "a conversation row names more than one image",
+    "too_many_images": "a row names more images than data.max_images_per_row",
 }
 IMAGE_TAG = "<image>"
 
@@ -110,9 +110,33 @@ def load_object(text: str) -> dict[str, Any]:
     return row
 
 
-def parse_row(text: str, kind: str, max_text_chars: int) -> dict[str, Any]:
-    """The validated object of one JSONL line (text fields stripped)."""
+def image_list(row: dict[str, Any], max_images: int) -> list[Any]:
+    """A row's image values in order (path, base64 or ``{bytes, path}``): ``"image"`` (one value or a
+    list, LLaVA-OneVision) or ``"images"`` (a list, LLaMA-Factory / ms-swift); ``[]`` for none.
+    ``Problem`` when both are given, a value is null or empty, or there are more than ``max_images``."""
+    image, images = row.get("image"), row.get("images")
+    if images is not None and image not in (None, "", []):
+        raise Problem("wrong_type", "both 'image' and 'images' are given; give one list of the row's images")
+    values = images if images is not None else image
+    if values is None or values == "":
+        return []
+    if not isinstance(values, list):
+        values = [values]
+    for i, v in enumerate(values, 1):
+        if v is None or v == "" or isinstance(v, (list, int, float, bool)):
+            raise Problem("wrong_type", f"image {i} of {len(values)} must be a path, base64 or {{bytes, path}}, "
+                          f"got {v!r}")
+    if len(values) > max_images:
+        raise Problem("too_many_images", f"{len(values)} images > data.max_images_per_row={max_images}")
+    return values
+
+
+def parse_row(text: str, kind: str, max_text_chars: int, max_images: int = 8) -> dict[str, Any]:
+    """The validated object of one JSONL line (text fields stripped; ``images``: the row's image
+    values, one or more, in order)."""
     row = load_object(text)
+    images = image_list(row, max_images)
+    row = {**row, "image": images or None}
     answers = row.get("answers") if kind == "vqa" else None
     if isinstance(answers, list) and answers and all(isinstance(a, dict) and "answer" in a for a in answers):
         answers = [a["answer"] for a in answers]  # VQAv2's own layout: [{answer, answer_confidence, answer_id}]
@@ -126,7 +150,7 @@ def parse_row(text: str, kind: str, max_text_chars: int) -> dict[str, Any]:
     if missing:
         need = list(FIELDS[kind]) if kind != "vqa" else ["image", "question", "answer (or answers)"]
         raise Problem("missing_field", f"{kind} rows need {need}; missing {missing}")
-    out: dict[str, Any] = {"image": row["image"]}
+    out: dict[str, Any] = {"images": images}
     for f in TEXT_FIELDS[kind]:
         value = row[f]
         if not isinstance(value, str):

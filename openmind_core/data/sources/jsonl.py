@@ -51,7 +51,9 @@ def scan_image_refs(jsonl: Path) -> list[str]:
                 continue
             if not isinstance(row, dict):
                 continue
-            values = [row.get("image")] + (row["images"] if isinstance(row.get("images"), list) else [])
+            image = row.get("image")
+            values = (image if isinstance(image, list) else [image]) + (
+                row["images"] if isinstance(row.get("images"), list) else [])  # LLaVA-OneVision: "image": [a, b]
             for value in values:
                 if isinstance(value, dict):
                     value = value.get("path") if not value.get("bytes") else None
