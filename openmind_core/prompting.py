@@ -38,21 +38,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from openmind_core.chat_template import Skeleton, has_chat_template, plain_skeleton, skeleton, split_reasoning
+from openmind_core.prompt_layout import TEMPLATE, _fit_pairs, _target_text, _turn_pieces, format_prompt
+
+__all__ = ["TEMPLATE", "format_prompt"]  # the fixed layout's, re-exported: callers import them from here
 
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"  # marks the image's place in a conversation row's user turn
 
 CAPTION_INSTRUCTION = {"en": "Describe the image.", "zh": "这张图片里有什么？"}  # zh: the guide's own prompt
-TEMPLATE = "\nUSER: {instruction}\nASSISTANT:"
 
 
 def caption_instruction(language: str = "en") -> str:
     return CAPTION_INSTRUCTION.get(language, CAPTION_INSTRUCTION["en"])
-
-
-def format_prompt(instruction: str) -> str:
-    """The text that follows the image tokens (tokenizers without a chat template)."""
-    return TEMPLATE.format(instruction=instruction.strip())
 
 
 def instruction_for(row: dict, language: str = "en") -> tuple[str, str | None]:
@@ -66,8 +63,18 @@ def instruction_for(row: dict, language: str = "en") -> tuple[str, str | None]:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    image_positions: tuple[int, int]  # [start, end) of the image tokens
+    image_positions: tuple[int, int]  # [start, end) of the (first) image's tokens; (0, 0): none
     truncated: bool
+    image_runs: tuple[tuple[int, int], ...] = ()  # [start, end) of every image's tokens, in order (set where
+    # images can be apart: conversations; empty: ``image_positions`` holds them all)
+
+    @property
+    def runs(self) -> tuple[tuple[int, int], ...]:
+        """Every image run: ``image_runs``, else the one ``image_positions`` (none when empty)."""
+        if self.image_runs:
+            return self.image_runs
+        start, end = self.image_positions
+        return ((start, end),) if end > start else ()
 
 
 # --------------------------------------------------------------------------- literal "<image>" in text
@@ -98,15 +105,18 @@ def _fixed_tokens(skel: Skeleton, generation: bool) -> int:
 
 
 def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[int], max_length: int,
-                    generation: bool, image_at: tuple[int, int] | None = None,
+                    generation: bool, image_at: tuple[int, int] | list[tuple[int, int]] | None = None,
                     truncated: bool = False) -> Encoded:
-    """Lay out template chunks and content ids.  ``image_at`` = (turn, token offset in its content):
-    where the image goes (default: first in the first user turn); truncation never cuts it."""
+    """Lay out template chunks and content ids.  ``image_at`` = (turn, token offset in its content), or
+    a list of them, one per image in order: where each image's run ``image_ids`` goes (default: one,
+    first in the first user turn); truncation never cuts one (a run whose text was cut follows the
+    text that is left)."""
     contents = [list(c) for c in contents]
     fixed = _fixed_tokens(skel, generation)
     user = [i for i, r in enumerate(skel.roles) if r == "user"]
     if image_at is None:
         image_at = (user[0], 0) if user else None
+    marks = [] if image_at is None or not image_ids else [image_at] if isinstance(image_at, tuple) else list(image_at)
     overflow = fixed + sum(len(c) for c in contents) - max_length
     truncated = truncated or overflow > 0
     # targets first, then instructions; each keeps one token, template tokens are never cut
@@ -116,8 +126,7 @@ def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[i
         overflow -= cut
     input_ids: list[int] = []
     labels: list[int] = []
-    start = end = 0
-    image_turn, image_offset = image_at if image_at is not None else (None, 0)
+    runs: list[tuple[int, int]] = []
     for i, role in enumerate(skel.roles):
         chunk = list(skel.chunks[i])
         if i > 0 and skel.turn_end[i - 1]:  # the end-of-turn token(s) closing the previous assistant turn
@@ -128,16 +137,15 @@ def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[i
         opened = skel.opener[i] if skel.trace_kept(i) else 0  # "<think>\n": the start of the turn's target
         input_ids += chunk
         labels += [IGNORE_INDEX] * (len(chunk) - opened) + chunk[len(chunk) - opened:]
-        content = contents[i]
-        if i == image_turn and image_ids:
-            at = min(image_offset, len(content))  # the text after the image may have been cut
-            input_ids += content[:at]
-            labels += [IGNORE_INDEX] * at
-            start = len(input_ids)
+        content, done = contents[i], 0
+        for at in sorted(min(off, len(content)) for turn, off in marks if turn == i):  # text after may be cut
+            input_ids += content[done:at]
+            labels += [IGNORE_INDEX] * (at - done)  # images are in user turns
+            runs.append((len(input_ids), len(input_ids) + len(image_ids)))
             input_ids += image_ids
             labels += [IGNORE_INDEX] * len(image_ids)
-            end = len(input_ids)
-            content = content[at:]
+            done = at
+        content = content[done:]
         input_ids += content
         labels += content if role == "assistant" else [IGNORE_INDEX] * len(content)
     tail = list(skel.chunks[-1])
@@ -148,121 +156,62 @@ def _assemble_turns(skel: Skeleton, contents: list[list[int]], image_ids: list[i
         tail = tail[n:]
     input_ids += tail  # the generation prompt (the assistant header), or what the template writes after
     labels += [IGNORE_INDEX] * len(tail)  # the last turn (ChatML's "\n"): as the template renders it, unlabelled
-    return Encoded(input_ids, labels, (start, end), truncated)
-
-
-def _check_roles(roles: tuple[str, ...]) -> None:
-    body = roles[1:] if roles and roles[0] == "system" else roles
-    if not body or any(r != ("user" if k % 2 == 0 else "assistant") for k, r in enumerate(body)):
-        raise ValueError(f"turns must be an optional system turn, then user/assistant alternating from user, "
-                         f"got {list(roles)}")
-
-
-def _turn_pieces(turns: list[tuple[str, str]], has_image: bool, image_tag: str | None,
-                 templated: bool) -> tuple[tuple[str, ...], list[list[str]], int | None, tuple[bool, ...]]:
-    """(roles, text pieces per turn, the image's turn, which turns hold a reasoning trace).  The image's
-    turn has two pieces: the text before the image and the text after it; a templated assistant turn
-    with a trace (``<think>...</think>`` first) two: the trace and the answer; every other turn one."""
-    roles = tuple(r for r, _ in turns)
-    _check_roles(roles)
-    texts = [t.strip() for _, t in turns]
-    image_turn, before, after = None, "", ""
-    if has_image:
-        users = [i for i, r in enumerate(roles) if r == "user"]
-        tagged = [i for i in users if image_tag and image_tag in texts[i]] if image_tag else []
-        image_turn = tagged[0] if tagged else users[0]
-        text = texts[image_turn]
-        if tagged:  # the text around the tag as written: the template renders it so ("...this?\n<image>")
-            before, _, after = text.partition(image_tag)
-        else:  # no tag: LLaVA's order, the image, then "\n" + the text (a caption row's layout)
-            after = "\n" + text if templated else text
-        if not templated:
-            before, after = before.strip(), after.strip() if not before.strip() else after.rstrip()
-    pieces: list[list[str]] = []
-    traces = []
-    for i, (role, text) in enumerate(zip(roles, texts)):
-        trace, answer = split_reasoning(text) if templated and role == "assistant" else (None, text)
-        traces.append(trace is not None)
-        if i == image_turn:
-            if templated:
-                pieces.append([before, after])
-            elif not before:  # the fixed layout: [image] "\nUSER: ..." as for caption rows
-                pieces.append(["", format_prompt(after)])
-            else:
-                mark = "\ue002"
-                head, _, tail = format_prompt(f"{before}{mark}{after}").partition(mark)
-                pieces.append([head, tail])
-        elif trace is not None:
-            pieces.append([trace, answer])
-        elif templated:
-            pieces.append([text])
-        elif role == "user":
-            pieces.append([format_prompt(text)])
-        elif role == "assistant":
-            pieces.append([_target_text(text)])
-        else:  # a system turn in the fixed layout: its text, before the first "\nUSER:"
-            pieces.append([text])
-    return roles, pieces, image_turn, tuple(traces)
-
-
-def _fit_pairs(roles: tuple[str, ...], contents: list[list[int]], image_turn: int | None, fixed_of,
-               max_length: int, generation: bool) -> tuple[tuple[str, ...], list[list[int]], bool]:
-    """Drop whole trailing user/assistant pairs while the text is over ``max_length`` (keeping the
-    first pair and the one holding the image)."""
-    dropped = False
-    first = 1 if roles and roles[0] == "system" else 0
-    keep_to = max(first + 2, (image_turn + 2) if image_turn is not None else 0)
-    while (not generation and len(roles) >= keep_to + 2 and roles[-2:] == ("user", "assistant")
-           and fixed_of(roles) + sum(len(c) for c in contents) > max_length):
-        roles, contents, dropped = roles[:-2], contents[:-2], True
-    return roles, contents, dropped
+    return Encoded(input_ids, labels, runs[0] if runs else (0, 0), truncated, tuple(runs))
 
 
 def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], num_image_tokens: int | list[int],
                          image_token_id: int, max_length: int, image_tag: str | None = IMAGE_TAG,
-                         generation: bool | None = None, thinking: bool = False) -> list[Encoded]:
+                         generation: bool | None = None, thinking: bool = False,
+                         num_images: int | list[int] | None = None) -> list[Encoded]:
     """Many conversations at once (one batched tokenizer call); see the module docstring.
 
-    ``num_image_tokens``: per conversation (or one for all): 0 for a text-only row.  ``image_tag``
-    (default ``<image>``): the text that marks the image's place in a user turn; None: the image
-    goes first in the first user turn and every ``<image>`` in the text stays plain text.
+    ``num_image_tokens``: tokens per image, per conversation (or one for all): 0 for a text-only row.
+    ``num_images``: images per conversation (or one for all; default 1 where ``num_image_tokens`` > 0),
+    placed at the first ``num_images`` tags in order.  ``image_tag`` (default ``<image>``): the text that
+    marks an image's place in a user turn; None: the images go first in the first user turn and every
+    ``<image>`` in the text stays plain text.
     ``thinking``: a generation prompt that lets a reasoning template think (``enable_thinking``).
     """
     if isinstance(num_image_tokens, int):
         num_image_tokens = [num_image_tokens] * len(conversations)
-    if len(num_image_tokens) != len(conversations):
-        raise ValueError(f"{len(conversations)} conversations but {len(num_image_tokens)} image token counts")
-    if any(n < 0 for n in num_image_tokens):
-        raise ValueError("num_image_tokens must be >= 0")
+    if num_images is None:
+        num_images = [1 if n > 0 else 0 for n in num_image_tokens]
+    elif isinstance(num_images, int):
+        num_images = [num_images] * len(conversations)
+    if not len(num_image_tokens) == len(num_images) == len(conversations):
+        raise ValueError(f"{len(conversations)} conversations but {len(num_image_tokens)} image token counts "
+                         f"and {len(num_images)} image counts")
+    if any(n < 0 for n in num_image_tokens) or any(k < 0 for k in num_images):
+        raise ValueError("num_image_tokens and num_images must be >= 0")
     templated = has_chat_template(tokenizer)
     prepared, flat = [], []
-    for turns, n in zip(conversations, num_image_tokens):
+    for turns, n, k in zip(conversations, num_image_tokens, num_images):
         if not turns:
             raise ValueError("a conversation needs at least one turn")
-        roles, pieces, image_turn, traces = _turn_pieces(turns, n > 0, image_tag, templated)
-        prepared.append((roles, [len(p) for p in pieces], image_turn, n, traces))
+        roles, pieces, marks, traces = _turn_pieces(turns, k if n > 0 else 0, image_tag, templated)
+        prepared.append((roles, [len(p) for p in pieces], marks, n, traces))
         flat.extend(x for p in pieces for x in p)
     flat_ids = tokenizer([x for x in flat if x], add_special_tokens=False)["input_ids"] if any(flat) else []
     it = iter(flat_ids)
     ids_of = [_plain(next(it), tokenizer, image_token_id) if x else [] for x in flat]
     out: list[Encoded] = []
     pos = 0
-    for roles, counts, image_turn, n, traces in prepared:
-        contents, image_offset, parts_of = [], 0, []
-        for i, k in enumerate(counts):
+    for roles, counts, marks, n, traces in prepared:
+        contents, parts_of = [], []
+        for k in counts:
             parts = ids_of[pos: pos + k]
             pos += k
-            if i == image_turn:
-                image_offset = len(parts[0])
             parts_of.append(parts)
             contents.append([t for part in parts for t in part])
+        at = [(turn, sum(len(p) for p in parts_of[turn][:j])) for turn, j in marks]
+        image_turn = max((turn for turn, _ in marks), default=None)
         gen = (roles[-1] != "assistant") if generation is None else generation
         if templated:
             def fixed_of(r, g=gen, tr=traces):
                 return _fixed_tokens(skeleton(tokenizer, r, g, tr[:len(r)], thinking), g)
-        elif roles in (("user",), ("user", "assistant")) and (image_turn is None or image_offset == 0):
+        elif roles in (("user",), ("user", "assistant")) and all(off == 0 for _, off in at):
             # a single exchange in the fixed layout: exactly a caption / VQA row's tokens
-            out.append(assemble(tokenizer, contents[0], contents[1] if len(contents) > 1 else None, n,
+            out.append(assemble(tokenizer, contents[0], contents[1] if len(contents) > 1 else None, n * len(at),
                                 image_token_id, max_length))
             continue
         else:
@@ -278,7 +227,6 @@ def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], 
                     contents[i] = trace_ids + list(skel.mid[i]) + answer_ids if skel.trace_kept(i) else answer_ids
         else:
             skel = plain_skeleton(tokenizer, roles)
-        at = (image_turn, image_offset) if image_turn is not None else None
         out.append(_assemble_turns(skel, contents, [image_token_id] * n, max_length, gen, image_at=at,
                                    truncated=dropped))
     return out
@@ -297,10 +245,6 @@ def encode_turns(tokenizer, turns: list[tuple[str, str]], num_image_tokens: int,
 
 
 # --------------------------------------------------------------------------- no template
-
-
-def _target_text(target: str) -> str:
-    return " " + target.strip()
 
 
 def assemble(tokenizer, prompt_ids: list[int], target_ids: list[int] | None, num_image_tokens: int,

@@ -28,7 +28,7 @@ def make(lake, tok, **kw):
 def test_rows_and_tokens_are_memory_mapped_and_pickled_by_path(lake, tok):
     ds = make(lake, tok)
     assert isinstance(ds.tokens, np.memmap) and isinstance(ds.index, np.memmap)
-    assert ds.tokens.dtype == np.int32 and ds.tokens.shape[0] == 2 and ds.index.shape == (len(ds), 6)
+    assert ds.tokens.dtype == np.int32 and ds.tokens.shape[0] == 2 and ds.index.shape == (len(ds), 7)
     assert ds._table_path and ds._images_path and not hasattr(ds, "rows") and not hasattr(ds, "encoded")
     # the stored tokens hold no image placeholder runs; the items have them back in place
     image_id = tok.convert_tokens_to_ids("<image>")

@@ -31,8 +31,10 @@ from openmind_core.data.curated import (
     ROW_COLUMNS,
     curated_root,
     filter_rows,
+    flat_extra_images,
     flat_image,
     read_shard,
+    row_images,
     shard_paths,
 )
 from openmind_core.io import build_files_once
@@ -128,16 +130,21 @@ def cached_rows(curated, split: str | None, kinds: Iterable[str] | None) -> tupl
                        lambda shard: filter_rows(read_shard(shard, ROW_COLUMNS, False), split, kinds))
 
 
+IMAGES_VERSION = 2  # 2: each row's images as a list (rows with several images)
+
+
 def cached_images(curated, split: str | None, kinds: Iterable[str] | None,
                   rows: int) -> tuple[pa.ChunkedArray, str | None]:
-    """The image column (nullable bytes) of (split, kinds), memory-mapped (``arrow_cache``): image
-    bytes never on the heap."""
-    schema = pa.schema([pa.field("image", pa.binary())])
+    """Each row's images (a list of bytes, in order; ``[]`` for a text-only row) of (split, kinds),
+    memory-mapped (``arrow_cache``): image bytes never on the heap."""
+    schema = pa.schema([pa.field("images", pa.list_(pa.binary()))])
 
     def part(shard: Path) -> pa.Table:
-        t = pq.read_table(shard, columns=["image", "split", "kind"])
-        t = filter_rows(t.set_column(0, "image", flat_image(t["image"])), split, kinds)
-        return t.select(["image"])
+        names = pq.read_schema(shard).names
+        t = pq.read_table(shard, columns=[c for c in ("image", "extra_images", "split", "kind") if c in names])
+        t = filter_rows(t, split, kinds)
+        extra = flat_extra_images(t["extra_images"] if "extra_images" in names else None, t.num_rows)
+        return pa.table({"images": row_images(flat_image(t["image"]), extra)})
 
-    table, path = arrow_cache(curated, split, kinds, rows, "images-{key}.arrow", schema, part)
-    return table["image"], path
+    table, path = arrow_cache(curated, split, kinds, rows, f"images-{{key}}-v{IMAGES_VERSION}.arrow", schema, part)
+    return table["images"], path

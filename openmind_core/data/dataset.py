@@ -10,8 +10,10 @@ their paths, not their data.  When the decoded, resized images fit ``pixel_cache
 the image, so that work runs in the loader workers.  Both give the same tensors.
 
 Rows of kind ``conversation`` are tokenised through ``openmind_core.prompting`` (every assistant
-turn a target, the image's tokens at the ``<image>`` tag); a text-only row's item has
-``pixel_values`` None.  Batches are made by ``collate.Collator``; reading rows as dicts is
+turn a target, each image's tokens at its ``<image>`` tag, in order); a text-only row's item has
+``pixel_values`` None, a one-image row's ``[3, H, W]`` and a row with k images ``[k, 3, H, W]``
+(in tag order; caption and VQA rows put their k images first).  The pixel cache holds every image
+of the split, so a row's k images are k consecutive slots.  Batches are made by ``collate.Collator``; reading rows as dicts is
 ``curated.read_rows``.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
@@ -30,7 +33,7 @@ from schemas.artifacts import CuratedDataset
 
 from openmind_core.data.cache import cache_dir, cache_path, cached_images, cached_rows, open_arrow
 from openmind_core.data.curated import curated_root
-from openmind_core.data.pixels import PIXEL_CACHE_BYTES, cached_pixels, image_slots
+from openmind_core.data.pixels import PIXEL_CACHE_BYTES, cached_pixels
 from openmind_core.data.token_cache import token_arrays
 from openmind_core.imaging import BICUBIC, normalise, preprocess_image
 from openmind_core.prompting import IGNORE_INDEX, Encoded
@@ -90,17 +93,17 @@ class VLMDataset(Dataset):
         self.max_length = max_length
         self.image_mean, self.image_std, self.image_resample = image_mean, image_std, image_resample
         self.images, self._images_path = cached_images(curated, split, kinds, self.table.num_rows)
-        slots = image_slots(self.images)
-        image_rows = np.flatnonzero(slots >= 0) if self.images.null_count else None
-        self.pixels = cached_pixels(curated, split, kinds, self.images, image_size, pixel_cache_bytes,
-                                    image_resample, image_rows)
-        del image_rows
+        counts = pc.list_value_length(self.images).to_numpy().astype(np.int64)
+        slots = np.cumsum(counts) - counts  # a row's first image among all the split's images
+        slots[counts == 0] = -1
+        self.pixels = cached_pixels(curated, split, kinds, self.flat_images, image_size, pixel_cache_bytes,
+                                    image_resample)
         self.sample_ids = SampleIds(self.table["sample_id"])
         # every row tokenised once, in batches, into memory-mapped arrays: workers then only decode images
         tokens_dir = cache_dir(curated) if self._table_path else None  # rows held in memory: tokens too
         name = cache_path(curated, split, kinds, "tokens-{key}").name
         self.tokens, self.index = token_arrays(tokens_dir, name, self.table, slots, tokenizer, num_image_tokens,
-                                               image_token_id, max_length)
+                                               image_token_id, max_length, image_counts=counts)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -126,7 +129,7 @@ class VLMDataset(Dataset):
             state["table"] = open_arrow(state["_table_path"])
             state["sample_ids"] = SampleIds(state["table"]["sample_id"])
         if state.get("images") is None:
-            state["images"] = open_arrow(state["_images_path"])["image"]
+            state["images"] = open_arrow(state["_images_path"])["images"]
         self.__dict__.update(state)
 
     def row(self, index: int) -> dict[str, Any]:
@@ -139,17 +142,36 @@ class VLMDataset(Dataset):
     def kinds(self) -> list[str]:
         return self.table["kind"].to_pylist()
 
+    @property
+    def flat_images(self) -> pa.ChunkedArray:
+        """Every image of the split, row after row (a row's k images at its k slots): zero-copy."""
+        return pc.list_flatten(self.images)
+
     def has_image(self, index: int) -> bool:
         return int(self.index[index, 5]) >= 0
 
+    def image_count(self, index: int) -> int:
+        return int(self.index[index, 6])
+
+    def image_counts(self) -> np.ndarray:
+        """Every row's number of images."""
+        return np.asarray(self.index[:, 6], dtype=np.int64)
+
     def image_bytes(self, index: int) -> bytes | None:
+        """The row's (first) image, None for a text-only row."""
+        images = self.images[int(index)].as_py()
+        return images[0] if images else None
+
+    def images_of(self, index: int) -> list[bytes]:
+        """The row's images, in order."""
         return self.images[int(index)].as_py()
 
     def encode_row(self, index: int):
         """``openmind_core.prompting.Encoded`` of one row (tokenised at construction; no image decoding)."""
-        off, n, start, end, truncated, _ = (int(x) for x in self.index[index])
+        off, n, start, end, truncated, _, k = (int(x) for x in self.index[index])
         ids, labels = self._with_image_run(off, n, start, end)
-        return Encoded(ids.tolist(), labels.tolist(), (start, end), bool(truncated))
+        runs = _runs(ids, self.image_token_id, self.num_image_tokens) if k > 1 else ()
+        return Encoded(ids.tolist(), labels.tolist(), (start, end), bool(truncated), runs)
 
     def _with_image_run(self, off: int, n: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """A row's input_ids and labels (int64), its image placeholder run put back at ``[start, end)``."""
@@ -161,12 +183,16 @@ class VLMDataset(Dataset):
         return ids, labels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        off, n, start, end, _, slot = (int(x) for x in self.index[index])
+        off, n, start, end, _, slot, k = (int(x) for x in self.index[index])
         ids, labels = self._with_image_run(off, n, start, end)
         if slot < 0:
             pixel_values = None
         elif self.pixels is not None:
-            pixel_values = normalise(np.array(self.pixels[slot]), self.image_mean, self.image_std)
+            pixel_values = normalise(np.array(self.pixels[slot]), self.image_mean, self.image_std) if k == 1 else \
+                torch.stack([normalise(np.array(p), self.image_mean, self.image_std) for p in self.pixels[slot: slot + k]])
+        elif k > 1:
+            pixel_values = torch.stack([preprocess_image(b, self.image_size, self.image_mean, self.image_std,
+                                                         self.image_resample) for b in self.images_of(index)])
         else:
             pixel_values = preprocess_image(self.image_bytes(index), self.image_size, self.image_mean,
                                             self.image_std, self.image_resample)
@@ -176,3 +202,11 @@ class VLMDataset(Dataset):
             "labels": torch.from_numpy(labels),
             "pixel_values": pixel_values,
         }
+
+
+def _runs(ids: np.ndarray, image_token_id: int, per_image: int) -> tuple[tuple[int, int], ...]:
+    """The [start, end) run of each image's ``per_image`` placeholder ids in ``ids``, in order."""
+    is_image = np.concatenate([[0], (ids == image_token_id).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(is_image))
+    return tuple((int(s), int(s) + per_image) for a, b in zip(edges[::2], edges[1::2])
+                 for s in range(int(a), int(b), max(per_image, 1)))
