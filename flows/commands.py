@@ -95,7 +95,12 @@ def cmd_estimate_memory(args) -> int:
     cfg = load(args)
     from openmind_core.model import estimate_memory  # start-up cost: transformers, after the config check
 
-    est = estimate_memory(cfg, budget_gb=args.budget_gb)
+    k = cfg.data.max_images_per_row if args.images_per_row == "max" else \
+        int(args.images_per_row) if str(args.images_per_row).isdigit() else 0
+    if not 1 <= k <= cfg.data.max_images_per_row:
+        raise UsageError(f"--images-per-row {args.images_per_row}: give 1 to data.max_images_per_row "
+                         f"({cfg.data.max_images_per_row}) or 'max'")
+    est = estimate_memory(cfg, budget_gb=args.budget_gb, images_per_row=k)
     print(est.format_table())
     if not est.fits:
         print(f"openmind: training does not fit the {est.budget_bytes / 2**30:.1f} GiB budget (see above)", file=sys.stderr)

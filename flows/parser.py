@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("estimate-memory", help="predict peak GPU memory for training and inference")
     _common(m, lake=False)
     m.add_argument("--budget-gb", type=float, help="memory budget (default: memory.budget_gb, 40)")
+    m.add_argument("--images-per-row", default="1", metavar="K",
+                   help="images in the longest sample (default 1); 'max': data.max_images_per_row, the worst case")
     c = sub.add_parser("config", help="print the resolved config")
     _common(c, lake=False)
     e = sub.add_parser("export", help="write a run's final/ as one self-contained HF directory")

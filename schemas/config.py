@@ -48,10 +48,12 @@ class SyntheticSource(Strict):
 
 
 class JsonlSource(Strict):
-    captions: str | None = Field(None, description="JSONL of {image, text}")
-    vqa: str | None = Field(None, description="JSONL of {image, question, answer and/or answers: [...]}")
+    captions: str | None = Field(None, description="JSONL of {image, text}; image: a path or a list of paths")
+    vqa: str | None = Field(None, description="JSONL of {image, question, answer and/or answers: [...]}; image: a "
+                            "path or a list of paths")
     conversations: str | None = Field(None, description="JSONL of LLaVA {image?, conversations: [{from, value}]} "
-                                      "or {image?|images?, messages: [{role, content}]} rows (detected per file)")
+                                      "or {image?|images?, messages: [{role, content}]} rows (detected per file); "
+                                      "several images: a list, one <image> tag per image in a user turn, in order")
 
 
 class CocoSource(Strict):

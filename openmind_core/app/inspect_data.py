@@ -5,7 +5,8 @@ gives the image size, the number of image tokens and the image processor's setti
 layer the dataset and the collator.
 
 Each sample shows the whole sequence as the model sees it (chat template included), the image's
-tokens once as ``<image xN>`` (a text-only row says so), its targets (several assistant turns of a
+tokens once as ``<image xN>`` (a row with several images: ``<image 1 xN>``, ``<image 2 xN>``, ... in their
+places; a text-only row says so), its targets (several assistant turns of a
 conversation each in its place as ``<target k>``), and its token counts.
 """
 
@@ -42,11 +43,12 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
     except ValueError:
         split = None
         ds = VLMDataset(curated, None, *args, **kw)
-    # a mix of kinds when there are several
+    # a mix of kinds (and of one-image and multi-image rows) when there are several
     picks: list[int] = []
-    by_kind: dict[str, list[int]] = {}
+    by_kind: dict[tuple[str, bool], list[int]] = {}
+    counts = ds.image_counts()
     for i, kind in enumerate(ds.kinds()):
-        by_kind.setdefault(kind, []).append(i)
+        by_kind.setdefault((kind, bool(counts[i] > 1)), []).append(i)
     while len(picks) < min(n, len(ds)):
         for idx in by_kind.values():
             if idx and len(picks) < n:
@@ -60,12 +62,15 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
     for k, i in enumerate(picks, 1):
         row, enc, item = ds.row(i), ds.encode_row(i), ds[i]
         items.append(item)
-        start, end = enc.image_positions
+        runs = enc.runs
+        start = runs[0][0] if runs else 0
+        n_image = sum(b - a for a, b in runs)
         spans = _label_spans(enc.labels)
         targets = [tokenizer.decode(enc.input_ids[a:b]) for a, b in spans]
         pv = item["pixel_values"]
+        several = f"{ds.image_count(i)} images, the first " if ds.image_count(i) > 1 else ""
         image = ("none (a text-only row)" if pv is None else
-                 f"{row['image_width']}x{row['image_height']} -> pixel_values {tuple(pv.shape)} "
+                 f"{several}{row['image_width']}x{row['image_height']} -> pixel_values {tuple(pv.shape)} "
                  f"range [{pv.min():.2f}, {pv.max():.2f}]")
         lines += [f"[{k}] {row['kind']} {row['sample_id']} ({row['source_file']}:{row['source_line']}, {row['language']})",
                   f"    image     {image}"]
@@ -76,7 +81,8 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
         # the whole sequence as the model sees it (chat template included), image tokens shown once;
         # with several targets each is shown in its place as <target k>
         shown, pos = "", 0
-        marks = [(start, end, f"<image x{end - start}>")] if end > start else []
+        marks = [(a, b, f"<image {j} x{b - a}>" if len(runs) > 1 else f"<image x{b - a}>")
+                 for j, (a, b) in enumerate(runs, 1)]
         if len(spans) > 1:
             marks += [(a, b, f"<target {j}>") for j, (a, b) in enumerate(spans, 1)]
         else:
@@ -90,8 +96,8 @@ def inspect_samples(curated: CuratedDataset | str | Path, tokenizer, model_cfg, 
             f"    prompt    {shown!r}",
             "    target    " + (repr(targets[0]) if len(targets) == 1
                                  else "  ".join(f"<target {j}> {t!r}" for j, t in enumerate(targets, 1))),
-            f"    tokens    {len(enc.input_ids)} total = {start} before the image + {end - start} image + "
-            f"{len(enc.input_ids) - start - (end - start) - n_target} other prompt "
+            f"    tokens    {len(enc.input_ids)} total = {start} before the image + {n_image} image + "
+            f"{len(enc.input_ids) - start - n_image - n_target} other prompt "
             f"+ {n_target} target{' (truncated)' if enc.truncated else ''}",
         ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

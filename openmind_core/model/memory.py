@@ -114,6 +114,7 @@ class MemoryEstimate:
     seq_len: int
     image_tokens: int
     vocab_size: int
+    images_per_row: int = 1  # images in the longest sample: its image tokens, and the vision tower's batch
     gradient_checkpointing: bool
     params: dict[str, tuple[int, int]] = field(default_factory=dict)  # module -> (trainable, total)
     weights: int = 0
@@ -161,7 +162,8 @@ class MemoryEstimate:
                f"at most)" if self.packing else f"sequence {self.seq_len}")
         rows = [
             f"stage {self.stage}, dtype {self.dtype}, micro-batch {self.batch_size}, {seq} "
-            f"({self.image_tokens} image tokens), vocab {self.vocab_size}, activation checkpointing {ck}",
+            f"({self.image_tokens} image tokens" + (f" x {self.images_per_row} images per row" if self.images_per_row > 1
+                                                    else "") + f"), vocab {self.vocab_size}, activation checkpointing {ck}",
             f"{'module':<16}{'trainable':>16}{'total':>16}",
         ]
         rows += [f"{m:<16}{tr:>16,}{tot:>16,}" for m, (tr, tot) in self.params.items()]
@@ -212,8 +214,12 @@ def _numel(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", tokenizer=None) -> MemoryEstimate:
+def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", tokenizer=None,
+                    images_per_row: int = 1) -> MemoryEstimate:
     """Predict training and inference memory for an ``OpenMindConfig``.
+
+    ``images_per_row``: the images of the longest sample (every sample of a micro-batch is assumed to
+    have as many): 1 for caption / VQA data; ``data.max_images_per_row`` is the worst case a lake allows.
 
     ``device="cpu"`` models fp32 autocast-free training (activations in the model dtype);
     ``"cuda"`` models ``train.amp`` (bf16/fp16 activations when AMP is on).  ``tokenizer`` (optional)
@@ -246,11 +252,14 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
     h, heads, kv_heads, inter = lc.hidden_size, lc.num_attention_heads, lc.num_key_value_heads, lc.intermediate_size
     vocab = lm.get_input_embeddings().weight.shape[0]
     n_img = tokens_for_config(m)
+    k = images_per_row
+    if not 1 <= k <= cfg.data.max_images_per_row:
+        raise ValueError(f"images_per_row must be 1 to data.max_images_per_row={cfg.data.max_images_per_row}, got {k}")
     b = tr.micro_batch_size
-    s = 1 + n_img + m.max_length  # the longest sample: BOS, one image, max_length text tokens
-    # packed: at most micro_batch_size rows (one per sample) of pack_length tokens; the images are still
-    # one per sample, so the vision tower and projector terms below are unchanged
-    row = (tr.pack_length or s) if tr.packing else s
+    s = 1 + k * n_img + m.max_length  # the longest sample: BOS, its k images, max_length text tokens
+    # packed: at most micro_batch_size rows (one per sample) of pack_length tokens (a longer sample gets a row of
+    # its own); the images are still k per sample, so the vision tower and projector terms below are unchanged
+    row = max(tr.pack_length or s, s) if tr.packing else s
     tokens = b * row
     lm_t = "language_model" in trainable
     vis_t = "vision_encoder" in trainable
@@ -269,17 +278,17 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
     grid = v.img_size // v.patch_size
     mlp_in = projector.linear_1.in_features
     hid = projector.linear_1.out_features
-    proj = b * e * n_img * (mlp_in + 2 * hid)
+    proj = b * k * e * n_img * (mlp_in + 2 * hid)
     if vis_t and m.projector.type == "token_pooling":
         padded_grid = -(-grid // m.projector.pooling_kernel) * m.projector.pooling_kernel
-        proj += b * e * v.embed_dim * (grid * grid + padded_grid * padded_grid)
+        proj += b * k * e * v.embed_dim * (grid * grid + padded_grid * padded_grid)
 
     # vision tower: records only when trainable (pixel values never need a gradient)
     vis_full = vis_ckpt = vis_recompute = 0
     if vis_t:
-        vtokens = b * grid * grid
+        vtokens = b * k * grid * grid
         vlayer = siglip_layer_bytes(vision.embed_dim, v.mlp_dim, vision.num_heads, e)
-        pixels = b * 3 * v.img_size * v.img_size * e
+        pixels = b * k * 3 * v.img_size * v.img_size * e
         vis_full = vtokens * vision.num_layers_run * vlayer + pixels
         vis_ckpt = vtokens * (vision.num_layers_run * e * vision.embed_dim) + pixels
         vis_recompute = vtokens * vlayer
@@ -302,6 +311,7 @@ def estimate_memory(cfg, budget_gb: float | None = None, device: str = "cuda", t
         seq_len=row,
         image_tokens=n_img,
         vocab_size=vocab,
+        images_per_row=k,
         gradient_checkpointing=m.gradient_checkpointing,
         params=params,
         weights=(params["total"][1] - n_train) * w + n_train * 4,  # trainable parameters are fp32 masters
