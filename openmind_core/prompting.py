@@ -234,14 +234,16 @@ def encode_conversations(tokenizer, conversations: list[list[tuple[str, str]]], 
 
 def encode_turns(tokenizer, turns: list[tuple[str, str]], num_image_tokens: int, image_token_id: int,
                  max_length: int, generation: bool | None = None, image_tag: str | None = IMAGE_TAG,
-                 thinking: bool = False) -> Encoded:
+                 thinking: bool = False, num_images: int | None = None) -> Encoded:
     """Tokenise one conversation (``[(role, text), ...]``: an optional ``system`` turn, then ``user`` /
-    ``assistant`` alternating).  The image's tokens go where a user turn's ``image_tag`` is (default
-    ``<image>``; without one, first in the first user turn); ``num_image_tokens=0``: a text-only row.
+    ``assistant`` alternating).  Each image's tokens go where a user turn's ``image_tag`` is, in order
+    (default ``<image>``; without one, first in the first user turn); ``num_image_tokens=0``: a text-only
+    row; ``num_images``: the row's images (default 1).
     ``generation`` (default: the last turn is not the assistant's) ends with the template's
     generation prompt and takes no labels; ``thinking`` lets a reasoning template think there."""
     return encode_conversations(tokenizer, [turns], num_image_tokens, image_token_id, max_length,
-                                image_tag=image_tag, generation=generation, thinking=thinking)[0]
+                                image_tag=image_tag, generation=generation, thinking=thinking,
+                                num_images=None if num_images is None else [num_images])[0]
 
 
 # --------------------------------------------------------------------------- no template

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from families import qwen2_dir  # noqa: F401  (fixture)
 from openmind_core.data import convert, download, read_rows
 from schemas.config import DataConfig
 
@@ -145,3 +146,112 @@ def test_the_messages_form_with_an_images_list(tmp_path):
     two = [r for r in rows if r["image"] is not None][0]
     assert two["image"] == png("a.png") and two["extra_images"] == [png("b.png")]
     assert two["conversation"][0]["content"] == "<image><image>Compare"
+
+
+# --------------------------------------------------------------------------- each image's tokens at its tag
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from openmind_core.model import train_bpe_tokenizer
+    from openmind_core.prompting import format_prompt
+
+    corpus = ["First", "red", "now", "and", "green, blue", "which is green?", "the second", "Say hi.", "hi",
+              "a red and a green square", "a blue square", "Which is red?", format_prompt("Describe the image.")]
+    return train_bpe_tokenizer(corpus, vocab_size=300, image_token="<image>")
+
+
+def test_each_image_s_tokens_go_at_its_tag_in_order(tok):
+    from openmind_core.prompting import IGNORE_INDEX as I, encode_conversations, encode_many
+
+    img, bos, eos = tok.convert_tokens_to_ids("<image>"), tok.bos_token_id, tok.eos_token_id
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    turns = [("user", "First <image>"), ("assistant", "red"), ("user", "now <image> and <image>?"),
+             ("assistant", "green, blue")]
+    enc, text_only = encode_conversations(tok, [turns, turns], [N, 0], img, 128, num_images=[3, 0])
+    # by hand, the fixed layout: the text around each tag as written, an image's N placeholders at each tag
+    run = [img] * N
+    parts = [[bos], ids("\nUSER: First"), run, ids("\nASSISTANT:"), ids(" red"), [eos], ids("\nUSER: now"), run,
+             ids(" and "), run, ids("?\nASSISTANT:"), ids(" green, blue"), [eos]]
+    want = [t for p in parts for t in p]
+    assert enc.input_ids == want
+    target = {4, 5, 11, 12}  # the answers and their eos
+    assert enc.labels == [t for k, p in enumerate(parts) for t in (p if k in target else [I] * len(p))]
+    starts = [sum(len(p) for p in parts[:k]) for k in (2, 7, 9)]
+    assert enc.runs == tuple((s, s + N) for s in starts) and enc.image_positions == (starts[0], starts[0] + N)
+    assert img not in text_only.input_ids and text_only.runs == ()
+    # untagged (caption / VQA rows): the k images first, one after another
+    cap = encode_many(tok, ["Which is red?"], ["the second"], 3 * N, img, 128)[0]
+    assert cap.input_ids[:1 + 3 * N] == [bos] + [img] * (3 * N)
+    assert cap.input_ids[1 + 3 * N:] == ids("\nUSER: Which is red?\nASSISTANT:") + ids(" the second") + [eos]
+    # truncation cuts text, never an image run
+    short = encode_conversations(tok, [turns], [N], img, 10, num_images=[3])[0]
+    assert short.truncated and short.input_ids.count(img) == 3 * N and len(short.runs) == 3
+    with pytest.raises(ValueError, match="3 images but only 1 <image> tag"):
+        encode_conversations(tok, [[("user", "one <image>"), ("assistant", "x")]], [N], img, 128, num_images=[3])
+
+
+def test_a_chat_template_renders_the_text_around_every_image(qwen2_dir):
+    from openmind_core.model import build_tokenizer
+    from openmind_core.prompting import encode_turns
+    from schemas.loading import load_config
+
+    t = build_tokenizer(load_config(overrides=[f"model.lm.name_or_path={qwen2_dir}"]).model.tokenizer)
+    img = t.convert_tokens_to_ids("<image>")
+    turns = [("user", "<image>\n<image>\nCompare them."), ("assistant", "same"), ("user", "And <image>?"),
+             ("assistant", "different")]
+    enc = encode_turns(t, turns, N, img, 256, num_images=3)
+    rendered = t.apply_chat_template([{"role": r, "content": c.replace("<image>", "IMG")} for r, c in turns],
+                                     tokenize=False)
+    bounds = [0, *[x for r in enc.runs for x in r], len(enc.input_ids)]
+    pieces = [t.decode(enc.input_ids[a:b]) for a, b in zip(bounds[::2], bounds[1::2])]
+    assert len(enc.runs) == 3 and all(enc.input_ids[a:b] == [img] * N for a, b in enc.runs)
+    assert "IMG".join(pieces) == rendered  # the template's own text, an image's run at each tag
+    assert t.decode(enc.input_ids[enc.runs[0][1]:enc.runs[1][0]]) == "\n"  # between the first two, as written
+
+
+
+
+# --------------------------------------------------------------------------- the dataset, training, old lakes
+
+
+def make(lake, tok, **kw):
+    from openmind_core.data import VLMDataset
+
+    return VLMDataset(lake, "train", tok, 28, N, tok.convert_tokens_to_ids("<image>"), 64, **kw)
+
+
+def test_dataset_items_hold_every_image_of_a_row_in_order(lake, tok):
+    from openmind_core.imaging import preprocess_image
+    from openmind_core.prompting import encode_turns
+
+    ds, decoded = make(lake, tok), make(lake, tok, pixel_cache_bytes=0)
+    assert ds.pixels is not None and len(ds.pixels) == 2 + 1 + 3 + 2 + 3 + 1  # every image of the split
+    img = tok.convert_tokens_to_ids("<image>")
+    rows = {(ds.row(i)["kind"], ds.row(i)["source_line"]): i for i in range(len(ds))}
+    want = {("caption", 1): ["a.png", "b.png"], ("caption", 2): ["c.png"], ("vqa", 1): ["c.png", "a.png", "b.png"],
+            ("conversation", 1): ["a.png", "b.png"], ("conversation", 2): ["a.png", "b.png", "c.png"],
+            ("conversation", 3): [], ("conversation", 5): ["d.png"]}
+    for key, names in want.items():
+        i = rows[key]
+        item = ds[i]
+        assert ds.image_count(i) == len(names) and int((item["input_ids"] == img).sum()) == N * len(names)
+        px = item["pixel_values"]
+        expect = [preprocess_image(png(n), 28) for n in names]
+        if not names:
+            assert px is None and decoded[i]["pixel_values"] is None
+        elif len(names) == 1:
+            assert torch.equal(px, expect[0]) and torch.equal(decoded[i]["pixel_values"], px)
+        else:
+            assert px.shape == (len(names), 3, 28, 28) and torch.equal(px, torch.stack(expect))
+            assert torch.equal(decoded[i]["pixel_values"], px)
+        assert len(ds.encode_row(i).runs) == len(names)
+    # a conversation's item is exactly its encoding: an image's tokens at each tag
+    conv = ds.row(rows["conversation", 2])["conversation"]
+    enc = encode_turns(tok, [(t["role"], t["content"]) for t in conv], N, img, 64, num_images=3)
+    assert ds[rows["conversation", 2]]["input_ids"].tolist() == enc.input_ids

@@ -114,7 +114,6 @@ class MemoryEstimate:
     seq_len: int
     image_tokens: int
     vocab_size: int
-    images_per_row: int = 1  # images in the longest sample: its image tokens, and the vision tower's batch
     gradient_checkpointing: bool
     params: dict[str, tuple[int, int]] = field(default_factory=dict)  # module -> (trainable, total)
     weights: int = 0
@@ -129,6 +128,7 @@ class MemoryEstimate:
     inference_activations: int = 0
     budget_bytes: int = 0
     packing: bool = False  # train.packing: seq_len is the packed row (pack_length), batch_size rows at most
+    images_per_row: int = 1  # images in the longest sample: its image tokens, and the vision tower's batch
 
     @property
     def activations(self) -> int:
