@@ -255,3 +255,47 @@ def test_dataset_items_hold_every_image_of_a_row_in_order(lake, tok):
     conv = ds.row(rows["conversation", 2])["conversation"]
     enc = encode_turns(tok, [(t["role"], t["content"]) for t in conv], N, img, 64, num_images=3)
     assert ds[rows["conversation", 2]]["input_ids"].tolist() == enc.input_ids
+
+
+def test_the_app_trains_on_a_mixed_lake_padded_and_packed(lake, tmp_path):
+    """Text-only, one-image and multi-image rows through the smoke test and two epochs, padded and packed:
+    the same real tokens either way, fewer computed positions packed."""
+    from openmind_core.app.smoke import run_smoke
+    from openmind_core.app.tokenizer import prepare_tokenizer
+    from openmind_core.app.train import train_from_config
+    from schemas import load_config
+
+    results = {}
+    for packing in (False, True):
+        cfg = load_config(overrides=["train.micro_batch_size=7", "train.epochs=2", "train.wandb.mode=disabled",
+                                     f"train.packing={str(packing).lower()}", "data.max_images_per_row=3"])
+        run = tmp_path / f"run-{packing}"
+        prepared = prepare_tokenizer(cfg, lake, run)
+        assert run_smoke(cfg, lake, prepared).passed
+        result = results[packing] = train_from_config(cfg, lake, run, prepared.path)
+        assert result.steps == 2 and result.reload_equal and np.isfinite(result.last_loss)
+        assert result.samples_seen == 14  # every row, twice
+    padded, packed = results[False], results[True]
+    assert packed.tokens == padded.tokens > 14 * N and packed.slots < padded.slots
+
+
+def test_a_lake_of_the_previous_schema_is_still_read(lake, tok, tmp_path):
+    """Schema 2 (one image a row, no extra_images): rows read with no extra images, the dataset trains on it."""
+    import shutil
+
+    old = tmp_path / "lake" / "curated" / "v2"
+    shutil.copytree(lake.root, old)
+    manifest = json.loads((old / "_manifest.json").read_text())
+    for shard in manifest["shards"]:
+        t = pq.read_table(old / shard["path"])
+        t = t.drop_columns(["extra_images", "extra_image_sha256"])
+        t = t.replace_schema_metadata({**t.schema.metadata, b"openmind.schema_version": b"2"})
+        pq.write_table(t, old / shard["path"])
+    manifest.update(schema_version=2, converter_version=5)
+    (old / "_manifest.json").write_text(json.dumps(manifest))
+    rows = read_rows(old, with_images=True)
+    assert len(rows) == 7 and all(r["extra_images"] is None for r in rows)
+    ds = make(old, tok)
+    counts = {(ds.row(i)["kind"], ds.row(i)["source_line"]): ds.image_count(i) for i in range(len(ds))}
+    assert counts[("vqa", 1)] == 1 and counts[("conversation", 3)] == 0
+    assert ds[0]["input_ids"].numel() > 0

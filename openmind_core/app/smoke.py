@@ -19,6 +19,7 @@ import torch
 
 from openmind_core.app.tokenizer import load_prepared
 from openmind_core.app.train import build_datasets, build_model
+from openmind_core.data.collate import item_images
 from openmind_core.model.image_tokens import tokens_for_config
 from openmind_core.training.precision import autocast, resolve_amp
 from schemas import Check, CuratedDataset, OpenMindConfig, SmokeReport, TokenizerReport
@@ -85,8 +86,10 @@ def run_smoke(cfg: OpenMindConfig, curated: CuratedDataset, tokenizer_report: To
         items = [train[i] for i in range(min(4, len(train)))]
         batch = collate(items)  # packed (train.packing) or padded: each sample is checked on its own
         n_img = [int((it["input_ids"] == model.image_token_id).sum()) for it in items]
-        if n_img != [expected_tokens] * len(items):
-            raise AssertionError(f"image placeholders per sample {n_img}, expected {expected_tokens}")
+        want = [expected_tokens * len(item_images(it)) for it in items]  # per image; none for a text-only row
+        if n_img != want:
+            raise AssertionError(f"image placeholders per sample {n_img}, expected {want} "
+                                 f"({expected_tokens} per image)")
         if not all(bool((it["labels"] != -100).any()) for it in items):
             raise AssertionError("a sample has no target tokens (all labels masked)")
         state["batch"] = batch
