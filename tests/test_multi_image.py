@@ -299,3 +299,35 @@ def test_a_lake_of_the_previous_schema_is_still_read(lake, tok, tmp_path):
     counts = {(ds.row(i)["kind"], ds.row(i)["source_line"]): ds.image_count(i) for i in range(len(ds))}
     assert counts[("vqa", 1)] == 1 and counts[("conversation", 3)] == 0
     assert ds[0]["input_ids"].numel() > 0
+
+
+def test_the_memory_estimate_counts_images_per_row():
+    from openmind_core.model import estimate_memory
+    from schemas.config import FULL_CONFIG
+    from schemas.loading import load_config
+
+    cfg = load_config(FULL_CONFIG)
+    one, three = estimate_memory(cfg), estimate_memory(cfg, images_per_row=3)
+    assert three.seq_len == one.seq_len + 2 * one.image_tokens and three.logits > one.logits
+    assert three.activations > one.activations and three.weights == one.weights
+    assert "x 3 images per row" in three.format_table() and "images per row" not in one.format_table()
+    with pytest.raises(ValueError, match="data.max_images_per_row=8"):
+        estimate_memory(cfg, images_per_row=9)
+
+
+def test_estimate_memory_cli_takes_images_per_row(capsys):
+    from flows.cli import main
+
+    assert main(["estimate-memory", "--images-per-row", "max", "--budget-gb", "10000"]) == 0
+    assert "x 8 images per row" in capsys.readouterr().out
+    assert main(["estimate-memory", "--images-per-row", "0"]) != 0
+    assert "--images-per-row 0" in capsys.readouterr().err
+
+
+def test_inspect_shows_every_image_of_a_row(lake, tok):
+    from openmind_core.app.inspect_data import inspect_samples
+    from schemas.loading import load_config
+
+    text = inspect_samples(lake, tok, load_config(overrides=["model.max_length=64"]).model, n=6)
+    assert "3 images, the first" in text and "<image 1 x16>" in text and "<image 3 x16>" in text
+    assert "none (a text-only row)" in text
