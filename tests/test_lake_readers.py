@@ -42,6 +42,7 @@ def make_lake(tmp_path: Path):
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     lines.append('{"text":   "a broken image",  "image": "broken.png"}')  # rejected for its image
     lines.append('{ "image" : "3.png", "text": "caption 3" }')  # a duplicate of line 4, spelled otherwise
+    lines.append(json.dumps({"image": ["5.png", "7.png"], "text": "two images"}))  # line 43: a list of images
     (src / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     conv = [{"conversations": [{"from": "human", "value": f"say {i}"}, {"from": "gpt", "value": f"ok {i}"}]}
             for i in range(6)]  # text-only rows: no image, no image size
@@ -69,6 +70,10 @@ def test_datasets_pandas_and_quarantine(tmp_path):
     with_image = next(r for r in by_dir["train"] if r["kind"] == "caption")
     assert isinstance(with_image["image"], Image.Image) and with_image["image"].size == (16, 12)
     assert any(r["image"] is None for s in by_dir for r in by_dir[s] if r["kind"] == "conversation")
+    assert isinstance(by_dir["train"].features["extra_images"].feature, datasets.Image)
+    two = next(r for s in by_dir for r in by_dir[s] if r["source_line"] == 43 and r["kind"] == "caption")
+    assert two["image"].getpixel((0, 0)) == (30, 225, 40) and [im.getpixel((0, 0)) for im in two["extra_images"]] == [
+        (42, 213, 40)] and with_image["extra_images"] is None
 
     manifest = json.loads((root / "_manifest.json").read_text())
     files = {s: [str(root / x["path"]) for x in manifest["shards"] if x["split"] == s] for s in ("train", "validation")}
@@ -78,6 +83,8 @@ def test_datasets_pandas_and_quarantine(tmp_path):
     df = pd.read_parquet(root)  # the whole version: pyarrow skips _manifest.json
     assert len(df) == cur.rows_kept and df["image_height"].isna().any()
     assert str(df["image_width"].dtype) == "Int32" and str(df["image_height"].dtype) == "Int32"
+    extra = df[df["source_line"] == 43]["extra_images"].iloc[0]
+    assert [e["bytes"] for e in extra] == [(src / "7.png").read_bytes()]
 
     bad = [json.loads(x) for x in Path(cur.quarantine_path).read_text(encoding="utf-8").splitlines()]
     assert [(b["line"], b["reason"]) for b in bad] == [(41, "image_unreadable"), (42, "duplicate")]
