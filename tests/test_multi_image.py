@@ -196,12 +196,13 @@ def test_each_image_s_tokens_go_at_its_tag_in_order(tok):
         encode_conversations(tok, [[("user", "one <image>"), ("assistant", "x")]], [N], img, 128, num_images=[3])
 
 
-def test_a_chat_template_renders_the_text_around_every_image(qwen2_dir):
+def test_a_chat_template_renders_the_text_around_every_image(request):
     from openmind_core.model import build_tokenizer
     from openmind_core.prompting import encode_turns
     from schemas.loading import load_config
 
-    t = build_tokenizer(load_config(overrides=[f"model.lm.name_or_path={qwen2_dir}"]).model.tokenizer)
+    lm_dir = request.getfixturevalue("qwen2_dir")
+    t = build_tokenizer(load_config(overrides=[f"model.lm.name_or_path={lm_dir}"]).model.tokenizer)
     img = t.convert_tokens_to_ids("<image>")
     turns = [("user", "<image>\n<image>\nCompare them."), ("assistant", "same"), ("user", "And <image>?"),
              ("assistant", "different")]
