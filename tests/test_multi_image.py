@@ -332,3 +332,11 @@ def test_inspect_shows_every_image_of_a_row(lake, tok):
     text = inspect_samples(lake, tok, load_config(overrides=["model.max_length=64"]).model, n=6)
     assert "3 images, the first" in text and "<image 1 x16>" in text and "<image 3 x16>" in text
     assert "none (a text-only row)" in text
+
+
+def test_evaluation_leaves_out_rows_with_several_images(lake):
+    from openmind_core.evaluation.run import held_out_rows
+
+    rows, train, _ = held_out_rows(lake)  # no validation split here: the training rows
+    assert len(train) == 7 and sorted((r["kind"], r["source_line"]) for r in rows) == [
+        ("caption", 2), ("conversation", 3), ("conversation", 5)]

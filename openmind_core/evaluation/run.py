@@ -215,15 +215,26 @@ def load_model(model_dir: str | Path, device: str | None = None):
     return MultimodalReasoningModel.from_pretrained(model_dir).to(device).eval()
 
 
+def one_image_rows(rows: list[dict]) -> list[dict]:
+    """``rows`` without those holding several images: generation answers about one image (or none)."""
+    kept = [r for r in rows if not r.get("extra_images")]
+    if len(kept) < len(rows):
+        log.warning("%d row(s) with several images not evaluated: generation takes one image a prompt",
+                    len(rows) - len(kept))
+    return kept
+
+
 def held_out_rows(curated) -> tuple[list[dict], list[dict], str]:
-    """(validation rows with images, training rows, description) of a curated lake version."""
+    """(validation rows with images, training rows, description) of a curated lake version (rows holding
+    several images are left out: ``one_image_rows``)."""
     root = getattr(curated, "root", curated)
-    rows = read_rows(curated, split="validation", with_images=True)
+    rows = one_image_rows(read_rows(curated, split="validation", with_images=True))
     train = read_rows(curated, split="train")
     if rows:
         return rows, train, f"lake {root} validation split"
     log.warning("no validation rows; answering training rows instead")
-    return read_rows(curated, split="train", with_images=True), train, f"lake {root} train split (no validation rows)"
+    return (one_image_rows(read_rows(curated, split="train", with_images=True)), train,
+            f"lake {root} train split (no validation rows)")
 
 
 # --------------------------------------------------------------------------- openmind eval PATH
@@ -284,7 +295,7 @@ def external_rows(lake: str | Path, *, jsonl: str | None = None, hf: str | None 
                         val_fraction=0.0)  # kind None: the data set's preset (VQAv2, COCO), else caption
         what = f"hf {hf} split {split}" + (f" ({kind})" if kind else "")
     cur = convert(download(dc, Path(lake), seed=seed), dc, Path(lake))
-    rows = read_rows(cur, with_images=True)
+    rows = one_image_rows(read_rows(cur, with_images=True))
     if not rows:
         raise EvalError(f"{what}: no usable rows ({cur.rows_quarantined} quarantined: {cur.quarantine_path})")
     return rows, what
