@@ -24,13 +24,15 @@ or the template's own tokens.
 
 **Conversations** (``encode_turns`` / ``encode_conversations``; curated rows of kind
 ``conversation``): any number of turns, an optional first ``system`` turn, then user / assistant
-alternating.  The image's tokens go where the user turn's ``<image>`` tag is (``image_tag``; the
-tag itself is removed, the text around it kept as written, so ``"...this?\n<image>"`` keeps its
-newline as the template does; a leading tag gives the same layout as a caption row); a row without an
-image (``num_image_tokens=0``) gets no image tokens, and its tag-free text stays text.  Every
+alternating.  Each image's tokens go where its ``<image>`` tag is (``image_tag``; a row with k images
+has k tags in its user turns, the i-th image at the i-th tag; the tag itself is removed, the text around
+it kept as written, so ``"...this?\n<image>"`` keeps its newline as the template does; a leading tag
+gives the same layout as a caption row; ``prompt_layout.py`` cuts the text); a row without an
+image (``num_image_tokens=0``) gets no image tokens, and its tag-free text stays text.  Caption and
+VQA rows with k images put the k runs first, one after another.  Every
 assistant turn is a label target (with its end-of-turn token), system and user turns are masked.
 A conversation longer than ``max_length`` first loses whole trailing user/assistant pairs (never
-the pair holding the image, never the first pair), then the per-turn truncation above.
+a pair holding an image, never the first pair), then the per-turn truncation above.
 """
 
 from __future__ import annotations

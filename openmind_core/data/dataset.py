@@ -33,7 +33,7 @@ from schemas.artifacts import CuratedDataset
 
 from openmind_core.data.cache import cache_dir, cache_path, cached_images, cached_rows, open_arrow
 from openmind_core.data.curated import curated_root
-from openmind_core.data.pixels import PIXEL_CACHE_BYTES, cached_pixels
+from openmind_core.data.pixels import PIXEL_CACHE_BYTES, cached_pixels, image_slots
 from openmind_core.data.token_cache import token_arrays
 from openmind_core.imaging import BICUBIC, normalise, preprocess_image
 from openmind_core.prompting import IGNORE_INDEX, Encoded
@@ -93,9 +93,7 @@ class VLMDataset(Dataset):
         self.max_length = max_length
         self.image_mean, self.image_std, self.image_resample = image_mean, image_std, image_resample
         self.images, self._images_path = cached_images(curated, split, kinds, self.table.num_rows)
-        counts = pc.list_value_length(self.images).to_numpy().astype(np.int64)
-        slots = np.cumsum(counts) - counts  # a row's first image among all the split's images
-        slots[counts == 0] = -1
+        slots, counts = image_slots(self.images)  # a row's first image among all the split's images, its count
         self.pixels = cached_pixels(curated, split, kinds, self.flat_images, image_size, pixel_cache_bytes,
                                     image_resample)
         self.sample_ids = SampleIds(self.table["sample_id"])

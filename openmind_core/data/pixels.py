@@ -3,8 +3,9 @@
 When a split's images, decoded and resized, fit ``pixel_cache_bytes`` (default
 ``PIXEL_CACHE_BYTES``, 2 GiB), they are written once to a uint8 ``.npy`` ``[images, size, size, 3]``
 under ``<lake>/cache/<version>/`` (``cache.mapped_cache``), and the dataset's ``__getitem__`` only
-normalises; forked loader workers share its pages.  Rows are numbered by their slot: a row's index
-among the rows that have an image (``image_slots``; -1 for a text-only row).
+normalises; forked loader workers share its pages.  Images are numbered by their slot: their index
+among every image of the split, row after row (a row with k images has k consecutive slots; the
+dataset gives it ``[k, 3, H, W]``), so the cache's size counts every image of a row.
 
 A large cache is filled by forked worker processes (``PARALLEL_PIXELS``): each receives the job
 (``PixelJob``: the memory-mapped image column, the file, the size and filter) once, through the
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from openmind_core.data.cache import cache_path, mapped_cache
 from openmind_core.imaging import BICUBIC, resized_pixels
@@ -35,12 +37,13 @@ PIXEL_CHUNK = 256  # images a cache-building worker decodes per task
 PARALLEL_PIXELS = 20_000_000  # output pixels from which building the cache uses worker processes
 
 
-def image_slots(images: pa.ChunkedArray) -> np.ndarray:
-    """Each row's index among the rows that have an image (-1 for a text-only row)."""
-    valid = np.asarray(images.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    slots = np.cumsum(valid, dtype=np.int64) - 1
-    slots[~valid] = -1
-    return slots
+def image_slots(images: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's first slot, -1 for a text-only row; each row's number of images) of a column of
+    lists of images (``cache.cached_images``)."""
+    counts = np.asarray(pc.fill_null(pc.list_value_length(images), 0).to_numpy(), dtype=np.int64)
+    slots = np.cumsum(counts) - counts
+    slots[counts == 0] = -1
+    return slots, counts
 
 
 @dataclass(frozen=True)
