@@ -340,3 +340,17 @@ def test_evaluation_leaves_out_rows_with_several_images(lake):
     rows, train, _ = held_out_rows(lake)  # no validation split here: the training rows
     assert len(train) == 7 and sorted((r["kind"], r["source_line"]) for r in rows) == [
         ("caption", 2), ("conversation", 3), ("conversation", 5)]
+
+
+def test_small_image_batches_give_the_same_lake(lake, tmp_path, monkeypatch):
+    """Batches cut by image bytes (every image of a row counted) give the same rows as one batch."""
+    from openmind_core.data import rows as rows_mod
+    from openmind_core.data.curated import read_table
+
+    monkeypatch.setattr(rows_mod, "IMAGE_BATCH_BYTES", 1)  # every row a batch of its own
+    cfg = DataConfig(source="jsonl", jsonl=inputs(tmp_path), num_workers=1, max_images_per_row=3, val_fraction=0.0)
+    small = convert(download(cfg, tmp_path / "lake"), cfg, tmp_path / "lake")
+    assert small.version == lake.version
+    drop = ["source_file"]
+    a, b = read_table(small, with_images=True), read_table(lake, with_images=True)
+    assert a.drop_columns(drop).to_pylist() == b.drop_columns(drop).to_pylist()

@@ -236,19 +236,27 @@ def _binary_column(data: list[bytes], idx: np.ndarray, limit: int = 1 << 30) -> 
 
 def slices(f: SourceFile, cand: pa.Table, refs: dict[str, ImageRef]) -> Iterator[tuple[int, int]]:
     """(start, stop) row ranges of a candidate batch that hold at most ``CHUNK_ROWS`` rows and
-    about ``IMAGE_BATCH_BYTES`` of images (each image counted at its first row; a larger image
-    gets a range of its own)."""
+    about ``IMAGE_BATCH_BYTES`` of images (each first image counted at its first row, a row's other
+    images at the row; a larger image gets a range of its own)."""
     n = cand.num_rows
     uniq = pc.unique(cand["key"])
-    sizes = np.array([0 if r is None else len(r.data) if r.data is not None else f.images.get(r.path or "", 0)
-                      for r in map(refs.get, uniq.to_pylist())], dtype=np.int64)
-    if int(sizes.sum()) <= IMAGE_BATCH_BYTES:
+
+    def size(r) -> int:
+        return 0 if r is None else len(r.data) if r.data is not None else f.images.get(r.path or "", 0)
+
+    sizes = np.array([size(r) for r in map(refs.get, uniq.to_pylist())], dtype=np.int64)
+    more = cand["more_keys"]
+    extra = np.zeros(n, dtype=np.int64)  # a multi-image row's other images, counted at every row
+    if more.null_count < n:
+        extra = np.array([sum(size(refs.get(k)) for k in ks or ()) for ks in more.to_pylist()], dtype=np.int64)
+    if int(sizes.sum()) + int(extra.sum()) <= IMAGE_BATCH_BYTES:
         yield from ((start, min(start + CHUNK_ROWS, n)) for start in range(0, n, CHUNK_ROWS))
         return
     pos = pc.index_in(cand["key"], value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64)
     row_bytes = np.zeros(n, dtype=np.int64)
     first = np.unique(pos, return_index=True)[1]
     row_bytes[first] = sizes[pos[first]]
+    row_bytes += extra
     start = 0
     while start < n:
         stop = start + rows_that_fit(row_bytes[start:start + CHUNK_ROWS], IMAGE_BATCH_BYTES)
