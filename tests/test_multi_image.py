@@ -354,3 +354,37 @@ def test_small_image_batches_give_the_same_lake(lake, tmp_path, monkeypatch):
     drop = ["source_file"]
     a, b = read_table(small, with_images=True), read_table(lake, with_images=True)
     assert a.drop_columns(drop).to_pylist() == b.drop_columns(drop).to_pylist()
+
+
+def test_packed_lake_items_with_several_images_equal_the_padded_batch(lake):
+    """The lake's own items (text-only, one-image, two- and three-image rows; conversations with images
+    at tags in two turns): packed, each sample's loss, the loss and every gradient equal the padded batch's."""
+    from packing_helpers import tiny_tokenizer, tiny_vlm
+    from test_packing import _assert_grads_equal, _loss_and_grads, _per_sample_losses
+
+    from openmind_core.data import Collator, PackingCollator, VLMDataset
+
+    tk = tiny_tokenizer()
+    model = tiny_vlm("full", tok=tk).eval()
+    ds = VLMDataset(lake, "train", tk, model.img_size, model.num_image_tokens, model.image_token_id, 48)
+    items = [ds[i] for i in range(len(ds))]
+    assert sorted(ds.image_counts().tolist()) == [0, 1, 1, 2, 2, 3, 3]
+    collate = PackingCollator(0, max(len(it["input_ids"]) for it in items) + 8)
+    rows = collate.rows(items)
+    assert len(rows) < len(items)
+    padded, packed = Collator(0)(items), collate(items)
+    assert packed["pixel_values"].shape[0] == padded["pixel_values"].shape[0] == 12
+    ref, ref_grads = _loss_and_grads(model, padded)
+    got, got_grads = _loss_and_grads(model, packed)
+    where = {}
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            where[i] = (r, at, len(items[i]["input_ids"]))
+            at += len(items[i]["input_ids"])
+    want = _per_sample_losses(ref.logits.detach(), padded["labels"], [(i, 0, len(it["input_ids"]))
+                                                                       for i, it in enumerate(items)])
+    have = _per_sample_losses(got.logits.detach(), packed["labels"], [where[i] for i in range(len(items))])
+    assert have == pytest.approx(want, rel=1e-5)
+    assert got.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+    _assert_grads_equal(got_grads, ref_grads)
