@@ -12,8 +12,10 @@ setup:
 run: setup
 	$(VENV)/bin/openmind run $(ARGS)
 
+# two processes (pytest-xdist), whole modules each, longest first (tests/conftest.py); TEST_PROCS=0: one
+TEST_PROCS ?= 2
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench $(ARGS)

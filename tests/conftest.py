@@ -45,6 +45,26 @@ def skip_unproven(claim: str, why: str) -> None:
     pytest.skip(f"UNPROVEN: {claim} ({why})")
 
 
+# The longest modules (``--durations``), run first: ``make test`` spreads whole modules over two
+# processes (pytest-xdist, ``--dist loadfile``) in collection order, so a long module collected last
+# would run alone at the end.  Then the other modules with slow tests, then the rest, each group in
+# its usual order.
+LONGEST_FIRST = ("test_self_healing", "test_postgres", "test_interrupt", "test_torchrun_task", "test_deployments",
+                 "test_flow_e2e", "test_lora", "test_ddp", "test_resume_kill", "test_ui_training", "test_automations")
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = {item.module for item in items if item.get_closest_marker("slow")}
+
+    def rank(module) -> tuple[int, int]:
+        name = module.__name__.rpartition(".")[2] if module else ""
+        if name in LONGEST_FIRST:
+            return 0, LONGEST_FIRST.index(name)
+        return (1 if module in slow else 2), 0
+
+    items.sort(key=lambda item: rank(item.module))  # stable: a module's tests keep their order
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under ``OPENMIND_CI=1`` a skipped test is reported as failed, with its reason."""

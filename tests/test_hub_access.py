@@ -80,6 +80,6 @@ def test_unreachable_hub_model_and_tokenizer_fail_clearly(dead_hub):
     from openmind_core.model.tokenizer import build_tokenizer
 
     with pytest.raises(OSError, match=r"lm.name_or_path 'someone/llm'.*hub is unreachable.*not in the local cache"):
-        language_model_config(SimpleNamespace(name_or_path="someone/llm"), None)
+        language_model_config(SimpleNamespace(name_or_path="someone/llm", gguf_file=None), None)
     with pytest.raises(OSError, match=r"tokenizer.name_or_path 'someone/llm'.*hub is unreachable"):
-        build_tokenizer(SimpleNamespace(name_or_path="someone/llm", image_token="<image>"))
+        build_tokenizer(SimpleNamespace(name_or_path="someone/llm", gguf_file=None, image_token="<image>"))
