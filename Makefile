@@ -12,10 +12,11 @@ setup:
 run: setup
 	$(VENV)/bin/openmind run $(ARGS)
 
-# two processes (pytest-xdist), whole modules each, longest first (tests/conftest.py); TEST_PROCS=0: one
+# two processes (pytest-xdist), whole modules each, in collection order: the longest first (tests/conftest.py);
+# TEST_PROCS=0: one process
 TEST_PROCS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench $(ARGS)
