@@ -1,5 +1,8 @@
 """The full-size GPU check: SigLIP-So400M 384/14 + an 8 B Llama-3-shaped LM, random bf16 weights, no hub.
 
+Over 400 lines: one script that a lent GPU session runs whole (``bench/gpu_device.sh``), its rows
+sharing one model build.
+
 For stage "align" (and "finetune" where it fits; an out-of-memory becomes a row, not a crash) at a
 few micro-batch sizes, and for PyTorch SDPA and flash-attn 2 (when installed), it measures:
 

@@ -1,4 +1,7 @@
-"""Tests for the JSONL -> Parquet conversion: validation, quarantine, versions, atomicity, tools."""
+"""Tests for the JSONL -> Parquet conversion: validation, quarantine, versions, atomicity, tools.
+
+Over 400 lines: one module for the converter's contract, its cases sharing the small input builders below.
+"""
 
 from __future__ import annotations
 
