@@ -24,7 +24,7 @@ Pytest fixtures at the bottom (session scope) build each once: ``llama3_dir``, `
 ``siglip_dir``, ``full_siglip_dir``. Import them into a test module with
 ``from families import llama3_dir  # noqa: F401``.
 
-Over 400 lines: every family stand-in (Llama-3, Qwen2, Qwen3, SigLIP) in one place, built the same way.
+Over 400 lines: every family stand-in (Llama-3, Qwen2, SigLIP) in one place, built the same way.
 """
 
 from __future__ import annotations
