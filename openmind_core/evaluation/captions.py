@@ -17,6 +17,7 @@ is CIDEr: score at least a few images.
 
 from __future__ import annotations
 
+import random
 import unicodedata
 from collections.abc import Mapping, Sequence
 
@@ -86,3 +87,17 @@ def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequ
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     return {"cider": float(cider), "bleu4": float(bleu[3]),
             "cider_per_image": {k: float(v) for k, v in zip(keys, per_image)}, "images": len(keys)}
+
+
+def random_other_texts(keys, pool: list[tuple[object, str]], seed: int = 0) -> dict:
+    """For each key, a random text of ``pool`` ((key, text) pairs) from another key (20 draws at most):
+    the chance baselines of captions and conversations."""
+    rng = random.Random(seed)
+    guess = {}
+    for key in keys:
+        for _ in range(20):
+            k, text = rng.choice(pool)
+            if k != key:
+                break
+        guess[key] = text
+    return guess

@@ -12,10 +12,8 @@ conversation.
 
 from __future__ import annotations
 
-import random
-
 from openmind_core.chat_template import strip_reasoning
-from openmind_core.evaluation.captions import caption_scores
+from openmind_core.evaluation.captions import caption_scores, random_other_texts
 from schemas import Prediction
 
 
@@ -37,14 +35,7 @@ def conversation_baseline(refs: dict[str, str], train_rows: list[dict], seed: in
     pool = [(r.get("sample_id"), s[1]) for r in train_rows if (s := split_last_answer(r)) and s[1]]
     if not refs or not pool:
         return None
-    rng = random.Random(seed)
-    guess = {}
-    for key in refs:
-        for _ in range(20):
-            k, text = rng.choice(pool)
-            if k != key:
-                break
-        guess[key] = text
+    guess = random_other_texts(refs, pool, seed)
     return caption_scores(guess, {k: [v] for k, v in refs.items()})
 
 

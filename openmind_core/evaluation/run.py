@@ -36,7 +36,7 @@ from pathlib import Path
 
 from openmind_core.chat_template import split_reasoning, strip_reasoning
 from openmind_core.data import convert, download, read_rows
-from openmind_core.evaluation.captions import TOKENIZER, caption_scores
+from openmind_core.evaluation.captions import TOKENIZER, caption_scores, random_other_texts
 from openmind_core.evaluation.conversations import score_conversations, turns_of
 from openmind_core.evaluation.vqa import answers_of, normalize_vqa_answer, vqa_score
 from openmind_core.io import atomic_write_text
@@ -92,14 +92,7 @@ def caption_baseline(refs: dict[str, list[str]], train_rows: list[dict], seed: i
     pool = [(_image_key(r), r["text"]) for r in train_rows if r.get("text")]
     if not refs or not pool:
         return None
-    rng = random.Random(seed)
-    guess = {}
-    for key in refs:
-        for _ in range(20):
-            k, text = rng.choice(pool)
-            if k != key:
-                break
-        guess[key] = text
+    guess = random_other_texts(refs, pool, seed)
     return caption_scores(guess, refs)
 
 

@@ -53,24 +53,14 @@ class MetricsWriter:
     def start_fresh(self) -> None:
         """A run without a checkpoint: drop what an earlier run left in the file, but for the lines
         about the run rather than its training (``RUN_EVENTS``: an automatic resume)."""
-        if not self.enabled or not self.path.exists():
-            return
-        self.close()
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("event") in RUN_EVENTS:
-                kept.append(line)
-        if kept:
-            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
-        else:
-            self.path.unlink()
+        self._keep(lambda rec: isinstance(rec, dict) and rec.get("event") in RUN_EVENTS, remove_if_empty=True)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines written at a step later than ``step`` (and a torn last line)."""
+        self._keep(lambda rec: int(rec.get("step", 0)) <= step)
+
+    def _keep(self, keep, remove_if_empty: bool = False) -> None:
+        """Rewrite the file with the parsed lines ``keep`` accepts (a line torn by a crash goes)."""
         if not self.enabled or not self.path.exists():
             return
         self.close()
@@ -80,9 +70,12 @@ class MetricsWriter:
                 rec = json.loads(line)
             except ValueError:
                 continue  # a line torn by a crash
-            if int(rec.get("step", 0)) <= step:
+            if keep(rec):
                 kept.append(line)
-        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        if kept or not remove_if_empty:
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        else:
+            self.path.unlink()
 
     def close(self) -> None:
         if self._fh is not None:
