@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from openmind_core.training.guard import SpikeDetector, replay
-    from schemas.config import SpikeConfig
-    from spike_data import digits_jsonl, prepared, train_trace
+    from spike_data import cell_trace
 
     torch.set_num_threads(1)
     cells = ([(d, int(m), int(e)) for d, m, e in (c.split(":") for c in a.cells.split(","))] if a.cells else CELLS)
@@ -64,17 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(a.lake or tmp)
         prep = {}
         for data, micro, epochs in cells:
-            if data not in prep:
-                over: list[str] = []
-                if data == "digits":
-                    cap, vqa = digits_jsonl(base / "digits_src")
-                    over = ["data.source=jsonl", f"data.jsonl.captions={cap}", f"data.jsonl.vqa={vqa}"]
-                prep[data] = prepared(base / f"lake-{data}", over)
-            cfg, curated, tok = prep[data]
             t0 = time.time()
-            losses, warm, res = train_trace(cfg, curated, tok, base / f"run-{data}-{micro}-{epochs}",
-                                            [f"train.micro_batch_size={micro}", f"train.epochs={epochs}"])
-            alarms = replay(losses, SpikeDetector.from_config(SpikeConfig(), start_step=warm))
+            _, curated, losses, warm, alarms = cell_trace(base, prep, data, micro, epochs)
             traces.append({"data": data, "micro_batch_size": micro, "epochs": epochs, "warmup_steps": warm,
                            "steps": len(losses), "rows": curated.splits.get("train"), "losses": losses})
             print(f"{data} micro {micro} x{epochs}: {len(losses)} steps, {len(alarms)} alarm(s) with the default "

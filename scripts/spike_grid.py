@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from openmind_core.training.guard import SpikeDetector, replay
-    from schemas.config import SpikeConfig
-    from spike_data import digits_jsonl, prepared, train_trace
+    from spike_data import cell_trace
 
     torch.set_num_threads(1)
     rows = []
@@ -53,18 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                      for e in a.epochs.split(",")]
         prep = {}
         for data, micro, epochs in cells:
-            if data not in prep:
-                if data == "generated":
-                    over: list[str] = []
-                else:
-                    cap, vqa = digits_jsonl(base / "digits_src")
-                    over = ["data.source=jsonl", f"data.jsonl.captions={cap}", f"data.jsonl.vqa={vqa}"]
-                prep[data] = prepared(base / f"lake-{data}", over)
-            cfg, curated, tok = prep[data]
             t0 = time.time()
-            losses, warm, res = train_trace(cfg, curated, tok, base / f"run-{data}-{micro}-{epochs}",
-                                            [f"train.micro_batch_size={micro}", f"train.epochs={epochs}"])
-            alarms = replay(losses, SpikeDetector.from_config(SpikeConfig(), start_step=warm))
+            _, _, losses, warm, alarms = cell_trace(base, prep, data, micro, epochs)
             old = sum(losses[i] > 2 * sum(losses[i - 10:i]) / 10 for i in range(10, len(losses)))
             row = {"data": data, "micro_batch_size": micro, "epochs": epochs, "steps": len(losses),
                    "alarms": len(alarms), "first": alarms[0] if alarms else None, "old_rule_alarms": old,

@@ -102,3 +102,23 @@ def train_trace(cfg, curated, tok_dir, run_dir: str | Path, overrides: list[str]
     res = train_from_config(run_cfg, curated, run_dir, tok_dir)
     losses = [r["loss"] for r in read_metrics(res.metrics_path) if "event" not in r]
     return losses, warmup_steps(run_cfg.train, res.steps if run_cfg.train.max_steps is None else run_cfg.train.max_steps), res
+
+
+def cell_trace(base: str | Path, prep: dict, data: str, micro: int, epochs: int):
+    """One cell of the spike grid: ``data`` ("generated" or "digits") prepared once under ``base`` (kept
+    in ``prep``), trained at ``micro`` x ``epochs`` with the guard recording only, then replayed through
+    the default guard.  (cfg, curated, step losses, warm-up steps, alarms)."""
+    from openmind_core.training.guard import SpikeDetector, replay
+    from schemas.config import SpikeConfig
+
+    base = Path(base)
+    if data not in prep:
+        over: list[str] = []
+        if data == "digits":
+            cap, vqa = digits_jsonl(base / "digits_src")
+            over = ["data.source=jsonl", f"data.jsonl.captions={cap}", f"data.jsonl.vqa={vqa}"]
+        prep[data] = prepared(base / f"lake-{data}", over)
+    cfg, curated, tok = prep[data]
+    losses, warm, _ = train_trace(cfg, curated, tok, base / f"run-{data}-{micro}-{epochs}",
+                                  [f"train.micro_batch_size={micro}", f"train.epochs={epochs}"])
+    return cfg, curated, losses, warm, replay(losses, SpikeDetector.from_config(SpikeConfig(), start_step=warm))

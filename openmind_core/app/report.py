@@ -127,24 +127,17 @@ def inference_criterion(inf: InferenceReport) -> tuple[Criterion, bool]:
             quality = PASS if gain >= margin else FAIL
         parts.append(q)
     elif inf.caption_count and inf.caption_cider is not None:
-        chance = inf.caption_chance_cider or 0.0
-        q = (f"no VQA questions; CIDEr-D {inf.caption_cider:.3f} vs random caption {chance:.3f} "
-             f"(needed {CIDER_MARGIN:+.2f}) on {inf.caption_count} images")
-        if inf.caption_count < MIN_IMAGES:
-            quality = NOT_MEASURED
-            q += f"; too few images (fewer than {MIN_IMAGES})"
-        else:
-            quality = PASS if inf.caption_cider - chance >= CIDER_MARGIN else FAIL
+        quality, q = _cider_verdict(
+            inf.caption_cider, inf.caption_chance_cider, inf.caption_count, "images",
+            f"no VQA questions; CIDEr-D {inf.caption_cider:.3f} vs random caption "
+            f"{inf.caption_chance_cider or 0.0:.3f} (needed {CIDER_MARGIN:+.2f}) on {inf.caption_count} images")
         parts.append(q)
     elif inf.conversation_count and inf.conversation_cider is not None:
-        chance = inf.conversation_chance_cider or 0.0
-        q = (f"no VQA questions or captions; conversations' last answers CIDEr-D {inf.conversation_cider:.3f} vs "
-             f"a random training answer {chance:.3f} (needed {CIDER_MARGIN:+.2f}) on {inf.conversation_count}")
-        if inf.conversation_count < MIN_IMAGES:
-            quality = NOT_MEASURED
-            q += f"; too few conversations (fewer than {MIN_IMAGES})"
-        else:
-            quality = PASS if inf.conversation_cider - chance >= CIDER_MARGIN else FAIL
+        quality, q = _cider_verdict(
+            inf.conversation_cider, inf.conversation_chance_cider, inf.conversation_count, "conversations",
+            f"no VQA questions or captions; conversations' last answers CIDEr-D {inf.conversation_cider:.3f} vs "
+            f"a random training answer {inf.conversation_chance_cider or 0.0:.3f} (needed {CIDER_MARGIN:+.2f}) "
+            f"on {inf.conversation_count}")
         parts.append(q)
     else:
         quality = NOT_MEASURED
@@ -348,3 +341,11 @@ def checklist_markdown(report: Week1Report) -> str:
     if report.advice:
         lines += ["", report.advice]
     return "\n".join(lines)
+
+
+def _cider_verdict(cider: float, chance: float | None, count: int, what: str, evidence: str) -> tuple[str, str]:
+    """PASS when CIDEr-D beats its random baseline by ``CIDER_MARGIN``; not measured on fewer than
+    ``MIN_IMAGES`` items (``what``: images or conversations)."""
+    if count < MIN_IMAGES:
+        return NOT_MEASURED, evidence + f"; too few {what} (fewer than {MIN_IMAGES})"
+    return (PASS if cider - (chance or 0.0) >= CIDER_MARGIN else FAIL), evidence
