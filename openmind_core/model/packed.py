@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
 
 def uses_flash(attn_implementation: str | None) -> bool:
@@ -28,12 +29,10 @@ def uses_flash(attn_implementation: str | None) -> bool:
 
 def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, Any]:
     """``cu_seq_lens_q/k`` and ``max_length_q/k`` of one flattened row ``[1, T]`` whose positions
-    restart at 0 at each sample."""
-    pos = position_ids.reshape(-1)
-    starts = torch.nonzero(pos == 0).reshape(-1)
-    cu = torch.cat([starts, starts.new_tensor([pos.numel()])]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+    restart at 0 at each sample: transformers' own derivation, the max lengths as ints (computed once
+    here, not per layer)."""
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(position_ids)
+    return {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k, "max_length_q": int(max_q), "max_length_k": int(max_k)}
 
 
 def packed_lm_inputs(attn_implementation: str | None, inputs_embeds: torch.Tensor,
